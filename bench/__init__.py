@@ -1,0 +1,16 @@
+"""bench: an open benchmark harness for visual intention understanding with CLIP."""
+
+from __future__ import annotations
+
+import os as _os
+
+__version__ = "0.1.0"
+
+# Installed, ``methods/``, ``datasets/`` and ``reports/`` live at ``bench/methods`` etc. (setuptools
+# ``package-dir``). Imported straight from a source checkout (``python -m bench`` in the repo root), they are the
+# checkout's top-level folders: let the ``bench`` package find them there too.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and _os.path.isfile(
+    _os.path.join(_checkout, "methods", "__init__.py")
+):
+    __path__.append(_checkout)  # type: ignore[name-defined]  # noqa: F821

@@ -1,0 +1,156 @@
+"""CLIP backbones from open_clip: which weights, how they load, and how images are normalised.
+
+Weights resolve in this order: the ``pretrained`` value from bench.toml (``[backbones.<name>]``) or the spec's
+default, where the value is ``"none"`` (random init, for tests), a ``local-dir:`` folder in open_clip's format, a
+checkpoint file path, or an open_clip pretrained tag; for a tag, a file ``<paths.weights>/<name>.pt`` wins over
+the open_clip/Hugging Face cache. A tag that is not cached fails fast with ``HF_HUB_OFFLINE=1`` and the error says
+where to put the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.errors import WeightsNotFoundError
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+PACKAGE_PREFIX = "package:"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A named backbone: the open_clip model name, its default weights and an optional setup hook."""
+
+    name: str
+    model_name: str
+    default_pretrained: str
+    setup: str | None = None  # "module:function" run before create_model (e.g. registering a custom config)
+
+
+TINY_CLIP = BackboneSpec("tiny-clip", "bench-tiny-clip", "package:bench-tiny-clip.pt", setup="bench.tiny_clip:register")
+RN50 = BackboneSpec("RN50", "RN50", "openai")
+RN101 = BackboneSpec("RN101", "RN101", "openai")
+VIT_B_32 = BackboneSpec("ViT-B-32", "ViT-B-32", "openai")
+
+
+@dataclass
+class Backbone:
+    """A loaded CLIP model with its tokenizer and provenance."""
+
+    spec: BackboneSpec
+    model: torch.nn.Module
+    tokenizer: Any
+    pretrained: str
+    weights_sha256: str | None
+    image_size: int
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """What result records store about the backbone."""
+        return {
+            "name": self.spec.name,
+            "model_name": self.spec.model_name,
+            "pretrained": self.pretrained,
+            "weights_sha256": self.weights_sha256,
+            "image_size": self.image_size,
+        }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _package_file(name: str) -> Path:
+    return Path(__file__).resolve().parent / "assets" / name
+
+
+def _run_setup(spec: BackboneSpec) -> None:
+    if spec.setup:
+        module, _, func = spec.setup.partition(":")
+        getattr(importlib.import_module(module), func)()
+
+
+def resolve_pretrained(spec: BackboneSpec, pretrained: str | None, weights_dir: Path | None) -> tuple[str, Path | None]:
+    """Return (the weights value recorded in results, a local file/folder to load or None for a tag)."""
+    value = pretrained or spec.default_pretrained
+    if value == "none":
+        return value, None
+    if value.startswith(PACKAGE_PREFIX):
+        path = _package_file(value[len(PACKAGE_PREFIX):])
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"{spec.name}: the shipped weights {path} are missing; reinstall the package or rebuild them with "
+                "`bench pretrain-tiny-clip`"
+            )
+        return value, path
+    if value.startswith("local-dir:"):
+        path = Path(value[len("local-dir:"):]).expanduser()
+        if not path.is_dir():
+            raise WeightsNotFoundError(f"{spec.name}: local-dir folder {path} does not exist")
+        return value, path
+    as_path = Path(value).expanduser()
+    if as_path.suffix in {".pt", ".pth", ".bin", ".safetensors"} or "/" in value:
+        if not as_path.is_file():
+            raise WeightsNotFoundError(
+                f"{spec.name}: checkpoint {as_path} does not exist (set backbones.{spec.name}.pretrained in "
+                "bench.toml to an existing file, an open_clip tag, or \"none\")"
+            )
+        return value, as_path
+    if weights_dir is not None and (weights_dir / f"{spec.name}.pt").is_file():
+        return value, weights_dir / f"{spec.name}.pt"
+    return value, None
+
+
+def load_backbone(
+    spec: BackboneSpec, pretrained: str | None = None, weights_dir: Path | None = None, device: str = "cpu"
+) -> Backbone:
+    """Build the open_clip model for ``spec`` with the resolved weights, in eval mode on ``device``."""
+    import open_clip
+
+    _run_setup(spec)
+    value, local = resolve_pretrained(spec, pretrained, weights_dir)
+    sha = None
+    try:
+        if value == "none":
+            model = open_clip.create_model(spec.model_name, pretrained=None, device=device)
+        elif value.startswith("local-dir:"):
+            model = open_clip.create_model(f"local-dir:{local}", device=device)
+        elif local is not None:
+            sha = _sha256(local)
+            model = open_clip.create_model(spec.model_name, pretrained=str(local), device=device)
+        else:
+            model = open_clip.create_model(spec.model_name, pretrained=value, device=device, require_pretrained=True)
+    except WeightsNotFoundError:
+        raise
+    except Exception as err:  # open_clip/HF raise many types for a missing or offline download
+        where = f"{weights_dir / (spec.name + '.pt')}" if weights_dir else f"<paths.weights>/{spec.name}.pt"
+        raise WeightsNotFoundError(
+            f"{spec.name}: could not load weights {value!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            f"Put the checkpoint at {where}, or set backbones.{spec.name}.pretrained in bench.toml to a checkpoint "
+            "path, a cached open_clip tag, or \"none\" for random weights"
+        ) from err
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(spec.model_name if not value.startswith("local-dir:") else f"local-dir:{local}")
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    pre = getattr(model.visual, "preprocess_cfg", {}) or {}
+    mean = tuple(pre.get("mean", OPENAI_MEAN))
+    std = tuple(pre.get("std", OPENAI_STD))
+    return Backbone(spec, model, tokenizer, value, sha, size, mean, std)  # type: ignore[arg-type]
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

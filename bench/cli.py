@@ -1,0 +1,175 @@
+"""The ``bench`` command line: thin wrappers over the harness modules."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from bench.config import BenchConfig, load_config, parse_int_list, parse_name_list, parse_override
+from bench.errors import BenchError
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Benchmark harness for visual intention understanding with CLIP."
+)
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="bench.toml to use (default: ./bench.toml, else built-in defaults).")]
+ResultsOpt = Annotated[Optional[Path], typer.Option("--results", help="Results folder (overrides paths.results).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any bench.toml key: --set methods.linear-probe.refine_steps=2")]
+
+
+def _load(config: Path | None, results: Path | None = None, sets: list[str] | None = None, **suite: object) -> BenchConfig:
+    overrides: dict[str, object] = dict(parse_override(s) for s in sets or [])
+    if results is not None:
+        overrides["paths.results"] = str(results.resolve())
+    overrides.update({f"suite.{k}": v for k, v in suite.items() if v is not None})
+    return load_config(config, overrides)
+
+
+@app.command()
+def run(
+    methods: Annotated[Optional[str], typer.Option("--methods", "-m", help="Comma-separated method names.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "--datasets", "-d", help="Comma-separated dataset names.")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated integer seeds, e.g. 0,1,2.")] = None,
+    backbone: Annotated[Optional[str], typer.Option("--backbone", "-b")] = None,
+    results: ResultsOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Train and evaluate every method x dataset x seed that has no result yet, then print the table."""
+    from bench.executor import run_suite
+    from bench.reports import tables
+
+    cfg = _load(
+        config,
+        results,
+        sets,
+        methods=parse_name_list(methods) if methods else None,
+        datasets=parse_name_list(dataset) if dataset else None,
+        seeds=parse_int_list(seeds, "--seeds") if seeds else None,
+        backbone=backbone,
+    )
+    if not progress:
+        cfg.engine.progress = False
+    outcome = run_suite(cfg, err)
+    records, _ = tables.load_results(cfg.paths.results)
+    wanted = {p.run_id for p in outcome.planned}
+    summary = tables.summarise(tables.results_frame([r for r in records if r.run_id in wanted]))
+    for table in tables.rich_tables(summary):
+        out.print(table)
+    err.print(
+        f"{len(outcome.completed)} runs trained, {len(outcome.skipped)} reused, {len(outcome.failed)} failed; "
+        f"results in {cfg.paths.results}"
+    )
+    if outcome.failed:
+        for message in outcome.failed.values():
+            err.print(f"[red]failed: {message}[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    fmt: Annotated[str, typer.Option("--format", "-f", help="md or csv.")] = "md",
+    output: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
+    results: ResultsOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Summarise the result store: mean +- std over seeds per method, dataset, backbone and protocol."""
+    from bench.reports import tables
+
+    writers = {"md": tables.to_markdown, "csv": tables.to_csv}
+    if fmt not in writers:
+        raise BenchError(f"--format {fmt!r}: expected one of {', '.join(writers)}")
+    cfg = _load(config, results)
+    records, bad = tables.load_results(cfg.paths.results)
+    for e in bad:
+        err.print(f"[yellow]skipped corrupt result: {e}[/]")
+    text = writers[fmt](tables.summarise(tables.results_frame(records)))
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+        err.print(f"wrote {output} ({len(records)} runs)")
+
+
+@app.command("ls")
+def ls(
+    what: Annotated[str, typer.Argument(help="methods, datasets, backbones or runs.")],
+    pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'intclip*'.")] = "*",
+    results: ResultsOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List registered methods, datasets, backbones, or the runs in the result store."""
+    from bench.registry import REGISTRIES
+
+    if what in REGISTRIES:
+        for name in REGISTRIES[what].names(pattern):
+            out.print(name)
+        return
+    if what != "runs":
+        raise BenchError(f"bench ls {what!r}: expected one of methods, datasets, backbones, runs")
+    import fnmatch
+
+    from bench import store
+
+    cfg = _load(config, results)
+    for run_dir, rec in store.iter_results(cfg.paths.results):
+        if isinstance(rec, BenchError):
+            out.print(f"{run_dir.name}  [red]corrupt[/]: {rec}")
+        elif fnmatch.fnmatchcase(rec.method.name, pattern):
+            main_metric = "macro_f1" if rec.dataset.task == "multilabel" else "accuracy"
+            out.print(
+                f"{rec.run_id}  {rec.method.name:<14} {rec.dataset.name:<12} {rec.backbone['name']:<10} seed {rec.seed}  "
+                f"test {main_metric} {100 * rec.metrics.test[main_metric]:.2f}"
+            )
+
+
+@app.command()
+def validate(config: ConfigOpt = None, results: ResultsOpt = None) -> None:
+    """Check bench.toml (every section) and every record in the result store."""
+    from bench import store
+
+    cfg = _load(config, results)
+    out.print(f"config OK: {cfg.source or 'built-in defaults'}")
+    n_ok = n_bad = 0
+    for _, rec in store.iter_results(cfg.paths.results):
+        if isinstance(rec, BenchError):
+            n_bad += 1
+            err.print(f"[red]{rec}[/]")
+        else:
+            n_ok += 1
+    out.print(f"results: {n_ok} valid, {n_bad} corrupt in {cfg.paths.results}")
+    if n_bad:
+        raise typer.Exit(1)
+
+
+@app.command("pretrain-tiny-clip")
+def pretrain_tiny_clip(
+    output: Annotated[Path, typer.Option("--out", help="Where to write the fp16 state dict.")] = Path("bench/assets/bench-tiny-clip.pt"),
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    steps: Annotated[Optional[int], typer.Option("--steps")] = None,
+) -> None:
+    """Reproduce the shipped tiny CLIP weights (contrastive pretraining on synthetic scene captions)."""
+    from bench import tiny_clip
+
+    argv = ["--out", str(output), "--seed", str(seed)] + (["--steps", str(steps)] if steps else [])
+    tiny_clip.main(argv)
+
+
+def main() -> None:
+    try:
+        app()
+    except BenchError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""bench.toml: typed, validated once at the edge, overridable from the CLI.
+
+The defaults below are the embedded default suite; the repository's ``bench.toml`` spells them out (a test keeps
+the two equal). Relative paths resolve against the config file's folder. Per-method and per-dataset sections are
+validated by the registered method's / adapter's own ``Config`` class, so an unknown key anywhere fails with its
+dotted path, e.g. ``bench.toml: methods.linear-probe.c_gird: unknown key``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bench.errors import ConfigError
+
+PROTOCOLS = ("val-threshold", "intclip-code")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SuiteConfig(_Strict):
+    """What ``bench run`` runs: methods x datasets x seeds on one backbone."""
+
+    methods: list[str] = Field(default_factory=lambda: ["linear-probe", "zeroshot"])
+    datasets: list[str] = Field(default_factory=lambda: ["synthetic"])
+    backbone: str = "tiny-clip"
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    executor: Literal["serial"] = "serial"
+
+    @field_validator("methods", "datasets", "seeds")
+    @classmethod
+    def _non_empty(cls, value: list) -> list:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+
+class PathsConfig(_Strict):
+    """Where results, caches, weights and datasets live."""
+
+    results: Path = Path("results")
+    cache: Path = Path(".bench-cache")
+    weights: Path = Path("weights")
+    data: dict[str, Path] = Field(default_factory=dict)
+
+
+class ProtocolConfig(_Strict):
+    """Model selection protocol. ``val-threshold`` selects everything on val; ``intclip-code`` reproduces the
+    official IntCLIP code (epoch selected on test, threshold 0.5) and is marked as such in every table."""
+
+    name: Literal["val-threshold", "intclip-code"] = "val-threshold"
+
+
+class EngineConfig(_Strict):
+    """Training/eval engine settings shared by every method."""
+
+    device: str = "auto"
+    amp: bool = True
+    eval_batch_size: int = Field(default=256, gt=0)
+    progress: bool = True
+    keep_best_weights: bool = True
+
+
+class BackboneConfig(_Strict):
+    """Weights of one backbone: an open_clip pretrained tag, a local checkpoint path, or ``"none"`` (random)."""
+
+    pretrained: str | None = None
+
+
+class BenchConfig(_Strict):
+    """The whole of bench.toml."""
+
+    suite: SuiteConfig = Field(default_factory=SuiteConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    backbones: dict[str, BackboneConfig] = Field(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    source: Path | None = Field(default=None, exclude=True)
+
+    def method_config(self, name: str) -> BaseModel:
+        """The validated config of method ``name`` (its defaults overridden by ``[methods.<name>]``)."""
+        from bench.registry import METHODS
+
+        cls = METHODS.get(name)
+        return _validate_section(cls.Config, self.methods.get(name, {}), f"methods.{name}", self.source)
+
+    def dataset_config(self, name: str) -> BaseModel:
+        from bench.registry import DATASETS
+
+        cls = DATASETS.get(name)
+        return _validate_section(cls.Config, self.datasets.get(name, {}), f"datasets.{name}", self.source)
+
+    def backbone_pretrained(self, name: str) -> str | None:
+        section = self.backbones.get(name)
+        return section.pretrained if section else None
+
+    def data_root(self, dataset: str) -> Path | None:
+        return self.paths.data.get(dataset)
+
+
+def _where(source: Path | None) -> str:
+    return str(source) if source else "config"
+
+
+def _format_errors(err: ValidationError, prefix: str, source: Path | None) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = f"{e['msg']} (got {e['input']!r})"
+        lines.append(f"{_where(source)}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _validate_section(cls: type[BaseModel], data: dict, prefix: str, source: Path | None) -> BaseModel:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, prefix, source)) from None
+
+
+def _resolve_paths(cfg: BenchConfig, base: Path) -> None:
+    p = cfg.paths
+    p.results = (base / p.results).resolve()
+    p.cache = (base / p.cache).resolve()
+    p.weights = (base / p.weights).resolve()
+    p.data = {k: (base / v).resolve() for k, v in p.data.items()}
+
+
+def parse_config(data: dict[str, Any], source: Path | None = None, base: Path | None = None) -> BenchConfig:
+    """Validate a config mapping (already parsed TOML) and every method/dataset section it names."""
+    try:
+        cfg = BenchConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, "", source)) from None
+    cfg.source = source
+    _resolve_paths(cfg, base or (source.parent if source else Path.cwd()))
+    _check_names(cfg)
+    return cfg
+
+
+def _check_names(cfg: BenchConfig) -> None:
+    from bench.registry import BACKBONES, DATASETS, METHODS
+
+    where = _where(cfg.source)
+    for section, registry, names in (
+        ("suite.methods", METHODS, cfg.suite.methods),
+        ("suite.datasets", DATASETS, cfg.suite.datasets),
+        ("suite.backbone", BACKBONES, [cfg.suite.backbone]),
+        ("methods", METHODS, list(cfg.methods)),
+        ("datasets", DATASETS, list(cfg.datasets)),
+        ("backbones", BACKBONES, list(cfg.backbones)),
+    ):
+        for name in names:
+            try:
+                registry.check(name)
+            except Exception as err:
+                raise ConfigError(f"{where}: {section}: {err}") from None
+    for name in cfg.methods:
+        cfg.method_config(name)
+    for name in cfg.datasets:
+        cfg.dataset_config(name)
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> BenchConfig:
+    """Load bench.toml (``path``, else ``./bench.toml`` if present, else the built-in defaults) and apply
+    ``overrides`` given as dotted keys (``{"suite.seeds": [0, 1]}``), then validate everything once."""
+    source: Path | None = None
+    data: dict[str, Any] = {}
+    if path is None and Path("bench.toml").is_file():
+        path = Path("bench.toml")
+    if path is not None:
+        source = Path(path).resolve()
+        if not source.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = tomllib.loads(source.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{source}: not valid TOML: {err}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{source}: not UTF-8 text: {err}") from None
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    return parse_config(data, source, base=source.parent if source else Path.cwd())
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key!r}: {'.'.join(parts[: i + 1])} is not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse a ``--set key.path=value`` flag; the value is read as TOML (``3``, ``[0, 1]``, ``true``,
+    ``"x"``) and falls back to a plain string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set methods.dualcoop.epochs=2")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` with an error naming the flag and the bad value."""
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise ConfigError(f"{flag}: {item!r} is not an integer (expected e.g. {flag} 0,1,2)") from None
+    return out
+
+
+def parse_name_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]

@@ -1,0 +1,250 @@
+"""The one training/evaluation engine every gradient method shares.
+
+Per epoch: train over shuffled batches (AMP when CUDA is present), score val, compute the protocol's selection
+metric, keep the best learned state, write a checkpoint (atomically) and report the epoch. A run whose folder holds
+a checkpoint resumes after its last finished epoch with the same data order. At the end the best state is restored
+and val and test are scored once. Under the default ``val-threshold`` protocol the test split is not touched before
+that; ``intclip-code`` (the official code's test-set epoch selection) scores test each epoch and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from bench import metrics
+from bench.data import batch_indices
+from bench.datasets.base import DatasetData, Split
+from bench.errors import TrainingDivergedError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from bench.methods.base import Method
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class RunContext:
+    """Everything about one run that is not the method or the data."""
+
+    run_dir: Path
+    seed: int
+    device: torch.device
+    protocol: str = "val-threshold"
+    amp: bool = True
+    eval_batch_size: int = 256
+    cache_dir: Path | None = None  # shared caches (e.g. frozen features), keyed by their inputs
+    progress: Progress | None = None
+    report: Callable[[dict[str, Any]], None] | None = None  # per-epoch callback (the Ray adapter reports to Tune)
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class Outcome:
+    """What a run produced: final val/test scores and how it got there."""
+
+    val_scores: np.ndarray
+    test_scores: np.ndarray
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    epochs_run: int = 0
+    resumed_from_epoch: int | None = None
+    fit_info: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when the GPU supports it, else fp16; nothing on CPU."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def predict_split(method: Method, split: Split, ctx: RunContext) -> np.ndarray:
+    """Scores in [0, 1] for every image of ``split``, float32 ``[N, C]``."""
+    method.model.eval()
+    method.start_eval()
+    out = []
+    for idx in batch_indices(len(split), ctx.eval_batch_size):
+        with autocast(ctx.device, ctx.amp):
+            scores = method.predict(method.prepare(torch.from_numpy(split.images[idx])))
+        out.append(scores.float().cpu())
+    scores = torch.cat(out).numpy().astype(np.float32)
+    if not np.isfinite(scores).all():
+        raise TrainingDivergedError(f"{method.name}: non-finite scores on {len(split)} images")
+    return np.clip(scores, 0.0, 1.0)
+
+
+def selection_metric(task: str, scores: np.ndarray, labels: np.ndarray, protocol: str) -> float:
+    """The number epochs (and searches) are selected by: val macro F1 at the val-chosen threshold (multilabel),
+    accuracy (multiclass); under ``intclip-code`` the mean of macro/micro/samples F1 at 0.5 and mAP."""
+    if task == "multiclass":
+        return metrics.accuracy(scores, labels)
+    if protocol == "intclip-code":
+        m = metrics.multilabel_metrics(scores, labels, 0.5)
+        return (m["macro_f1"] + m["micro_f1"] + m["samples_f1"] + m["mAP"]) / 4
+    thr = metrics.choose_threshold(scores, labels)
+    return metrics.macro_f1(scores, labels, thr)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
+    """Train an engine method with per-epoch validation, checkpointing and best-on-val selection."""
+    cfg = method.config
+    train_split, val_split = data.splits["train"], data.splits["val"]
+    selection_split = data.splits["test"] if ctx.protocol == "intclip-code" else val_split
+    steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
+    optimizer, scheduler = method.configure_optimizers(steps_per_epoch)
+    _check_optimizer_covers_learnable(method, optimizer)
+    scaler = torch.amp.GradScaler("cuda", enabled=ctx.amp and ctx.device.type == "cuda" and not torch.cuda.is_bf16_supported())
+
+    start_epoch, history = 0, []
+    best: dict[str, Any] = {"epoch": None, "metric": -math.inf, "state": None}
+    resumed_from = None
+    ckpt_path = ctx.run_dir / CHECKPOINT
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=False)
+        method.load_state_dict(ckpt["method"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, history, best = ckpt["epoch"], ckpt["history"], ckpt["best"]
+        _set_rng_state(ckpt["rng"])
+        resumed_from = start_epoch
+        ctx.log(f"resumed {method.name} from its checkpoint after epoch {start_epoch}")
+
+    patience = getattr(cfg, "early_stop_patience", None)
+    task_id = ctx.progress.add_task(f"  {method.name} epochs", total=cfg.epochs, completed=start_epoch) if ctx.progress else None
+    for epoch in range(start_epoch, cfg.epochs):
+        if patience is not None and best["epoch"] is not None and epoch - 1 - best["epoch"] >= patience:
+            ctx.log(f"early stop after epoch {epoch} ({patience} epochs without improvement)")
+            break
+        t0 = time.perf_counter()
+        method.train(True)
+        losses = []
+        for idx in batch_indices(len(train_split), cfg.batch_size, shuffle=True, seed=ctx.seed, epoch=epoch):
+            images = method.prepare(torch.from_numpy(train_split.images[idx]))
+            labels = torch.from_numpy(train_split.labels[idx]).to(ctx.device)
+            with autocast(ctx.device, ctx.amp):
+                loss = method.training_loss(images, labels)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(f"{method.name}: loss is {loss.item()} at epoch {epoch}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.item())
+        if scheduler is not None:
+            scheduler.step()
+        scores = predict_split(method, selection_split, ctx)
+        metric = selection_metric(data.task, scores, selection_split.labels, ctx.protocol)
+        improved = metric > best["metric"]
+        if improved:
+            best = {"epoch": epoch, "metric": metric, "state": copy.deepcopy(method.state_dict())}
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "selection_metric": metric,
+            "selection_split": "test" if ctx.protocol == "intclip-code" else "val",
+            "lr": [g["lr"] for g in optimizer.param_groups],
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        _atomic_save(
+            {
+                "epoch": epoch + 1,
+                "method": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict(),
+                "best": best,
+                "history": history,
+                "rng": _rng_state(),
+            },
+            ckpt_path,
+        )
+        if ctx.report:
+            ctx.report({**record, "best_metric": best["metric"], "checkpoint": str(ckpt_path)})
+        if ctx.progress is not None:
+            ctx.progress.update(task_id, advance=1, description=f"  {method.name} epoch {epoch + 1} val {metric:.3f}")
+    if ctx.progress is not None:
+        ctx.progress.remove_task(task_id)
+
+    if best["state"] is not None:
+        method.load_state_dict(best["state"])
+    return Outcome(
+        val_scores=predict_split(method, val_split, ctx),
+        test_scores=predict_split(method, data.splits["test"], ctx),
+        history=history,
+        best_epoch=best["epoch"],
+        epochs_run=len(history),
+        resumed_from_epoch=resumed_from,
+    )
+
+
+def _check_optimizer_covers_learnable(method: Method, optimizer: torch.optim.Optimizer) -> None:
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    learnable = {id(p) for p in method.learnable_parameters().values()}
+    if in_optimizer != learnable:
+        raise RuntimeError(
+            f"{method.name}: optimizer updates {len(in_optimizer)} tensors but the method declares "
+            f"{len(learnable)} learnable ones; learnable counts would be wrong"
+        )
+
+
+def run_method(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
+    """Train (engine), fit, or just evaluate ``method``, then score val and test."""
+    seed_everything(ctx.seed)
+    if method.trainer == "engine":
+        return train(method, data, ctx)
+    fit_info = method.fit(data, ctx) if method.trainer == "fit" else {}
+    return Outcome(
+        val_scores=predict_split(method, data.splits["val"], ctx),
+        test_scores=predict_split(method, data.splits["test"], ctx),
+        fit_info=fit_info,
+    )

@@ -1,0 +1,28 @@
+"""The harness's exceptions: each one names the file, key or value at fault."""
+
+
+class BenchError(Exception):
+    """Base of every error the CLI reports as a one-line message instead of a traceback."""
+
+
+class ConfigError(BenchError):
+    """bench.toml or a CLI flag is malformed: the message names the file and the dotted key."""
+
+
+class UnknownNameError(BenchError, KeyError):
+    """An unknown method, dataset or backbone name (the message suggests close matches)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class WeightsNotFoundError(BenchError):
+    """A backbone's weights are neither in the local cache nor at the configured path."""
+
+
+class CorruptResultError(BenchError):
+    """A result.json or scores.npz exists but does not validate."""
+
+
+class TrainingDivergedError(BenchError):
+    """The loss became NaN or infinite: the trial stops with this status."""

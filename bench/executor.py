@@ -1,0 +1,274 @@
+"""Plans a suite (methods x datasets x seeds) and runs it in-process, one run at a time.
+
+The serial executor is the reference every other executor reuses: :func:`plan_suite` resolves configs and run ids,
+:func:`execute_run` does one run from backbone loading to the atomically written result. A run whose valid result
+exists is skipped; a corrupt result is moved aside and the run redone; a run with a checkpoint resumes from it; a
+run that fails leaves ``error.json`` beside its checkpoint and the suite goes on.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import bench
+from bench import store
+from bench.config import BenchConfig
+from bench.errors import ConfigError
+from bench.registry import BACKBONES, DATASETS, METHODS
+from bench.schema import DatasetRecord, MethodRecord, MetricsRecord, ParamsRecord, ProtocolRecord, RunResult, TrainingRecord
+
+
+@dataclass
+class PlannedRun:
+    """One method x dataset x seed with everything that defines it."""
+
+    run_id: str
+    method: str
+    dataset: str
+    seed: int
+    backbone: str
+    identity: dict[str, Any]
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} / {self.dataset} / seed {self.seed}"
+
+
+@dataclass
+class SuiteOutcome:
+    planned: list[PlannedRun] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def backbone_image_size(backbone: str) -> int:
+    """The input resolution of a backbone, from its open_clip config (no weights loaded)."""
+    import open_clip
+
+    from bench.backbones import _run_setup
+
+    spec = BACKBONES.get(backbone)
+    _run_setup(spec)
+    size = open_clip.get_model_config(spec.model_name)["vision_cfg"]["image_size"]
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def load_dataset(cfg: BenchConfig, name: str, image_size: int):
+    adapter_cls = DATASETS.get(name)
+    adapter = adapter_cls(cfg.dataset_config(name), cfg.data_root(name), cfg.paths.cache / "datasets")
+    return adapter.load(image_size)
+
+
+def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tuple[list[PlannedRun], dict[str, Any]]:
+    """Resolve every run of the suite; loads each dataset once (its manifest hash is part of the run id)."""
+    suite = cfg.suite
+    for method in suite.methods:
+        cls = METHODS.get(method)
+        if not any(fnmatch.fnmatchcase(suite.backbone, pat) for pat in cls.supported_backbones):
+            raise ConfigError(f"method {method!r} does not support backbone {suite.backbone!r} (supports {cls.supported_backbones})")
+    datasets = dict(datasets or {})
+    size = backbone_image_size(suite.backbone)
+    for name in suite.datasets:
+        if name not in datasets:
+            datasets[name] = load_dataset(cfg, name, size)
+    plans = []
+    for dataset in suite.datasets:
+        data = datasets[dataset]
+        for method in suite.methods:
+            for seed in suite.seeds:
+                identity = {
+                    "code": {"bench": bench.__version__, "method": METHODS.get(method).version},
+                    "method": {"name": method, "config": cfg.method_config(method).model_dump(mode="json")},
+                    "backbone": {"name": suite.backbone, "pretrained": cfg.backbone_pretrained(suite.backbone)},
+                    "dataset": {
+                        "name": dataset,
+                        "config": cfg.dataset_config(dataset).model_dump(mode="json"),
+                        "manifest_sha256": data.manifest_sha256,
+                    },
+                    "seed": seed,
+                    "protocol": cfg.protocol.name,
+                }
+                run_id = store.compute_run_id(identity)
+                plans.append(
+                    PlannedRun(run_id, method, dataset, seed, suite.backbone, identity, store.runs_dir(cfg.paths.results) / run_id)
+                )
+    return plans, datasets
+
+
+def execute_run(
+    plan: PlannedRun,
+    data: Any,
+    cfg: BenchConfig,
+    *,
+    executor: str = "serial",
+    trial_id: str | None = None,
+    progress: Progress | None = None,
+    report: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Do one run: load the backbone, build the method, train/fit, evaluate, write the result."""
+    import torch
+
+    from bench import metrics, provenance
+    from bench.backbones import load_backbone
+    from bench.engine import CHECKPOINT, RunContext, resolve_device, run_method
+
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.engine.device)
+    backbone = load_backbone(
+        BACKBONES.get(plan.backbone), cfg.backbone_pretrained(plan.backbone), cfg.paths.weights, str(device)
+    )
+    method_cls = METHODS.get(plan.method)
+    method_cfg = cfg.method_config(plan.method)
+    method = method_cls(method_cfg, backbone, data, device)
+    ctx = RunContext(
+        run_dir=plan.run_dir,
+        seed=plan.seed,
+        device=device,
+        protocol=cfg.protocol.name,
+        amp=cfg.engine.amp,
+        eval_batch_size=cfg.engine.eval_batch_size,
+        cache_dir=cfg.paths.cache,
+        progress=progress,
+        report=report,
+        log=log,
+    )
+    t_setup = time.perf_counter()
+    outcome = run_method(method, data, ctx)
+    t_trained = time.perf_counter()
+
+    val, test = data.splits["val"], data.splits["test"]
+    threshold = 0.5 if cfg.protocol.name == "intclip-code" else None
+    val_m, test_m = metrics.evaluate(data.task, outcome.val_scores, val.labels, outcome.test_scores, test.labels, threshold)
+    per_class = {}
+    for split, m in (("val", val_m), ("test", test_m)):
+        per_class[split] = {k.removeprefix("per_class_"): list(v) for k, v in m.items() if k.startswith("per_class_")}
+    scalars = {
+        s: {k: float(v) for k, v in m.items() if not k.startswith("per_class_") and k != "threshold"}
+        for s, m in (("val", val_m), ("test", test_m))
+    }
+
+    artifacts = {"scores": store.SCORES}
+    state = method.state_dict()
+    if cfg.engine.keep_best_weights and state:
+        torch.save(state, plan.run_dir / "weights.pt")
+        artifacts["weights"] = "weights.pt"
+    result = RunResult(
+        run_id=plan.run_id,
+        executor=executor,
+        trial_id=trial_id,
+        method=MethodRecord(name=plan.method, version=method_cls.version, config=method_cfg.model_dump(mode="json")),
+        backbone=backbone.describe(),
+        dataset=DatasetRecord(
+            name=data.name,
+            task=data.task,
+            manifest_sha256=data.manifest_sha256,
+            config=plan.identity["dataset"]["config"],
+            class_keys=[c.key for c in data.classes],
+            split_sizes={k: len(v) for k, v in data.splits.items()},
+            info=data.info,
+        ),
+        seed=plan.seed,
+        protocol=ProtocolRecord(
+            name=cfg.protocol.name,
+            threshold=val_m.get("threshold"),
+            selection_split="test" if cfg.protocol.name == "intclip-code" else "val",
+        ),
+        metrics=MetricsRecord(val=scalars["val"], test=scalars["test"], per_class=per_class),
+        params=ParamsRecord(**method.param_counts()),
+        training=TrainingRecord(
+            epochs_run=outcome.epochs_run,
+            best_epoch=outcome.best_epoch,
+            resumed_from_epoch=outcome.resumed_from_epoch,
+            history=outcome.history,
+            fit_info=outcome.fit_info,
+        ),
+        timing={
+            "started_at": started.isoformat(),
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "seconds_total": time.perf_counter() - t0,
+            "seconds_setup": t_setup - t0,
+            "seconds_train_and_eval": t_trained - t_setup,
+        },
+        env=provenance.environment(str(device)),
+        artifacts=artifacts,
+    )
+    store.write_result(
+        plan.run_dir,
+        result,
+        {"val_scores": outcome.val_scores, "val_labels": val.labels, "test_scores": outcome.test_scores, "test_labels": test.labels},
+    )
+    (plan.run_dir / CHECKPOINT).unlink(missing_ok=True)
+    (plan.run_dir / "error.json").unlink(missing_ok=True)
+    return result
+
+
+def _record_failure(plan: PlannedRun, err: BaseException) -> None:
+    payload = {
+        "run_id": plan.run_id,
+        "run": plan.label,
+        "error": f"{type(err).__name__}: {err}",
+        "traceback": traceback.format_exception(err),
+        "at": datetime.now(timezone.utc).isoformat(),
+    }
+    try:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        (plan.run_dir / "error.json").write_text(json.dumps(payload, indent=2))
+    except OSError:
+        pass
+
+
+def run_suite(cfg: BenchConfig, console: Console | None = None) -> SuiteOutcome:
+    """Run every missing run of the suite serially; never redo or rewrite a complete one."""
+    console = console or Console(stderr=True)
+    store.ensure_writable(cfg.paths.results)
+    plans, datasets = plan_suite(cfg)
+    outcome = SuiteOutcome(planned=plans)
+    todo = []
+    for plan in plans:
+        status, reason = store.run_status(plan.run_dir)
+        if status == "complete":
+            outcome.skipped.append(plan.run_id)
+            continue
+        if status == "corrupt":
+            moved = store.quarantine(plan.run_dir)
+            console.print(f"[yellow]corrupt result for {plan.label}: {reason}; kept as {moved.name}, rerunning[/]")
+        elif status == "partial":
+            console.print(f"[cyan]{plan.label}: checkpoint found, resuming[/]")
+        todo.append(plan)
+    if not todo:
+        console.print(f"all {len(plans)} runs already have results in {cfg.paths.results}; nothing to train")
+        return outcome
+    console.print(f"{len(plans)} runs planned: {len(outcome.skipped)} done already, {len(todo)} to run")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=not cfg.engine.progress, transient=False) as progress:
+        suite_task = progress.add_task("suite", total=len(todo))
+        for plan in todo:
+            progress.update(suite_task, description=f"suite: {plan.label}")
+            try:
+                execute_run(plan, datasets[plan.dataset], cfg, progress=progress, log=progress.console.print)
+                outcome.completed.append(plan.run_id)
+            except Exception as err:  # one failed run must not stop the suite
+                _record_failure(plan, err)
+                outcome.failed[plan.run_id] = f"{plan.label}: {type(err).__name__}: {err}"
+                progress.console.print(f"[red]failed {plan.label}: {type(err).__name__}: {err}[/]")
+            progress.advance(suite_task)
+    return outcome

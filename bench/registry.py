@@ -1,0 +1,93 @@
+"""Lazy registries of methods, datasets and backbones.
+
+Entries are ``"module:attribute"`` strings imported on first use, so ``bench ls`` and config validation stay
+fast and a method's heavy dependencies cost nothing until it runs. Adding a method = one file in ``methods/`` and
+one line below.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+from typing import Any
+
+from bench.errors import UnknownNameError
+
+
+class Registry:
+    """Maps names to lazily imported objects; unknown names fail with "did you mean ...?"."""
+
+    def __init__(self, kind: str, entries: dict[str, str]) -> None:
+        self.kind = kind
+        self._targets: dict[str, str] = dict(entries)
+        self._loaded: dict[str, Any] = {}
+
+    def register(self, name: str, target: str | Any) -> None:
+        """Add an entry: a ``"module:attr"`` string or the object itself (for plugins and tests)."""
+        if isinstance(target, str):
+            self._targets[name] = target
+            self._loaded.pop(name, None)
+        else:
+            self._targets[name] = f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', name)}"
+            self._loaded[name] = target
+
+    def unregister(self, name: str) -> None:
+        self._targets.pop(name, None)
+        self._loaded.pop(name, None)
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Registered names matching a shell-style wildcard, sorted."""
+        return sorted(n for n in self._targets if fnmatch.fnmatchcase(n, pattern))
+
+    def check(self, name: str) -> str:
+        """Return ``name`` if registered, else raise :class:`UnknownNameError` with close matches."""
+        if name in self._targets:
+            return name
+        close = difflib.get_close_matches(name, list(self._targets), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownNameError(
+            f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())}; see `bench ls {self.kind}s`)"
+        )
+
+    def get(self, name: str) -> Any:
+        """Import (once) and return the object registered under ``name``."""
+        self.check(name)
+        if name not in self._loaded:
+            module_name, _, attr = self._targets[name].partition(":")
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            self._loaded[name] = obj
+        return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._targets
+
+
+METHODS = Registry(
+    "method",
+    {
+        "linear-probe": "bench.methods.linear_probe:LinearProbe",
+        "zeroshot": "bench.methods.zeroshot:ZeroShot",
+    },
+)
+
+DATASETS = Registry(
+    "dataset",
+    {
+        "synthetic": "bench.datasets.synthetic:SyntheticIntentions",
+    },
+)
+
+BACKBONES = Registry(
+    "backbone",
+    {
+        "tiny-clip": "bench.backbones:TINY_CLIP",
+        "RN50": "bench.backbones:RN50",
+        "RN101": "bench.backbones:RN101",
+        "ViT-B-32": "bench.backbones:VIT_B_32",
+    },
+)
+
+REGISTRIES = {"methods": METHODS, "datasets": DATASETS, "backbones": BACKBONES}

@@ -1,0 +1,1 @@
+"""Method implementations (installed as ``bench.methods``)."""

@@ -1,0 +1,115 @@
+"""The Method interface every method implements (SPEC 2).
+
+A method declares its name, a typed config with defaults from the paper or the official code, the backbones it
+supports, which parameters it trains (explicitly: learnable counts come from this set and equal what the
+optimizer updates), and how images become per-class scores in [0, 1]. Gradient methods are trained by
+:mod:`bench.engine` (``trainer = "engine"``); a method fitted another way (the linear probe) implements
+:meth:`Method.fit` (``trainer = "fit"``); a method with nothing to train uses ``trainer = "none"``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from bench.data import Preprocessing, to_model_input
+
+if TYPE_CHECKING:
+    from bench.backbones import Backbone
+    from bench.datasets.base import DatasetData
+    from bench.engine import RunContext
+
+
+class MethodConfig(BaseModel):
+    """Settings every method has; subclasses add theirs. Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preprocessing: Preprocessing = "clip"
+
+
+class TrainConfig(MethodConfig):
+    """Settings of methods trained by the engine."""
+
+    epochs: int = Field(default=10, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    early_stop_patience: int | None = Field(default=None, gt=0)
+
+
+class Method(ABC):
+    """Base class: subclasses build ``self.model`` in ``__init__`` and declare what they train."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    trainer: ClassVar[Literal["engine", "fit", "none"]] = "engine"
+    supported_backbones: ClassVar[tuple[str, ...]] = ("*",)
+    version: ClassVar[str] = "1"  # bump when the method's math changes: it is part of every run id
+
+    def __init__(self, config: MethodConfig, backbone: Backbone, data: DatasetData, device: torch.device) -> None:
+        self.config = config
+        self.backbone = backbone
+        self.task = data.task
+        self.num_classes = data.num_classes
+        self.device = device
+        self.model: torch.nn.Module = backbone.model
+
+    # -- what is trained ---------------------------------------------------------------------------------------
+    def learnable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Every parameter the optimizer updates (or the fit learns), by name. Default: those with
+        ``requires_grad``; methods whose learned state is not a torch parameter override :meth:`param_counts`."""
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer param groups; must cover exactly :meth:`learnable_parameters`."""
+        return [{"params": list(self.learnable_parameters().values())}]
+
+    def param_counts(self) -> dict[str, int]:
+        learnable = sum(p.numel() for p in self.learnable_parameters().values())
+        total = sum(p.numel() for p in self.model.parameters())
+        return {"learnable": learnable, "total": total}
+
+    # -- training (engine methods) -----------------------------------------------------------------------------
+    def configure_optimizers(self, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
+        """Return (optimizer, per-epoch scheduler or None)."""
+        raise TypeError(f"{self.name} is trained by the engine but defines no optimizer")
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise TypeError(f"{self.name} is trained by the engine but defines no loss")
+
+    def train(self, mode: bool = True) -> None:
+        """Switch to training mode (methods with frozen BN override this to keep it in eval)."""
+        self.model.train(mode)
+
+    # -- fitted methods ----------------------------------------------------------------------------------------
+    def fit(self, data: DatasetData, ctx: RunContext) -> dict[str, Any]:
+        """Fit without the engine; return what the result record should keep (e.g. the chosen C)."""
+        raise TypeError(f"{self.name} has trainer={self.trainer!r} and no fit()")
+
+    # -- inference ---------------------------------------------------------------------------------------------
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, H, W, 3]`` -> normalised float input on the method's device."""
+        return to_model_input(images, self.backbone.mean, self.backbone.std, self.config.preprocessing, self.device)
+
+    @abstractmethod
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-class scores in [0, 1], ``[B, C]``, for prepared images (called under no_grad, eval mode)."""
+
+    def start_eval(self) -> None:
+        """Hook run once before a pass of :meth:`predict` (e.g. to compute constant text features)."""
+
+    # -- state -------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The learned state (what a checkpoint must hold to restore the method)."""
+        return {n: p.detach().clone() for n, p in self.learnable_parameters().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        params = self.learnable_parameters()
+        missing = set(params) - set(state)
+        if missing:
+            raise KeyError(f"{self.name}: checkpoint lacks {sorted(missing)[:5]}")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(state[n])

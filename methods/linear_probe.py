@@ -1,0 +1,146 @@
+"""CLIP linear probe (SPEC 3.4).
+
+Frozen CLIP image embeddings (the pooled, projected output of the plain visual tower), computed once per
+backbone weights, preprocessing, dataset version and split and cached; L2-regularised logistic regression
+(one-vs-rest for multilabel, multinomial for multiclass) with C chosen on val: a log-spaced grid 1e-6..1e6, then a
+bisection in log space around the best grid point. Test is never looked at. Learnable parameters: (D + 1) x C.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from bench.data import batch_indices
+from bench.methods.base import Method, MethodConfig
+
+
+class LinearProbeConfig(MethodConfig):
+    c_grid: list[float] = Field(default_factory=lambda: [10.0**e for e in range(-6, 7)])
+    refine_steps: int = Field(default=6, ge=0)
+    max_iter: int = Field(default=1000, gt=0)
+
+
+class LinearProbe(Method):
+    name = "linear-probe"
+    Config = LinearProbeConfig
+    trainer = "fit"
+
+    def __init__(self, config, backbone, data, device) -> None:
+        super().__init__(config, backbone, data, device)
+        self.model.requires_grad_(False)
+        self.weight: np.ndarray | None = None  # [C, D]
+        self.bias: np.ndarray | None = None  # [C]
+
+    def learnable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {}  # the probe's weights are fitted by sklearn, not torch parameters; counted below
+
+    def param_counts(self) -> dict[str, int]:
+        dim = self._feature_dim()
+        learnable = (dim + 1) * self.num_classes
+        return {"learnable": learnable, "total": learnable + sum(p.numel() for p in self.model.visual.parameters())}
+
+    def _feature_dim(self) -> int:
+        with torch.no_grad():
+            size = self.backbone.image_size
+            return int(self.model.encode_image(torch.zeros(1, 3, size, size, device=self.device)).shape[-1])
+
+    # -- features ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _encode(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        self.model.eval()
+        out = [
+            self.model.encode_image(self.prepare(torch.from_numpy(images[idx]))).float().cpu()
+            for idx in batch_indices(len(images), batch_size)
+        ]
+        return torch.cat(out).numpy()
+
+    def features(self, split_name: str, images: np.ndarray, manifest: str, cache_dir: Path | None, batch_size: int) -> np.ndarray:
+        """Frozen embeddings of one split, read from / written to the shared feature cache."""
+        if cache_dir is None:
+            return self._encode(images, batch_size)
+        key = hashlib.sha256(
+            repr((self.backbone.describe(), self.config.preprocessing, manifest, split_name, len(images))).encode()
+        ).hexdigest()[:20]
+        path = cache_dir / "features" / f"{self.backbone.spec.name}-{split_name}-{key}.npy"
+        if path.is_file():
+            return np.load(path)
+        feats = self._encode(images, batch_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+        np.save(tmp, feats)
+        os.replace(tmp, path)
+        return feats
+
+    # -- fitting -----------------------------------------------------------------------------------------------
+    def _fit_c(self, x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.linear_model import LogisticRegression
+
+        if self.task == "multiclass":
+            clf = LogisticRegression(C=c, max_iter=self.config.max_iter)
+            clf.fit(x, y)
+            weight = np.zeros((self.num_classes, x.shape[1]))
+            bias = np.full(self.num_classes, -1e4)  # classes absent from train are never predicted
+            weight[clf.classes_] = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_, clf.coef_])
+            bias[clf.classes_] = clf.intercept_ if len(clf.classes_) > 2 else np.array([-clf.intercept_[0], clf.intercept_[0]])
+            return weight, bias
+        weight = np.zeros((self.num_classes, x.shape[1]))
+        bias = np.zeros(self.num_classes)
+        for k in range(self.num_classes):
+            yk = y[:, k] > 0.5
+            if yk.all() or not yk.any():  # one-valued class in train: a constant at its (clipped) train prior
+                prior = np.clip(yk.mean(), 1e-4, 1 - 1e-4)
+                bias[k] = np.log(prior / (1 - prior))
+                continue
+            clf = LogisticRegression(C=c, max_iter=self.config.max_iter)
+            clf.fit(x, yk)
+            weight[k], bias[k] = clf.coef_[0], clf.intercept_[0]
+        return weight, bias
+
+    def _scores(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        logits = x @ weight.T + bias
+        if self.task == "multiclass":
+            logits = logits - logits.max(axis=1, keepdims=True)
+            e = np.exp(logits)
+            return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+    def fit(self, data, ctx) -> dict[str, Any]:
+        from bench.engine import selection_metric
+
+        feats = {
+            s: self.features(s, data.splits[s].images, data.manifest_sha256, ctx.cache_dir, ctx.eval_batch_size)
+            for s in ("train", "val")
+        }
+        y_train, y_val = data.splits["train"].labels, data.splits["val"].labels
+        tried: dict[float, float] = {}
+
+        def score(log_c: float) -> float:
+            if log_c not in tried:
+                w, b = self._fit_c(feats["train"], y_train, 10.0**log_c)
+                tried[log_c] = selection_metric(self.task, self._scores(feats["val"], w, b), y_val, "val-threshold")
+            return tried[log_c]
+
+        grid = sorted(np.log10(self.config.c_grid).tolist())
+        best = max(grid, key=lambda g: (score(g), -g))
+        i = grid.index(best)
+        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+        for _ in range(self.config.refine_steps):  # bisection in log space around the best grid point
+            left, right = (lo + best) / 2, (best + hi) / 2
+            best = max([best, left, right], key=lambda g: (score(g), -g))
+            lo, hi = max(lo, best - (hi - lo) / 4), min(hi, best + (hi - lo) / 4)
+        self.weight, self.bias = self._fit_c(feats["train"], y_train, 10.0**best)
+        return {"C": 10.0**best, "val_selection_metric": tried[best], "c_tried": len(tried)}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            raise RuntimeError("linear-probe: predict() before fit()")
+        x = self.model.encode_image(images).float().cpu().numpy()
+        return torch.from_numpy(self._scores(x, self.weight, self.bias))

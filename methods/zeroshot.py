@@ -1,0 +1,52 @@
+"""Zero-shot CLIP (SPEC 3.5): no training, 0 learnable parameters.
+
+Scores are the cosine similarities of the image embedding with one prompt per class, ``template.format(text)``,
+scaled by CLIP's logit scale. Multiclass: softmax over classes. Multilabel: a sigmoid of the scaled similarity
+centred on the image's mean over classes (uncentred CLIP logits are all ~20-30 and would saturate the sigmoid;
+centring keeps the ranking and puts the scores where a threshold in 0.05..0.95 can separate them).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from bench.methods.base import Method, MethodConfig
+
+
+class ZeroShotConfig(MethodConfig):
+    template: str = "a photo that expresses {}."
+    class_text: Literal["name", "sentence"] = "name"
+
+
+class ZeroShot(Method):
+    name = "zeroshot"
+    Config = ZeroShotConfig
+    trainer = "none"
+
+    def __init__(self, config, backbone, data, device) -> None:
+        super().__init__(config, backbone, data, device)
+        self.model.requires_grad_(False)
+        texts = [c.name if config.class_text == "name" else c.sentence for c in data.classes]
+        self.prompts = [config.template.format(t) for t in texts]
+        self._text_features: torch.Tensor | None = None
+
+    def learnable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {}
+
+    @torch.no_grad()
+    def start_eval(self) -> None:
+        if self._text_features is None:
+            tokens = self.backbone.tokenizer(self.prompts).to(self.device)
+            self._text_features = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        self.start_eval()
+        image_features = F.normalize(self.model.encode_image(images).float(), dim=-1)
+        logits = self.model.logit_scale.exp().float() * image_features @ self._text_features.T
+        if self.task == "multiclass":
+            return logits.softmax(dim=-1)
+        return torch.sigmoid(logits - logits.mean(dim=-1, keepdim=True))
