@@ -16,7 +16,7 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Benchmark harness for visual intention understanding with CLIP."
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="bench.toml to use (default: ./bench.toml, else built-in defaults).")]
 ResultsOpt = Annotated[Optional[Path], typer.Option("--results", help="Results folder (overrides paths.results).")]

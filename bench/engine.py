@@ -145,6 +145,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     start_epoch, history = 0, []
     best: dict[str, Any] = {"epoch": None, "metric": -math.inf, "state": None}
     resumed_from = None
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = ctx.run_dir / CHECKPOINT
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=False)

@@ -70,6 +70,7 @@ METHODS = Registry(
     {
         "linear-probe": "bench.methods.linear_probe:LinearProbe",
         "zeroshot": "bench.methods.zeroshot:ZeroShot",
+        "dualcoop": "bench.methods.dualcoop:DualCoOp",
     },
 )
 

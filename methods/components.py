@@ -1,0 +1,141 @@
+"""Building blocks shared by the prompt-learning methods (DualCoOp, IntCLIP).
+
+- :class:`PromptLearner`: per class a positive and a negative learnable context ("X x n_ctx <class text>.").
+- :func:`encode_prompts`: the frozen CLIP text tower on prompt embeddings, run only up to the longest prompt's EOT
+  token (attention is causal, so the EOT features are identical to a full 77-token pass).
+- :func:`dense_tokens`: DualCoOp's attention-free pooling of a ResNet feature map into 1 + HW projected tokens.
+- :func:`region_aggregation`: the class-specific region aggregation head.
+- :func:`asymmetric_loss`: ASL on the 2-way (negative, positive) softmax, always in fp32.
+- :func:`warmup_cosine`: one constant warmup epoch, then cosine per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PROMPT_FILLER = "X"
+
+
+class PromptLearner(nn.Module):
+    """Learnable positive/negative contexts, class-specific (``csc``) or shared, initialised N(0, std)."""
+
+    def __init__(self, clip: nn.Module, tokenizer, class_texts: list[str], n_ctx: int = 16, csc: bool = True, init_std: float = 0.02):
+        super().__init__()
+        width = clip.token_embedding.weight.shape[1]
+        n_cls = len(class_texts) if csc else 1
+        self.ctx_pos = nn.Parameter(torch.empty(n_cls, n_ctx, width).normal_(0.0, init_std))
+        self.ctx_neg = nn.Parameter(torch.empty(n_cls, n_ctx, width).normal_(0.0, init_std))
+        self.num_classes, self.n_ctx = len(class_texts), n_ctx
+        texts = [" ".join([PROMPT_FILLER] * n_ctx) + " " + t.rstrip(".") + "." for t in class_texts]
+        tokens = tokenizer(texts)
+        with torch.no_grad():
+            embedding = clip.token_embedding(tokens).float()
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("prefix", embedding[:, :1], persistent=False)  # SOT
+        self.register_buffer("suffix", embedding[:, 1 + n_ctx :], persistent=False)  # class text, ".", EOT, pad
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings ``[C, L, W]`` for the positive and the negative contexts."""
+        expand = (self.num_classes, -1, -1)
+        pos = torch.cat([self.prefix, self.ctx_pos.expand(*expand), self.suffix], dim=1)
+        neg = torch.cat([self.prefix, self.ctx_neg.expand(*expand), self.suffix], dim=1)
+        return pos, neg
+
+
+def encode_prompts(clip: nn.Module, embeddings: torch.Tensor, tokens: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+    """EOT features of the text tower for prompt ``embeddings`` ``[P, L, W]`` (tokens give the EOT positions),
+    projected; with ``truncate`` the tower only sees positions up to the longest prompt's EOT."""
+    eot = tokens.argmax(dim=-1)
+    length = int(eot.max()) + 1 if truncate else embeddings.shape[1]
+    x = embeddings[:, :length] + clip.positional_embedding[:length].to(embeddings.dtype)
+    mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+    x = clip.ln_final(clip.transformer(x, attn_mask=mask))
+    x = x[torch.arange(x.shape[0], device=x.device), eot]
+    return x @ clip.text_projection if not isinstance(clip.text_projection, nn.Linear) else clip.text_projection(x)
+
+
+def resnet_trunk(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """ModifiedResNet stem + layer1..layer4: the final feature map ``[B, C, H, W]``."""
+    x = visual.stem(images)
+    for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+        x = layer(x)
+    return x
+
+
+def positional_embedding(attnpool: nn.Module, h: int, w: int) -> torch.Tensor:
+    """The attnpool's positional embedding ``[1 + HW, C]``, bicubically resized when the map is not the
+    pretraining size."""
+    pos = attnpool.positional_embedding
+    grid = int(math.isqrt(pos.shape[0] - 1))
+    if grid * grid == h * w and grid == h:
+        return pos
+    spatial = pos[1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+    spatial = F.interpolate(spatial.float(), size=(h, w), mode="bicubic", align_corners=False).to(pos.dtype)
+    return torch.cat([pos[:1], spatial.permute(0, 2, 3, 1).reshape(h * w, -1)])
+
+
+def dense_tokens(attnpool: nn.Module, feature_map: torch.Tensor) -> torch.Tensor:
+    """DualCoOp pooling: [mean token, HW spatial tokens] + positional embedding, then ``c_proj(v_proj(.))`` on
+    every token, no attention. Returns ``[B, 1 + HW, D]``."""
+    b, c, h, w = feature_map.shape
+    x = feature_map.flatten(2).transpose(1, 2)  # [B, HW, C]
+    x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+    x = x + positional_embedding(attnpool, h, w).to(x.dtype)
+    return attnpool.c_proj(attnpool.v_proj(x))
+
+
+def region_aggregation(
+    tokens: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor, region_scale: float = 20.0, logit_scale: float = 5.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-specific region aggregation. ``tokens`` ``[B, R, D]``, prompt features ``[C, D]``.
+
+    s^{+/-}_{k,r} = 20 <f_r, t^{+/-}_k>;  w_{k,r} = softmax_r(s^+_{k,r});  logit^{+/-}_k = 5 sum_r w_{k,r} s^{+/-}_{k,r}.
+    Returns (logit_pos, logit_neg), each ``[B, C]``; the class probability is sigmoid(logit_pos - logit_neg).
+    """
+    f = F.normalize(tokens, dim=-1)
+    s_pos = region_scale * f @ F.normalize(text_pos, dim=-1).T  # [B, R, C]
+    s_neg = region_scale * f @ F.normalize(text_neg, dim=-1).T
+    region_weights = s_pos.softmax(dim=1)
+    return logit_scale * (region_weights * s_pos).sum(dim=1), logit_scale * (region_weights * s_neg).sum(dim=1)
+
+
+def asymmetric_loss(
+    logit_pos: torch.Tensor,
+    logit_neg: torch.Tensor,
+    labels: torch.Tensor,
+    gamma_neg: float = 2.0,
+    gamma_pos: float = 1.0,
+    clip: float = 0.05,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Asymmetric loss on the 2-way softmax over (negative, positive), summed; computed in fp32 (fp16's eps
+    underflows to NaN). The focusing weight (1 - p_t)^gamma is detached."""
+    p_pos = torch.softmax(torch.stack([logit_neg.float(), logit_pos.float()], dim=-1), dim=-1)[..., 1]
+    y = labels.float()
+    p_neg = 1.0 - p_pos
+    if clip > 0:
+        p_neg = (p_neg + clip).clamp(max=1.0)
+    loss = y * torch.log(p_pos.clamp(min=eps)) + (1.0 - y) * torch.log(p_neg.clamp(min=eps))
+    with torch.no_grad():
+        p_t = p_pos * y + p_neg * (1.0 - y)
+        weight = torch.pow(1.0 - p_t, gamma_pos * y + gamma_neg * (1.0 - y))
+    return -(loss * weight).sum()
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, epochs: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5):
+    """Per-epoch schedule: ``warmup_epochs`` at the constant ``warmup_lr``, then cosine from each group's base lr
+    over ``epochs`` (the official DualCoOp/IntCLIP schedule)."""
+
+    def factor(base_lr: float):
+        def f(epoch: int) -> float:
+            if epoch < warmup_epochs:
+                return warmup_lr / base_lr
+            return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+        return f
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(g["lr"]) for g in optimizer.param_groups])

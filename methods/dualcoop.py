@@ -1,0 +1,97 @@
+"""DualCoOp (Sun, Hu, Saenko, NeurIPS 2022) on a frozen CLIP ResNet (SPEC 3.2).
+
+Only the positive/negative prompt contexts train: 2 x C x n_ctx x width parameters (458,752 for 28 classes on
+RN101 with class-specific contexts). Images become 1 + HW dense tokens (no attention), classes are scored by the
+class-specific region aggregation head, and the loss is ASL on the (negative, positive) softmax.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from bench.methods.base import Method, TrainConfig
+from bench.methods.components import PromptLearner, asymmetric_loss, dense_tokens, encode_prompts, region_aggregation, resnet_trunk, warmup_cosine
+
+
+class DualCoOpConfig(TrainConfig):
+    epochs: int = Field(default=50, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    lr: float = Field(default=0.002, gt=0)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = Field(default=1, ge=0)
+    warmup_lr: float = 1e-5
+    n_ctx: int = Field(default=16, gt=0)
+    csc: bool = True  # class-specific contexts (IntCLIP's table); the original DualCoOp default is shared
+    ctx_init_std: float = 0.02
+    class_text: Literal["name", "sentence"] = "name"
+    gamma_neg: float = 2.0
+    gamma_pos: float = 1.0
+    asl_clip: float = 0.05
+    asl_eps: float = 1e-6
+    loss_weight: float = 0.03
+    truncate_text: bool = True  # exact: causal attention ends at the longest prompt's EOT
+
+
+class DualCoOp(Method):
+    name = "dualcoop"
+    Config = DualCoOpConfig
+    supported_backbones = ("RN*", "tiny-clip")
+
+    def __init__(self, config: DualCoOpConfig, backbone, data, device) -> None:
+        super().__init__(config, backbone, data, device)
+        self.model.requires_grad_(False)
+        texts = [c.name if config.class_text == "name" else c.sentence for c in data.classes]
+        self.prompts = PromptLearner(self.model, backbone.tokenizer, texts, config.n_ctx, config.csc, config.ctx_init_std).to(device)
+        self.model.to(device)
+        self._eval_text: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def learnable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return dict(self.prompts.named_parameters(prefix="prompts"))
+
+    def param_counts(self) -> dict[str, int]:
+        learnable = sum(p.numel() for p in self.learnable_parameters().values())
+        return {"learnable": learnable, "total": learnable + sum(p.numel() for p in self.model.parameters())}
+
+    def configure_optimizers(self, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
+        c = self.config
+        optimizer = torch.optim.SGD(self.param_groups(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return optimizer, warmup_cosine(optimizer, c.epochs, c.warmup_epochs, c.warmup_lr)
+
+    def train(self, mode: bool = True) -> None:
+        self.model.eval()  # frozen CLIP: BN statistics never change
+        self.prompts.train(mode)
+        self._eval_text = None
+
+    def text_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        pos, neg = self.prompts()
+        tokens = self.prompts.tokens
+        feats = encode_prompts(self.model, torch.cat([pos, neg]), torch.cat([tokens, tokens]), self.config.truncate_text)
+        return feats[: len(pos)], feats[len(pos) :]
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the image side is frozen: no activations kept
+            visual = self.model.visual
+            return dense_tokens(visual.attnpool, resnet_trunk(visual, images))
+
+    def logits(self, images: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return region_aggregation(self.image_tokens(images), *text)
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        logit_pos, logit_neg = self.logits(images, self.text_features())
+        return c.loss_weight * asymmetric_loss(logit_pos, logit_neg, labels, c.gamma_neg, c.gamma_pos, c.asl_clip, c.asl_eps)
+
+    @torch.no_grad()
+    def start_eval(self) -> None:
+        self._eval_text = self.text_features()  # constant at eval: computed once per pass
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        if self._eval_text is None:
+            self.start_eval()
+        logit_pos, logit_neg = self.logits(images, self._eval_text)
+        return torch.sigmoid(logit_pos.float() - logit_neg.float())

@@ -1,0 +1,140 @@
+"""`bench run` / `report` / `ls` end to end on a tiny suite: result records, skip-if-complete, corrupt results,
+failure isolation and the error messages of bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bench import metrics, store
+from bench.cli import app
+from bench.errors import ConfigError, UnknownNameError
+from bench.registry import METHODS
+
+runner = CliRunner()
+
+
+def bench(*args: str):
+    result = runner.invoke(app, list(args))
+    return result
+
+
+def _results(root: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (root / "results" / "runs").glob("*/result.json")}
+
+
+@pytest.fixture
+def finished_suite(write_config, tmp_path):
+    cfg = write_config(methods=("zeroshot", "dualcoop", "linear-probe"), seeds=(0, 1))
+    result = bench("run", "--config", str(cfg))
+    assert result.exit_code == 0, result.output
+    return cfg
+
+
+def test_run_writes_complete_records_consistent_with_their_scores(finished_suite, tmp_path):
+    records = _results(tmp_path)
+    assert len(records) == 6
+    assert {(r["method"]["name"], r["seed"]) for r in records.values()} == {
+        (m, s) for m in ("zeroshot", "dualcoop", "linear-probe") for s in (0, 1)
+    }
+    for run_id, r in records.items():
+        assert r["schema_version"] == 1 and r["run_id"] == run_id and r["executor"] == "serial"
+        assert r["dataset"]["name"] == "synthetic" and len(r["dataset"]["manifest_sha256"]) == 64
+        assert r["protocol"] == {"name": "val-threshold", "threshold": r["protocol"]["threshold"], "selection_split": "val"}
+        assert r["protocol"]["threshold"] in metrics.THRESHOLD_GRID
+        assert {"git_sha", "git_dirty", "packages", "device"} <= set(r["env"])
+        assert r["env"]["packages"]["torch"]
+        scores = store.read_scores(tmp_path / "results" / "runs" / run_id)
+        assert scores["val_scores"].dtype == np.float32 and scores["test_labels"].shape == (48, 12)
+        val, test = metrics.evaluate("multilabel", scores["val_scores"], scores["val_labels"], scores["test_scores"], scores["test_labels"])
+        assert val["threshold"] == r["protocol"]["threshold"]
+        for key in ("macro_f1", "micro_f1", "samples_f1", "mAP", "macro_f1_at_0_5"):
+            assert r["metrics"]["test"][key] == pytest.approx(test[key]) and r["metrics"]["val"][key] == pytest.approx(val[key])
+        assert len(r["metrics"]["per_class"]["test"]["f1"]) == 12
+    by_method = {r["method"]["name"]: r for r in records.values()}
+    assert by_method["zeroshot"]["params"]["learnable"] == 0
+    assert by_method["linear-probe"]["params"]["learnable"] == (64 + 1) * 12
+    assert by_method["dualcoop"]["params"]["learnable"] == 2 * 12 * 16 * 64
+    assert by_method["dualcoop"]["training"]["epochs_run"] == 2 and len(by_method["dualcoop"]["training"]["history"]) == 2
+
+
+def test_second_run_trains_nothing_and_rewrites_nothing(finished_suite, tmp_path):
+    before = {p: p.read_bytes() for p in (tmp_path / "results").rglob("result.json")}
+    result = bench("run", "--config", str(finished_suite))
+    assert result.exit_code == 0
+    assert "already have results" in result.output and "nothing to train" in result.output
+    assert {p: p.read_bytes() for p in (tmp_path / "results").rglob("result.json")} == before
+
+
+def test_corrupt_result_is_kept_aside_and_rerun(finished_suite, tmp_path):
+    run_dir = next((tmp_path / "results" / "runs").iterdir())
+    (run_dir / "result.json").write_text("{ truncated")
+    result = bench("run", "--config", str(finished_suite))
+    assert result.exit_code == 0, result.output
+    assert "corrupt result" in result.output and "rerunning" in result.output
+    assert list(run_dir.glob("result.json.corrupt-*"))[0].read_text() == "{ truncated"
+    store.read_result(run_dir)  # valid again
+    assert "1 runs trained, 5 reused" in result.output
+
+
+def test_report_md_and_csv(finished_suite, tmp_path):
+    md = bench("report", "--config", str(finished_suite), "--format", "md")
+    assert md.exit_code == 0
+    assert "| dualcoop |" in md.output and "± " in md.output and "test Macro F1" in md.output
+    out = tmp_path / "table.csv"
+    assert bench("report", "--config", str(finished_suite), "--format", "csv", "--out", str(out)).exit_code == 0
+    table = pd.read_csv(out)
+    assert set(table["method"]) == {"zeroshot", "dualcoop", "linear-probe"} and set(table["n"]) == {2}
+    records = [r for r in _results(tmp_path).values() if r["method"]["name"] == "dualcoop"]
+    values = [r["metrics"]["test"]["macro_f1"] for r in records]
+    row = table[table["method"] == "dualcoop"].iloc[0]
+    assert row["test_macro_f1_mean"] == pytest.approx(np.mean(values))
+    assert row["test_macro_f1_std"] == pytest.approx(np.std(values, ddof=1))
+    listing = bench("ls", "runs", "--config", str(finished_suite))
+    assert listing.output.count("seed") == 6
+
+
+def test_a_failing_run_does_not_stop_the_suite(write_config, tmp_path):
+    from bench.methods.zeroshot import ZeroShot
+
+    class Broken(ZeroShot):
+        name = "broken"
+
+        def predict(self, images):
+            raise RuntimeError("deliberately broken")
+
+    METHODS.register("broken", Broken)
+    try:
+        result = bench("run", "--config", str(write_config(methods=("broken", "zeroshot"))))
+    finally:
+        METHODS.unregister("broken")
+    assert result.exit_code == 1
+    assert "failed: broken / synthetic / seed 0: RuntimeError: deliberately broken" in result.output
+    assert [r["method"]["name"] for r in _results(tmp_path).values()] == ["zeroshot"]
+    errors = list((tmp_path / "results" / "runs").glob("*/error.json"))
+    assert len(errors) == 1 and "deliberately broken" in json.loads(errors[0].read_text())["error"]
+
+
+def test_bad_input_errors(write_config, tmp_path):
+    cfg = str(write_config())
+    assert isinstance(bench("run", "--config", cfg, "--methods", "zeroshoot").exception, ConfigError)
+    assert "did you mean 'zeroshot'" in str(bench("run", "--config", cfg, "--methods", "zeroshoot").exception)
+    assert "'x' is not an integer" in str(bench("run", "--config", cfg, "--seeds", "0,x").exception)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    assert "is not writable" in str(bench("run", "--config", cfg, "--results", str(blocker / "r")).exception)
+    assert isinstance(bench("ls", "methds").exception, Exception)
+
+
+def test_cli_exit_code_and_message_for_bad_config(tmp_path):
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text("[suite]\nseeds = [0, 'a']\n")
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--config", str(cfg)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "suite.seeds.1: Input should be a valid integer" in proc.stderr
+    assert "Traceback" not in proc.stderr

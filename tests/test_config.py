@@ -1,0 +1,93 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bench.config import BenchConfig, load_config, parse_int_list, parse_override
+from bench.errors import ConfigError
+from conftest import REPO
+
+
+def test_repo_bench_toml_spells_out_the_built_in_defaults():
+    """bench.toml and the pydantic defaults must not drift apart (sections the file sets explicitly)."""
+    from_file = load_config(REPO / "bench.toml")
+    defaults = BenchConfig()
+    for section in ("suite", "protocol", "engine"):
+        assert getattr(from_file, section) == getattr(defaults, section), section
+    from bench.registry import DATASETS
+
+    assert from_file.dataset_config("synthetic") == DATASETS.get("synthetic").Config()
+    raw = tomllib.loads((REPO / "bench.toml").read_text())
+    assert raw["suite"]["seeds"] == [0, 1, 2]
+    assert raw["suite"]["datasets"] == ["synthetic"] and raw["suite"]["backbone"] == "tiny-clip"
+
+
+def test_unknown_top_level_and_nested_keys_name_the_dotted_path(tmp_path: Path):
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text("[suite]\nmethod = ['zeroshot']\n")
+    with pytest.raises(ConfigError, match=r"bench.toml: suite.method: unknown key"):
+        load_config(cfg)
+    cfg.write_text("[methods.linear-probe]\nc_gird = [1.0]\n")
+    with pytest.raises(ConfigError, match=r"methods.linear-probe.c_gird: unknown key"):
+        load_config(cfg)
+    cfg.write_text("[datasets.synthetic]\nn_trian = 3\n")
+    with pytest.raises(ConfigError, match=r"datasets.synthetic.n_trian: unknown key"):
+        load_config(cfg)
+
+
+def test_wrong_types_name_key_and_expected_type(tmp_path: Path):
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text("[suite]\nseeds = [0, 'one']\n")
+    with pytest.raises(ConfigError, match=r"suite.seeds.1: Input should be a valid integer.*'one'"):
+        load_config(cfg)
+    cfg.write_text("[methods.dualcoop]\nepochs = 'many'\n")
+    with pytest.raises(ConfigError, match=r"methods.dualcoop.epochs: Input should be a valid integer"):
+        load_config(cfg)
+    cfg.write_text("[engine]\namp = 'perhaps'\n")
+    with pytest.raises(ConfigError, match=r"engine.amp: Input should be a valid boolean"):
+        load_config(cfg)
+
+
+def test_malformed_toml_names_the_file_and_line(tmp_path: Path):
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text("[suite]\nseeds = [0, 1]\nbackbone = \n")
+    with pytest.raises(ConfigError, match=r"bench.toml: not valid TOML: .*line 3"):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_unknown_names_suggest_close_matches(tmp_path: Path):
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text("[suite]\nmethods = ['dualcop']\n")
+    with pytest.raises(ConfigError, match=r"suite.methods: unknown method 'dualcop'; did you mean 'dualcoop'"):
+        load_config(cfg)
+    cfg.write_text("[suite]\ndatasets = ['synthetc']\n")
+    with pytest.raises(ConfigError, match=r"did you mean 'synthetic'"):
+        load_config(cfg)
+    cfg.write_text("[methods.zeroshoot]\n")
+    with pytest.raises(ConfigError, match=r"methods: unknown method 'zeroshoot'; did you mean 'zeroshot'"):
+        load_config(cfg)
+
+
+def test_overrides_and_relative_paths(tmp_path: Path):
+    cfg = tmp_path / "sub" / "bench.toml"
+    cfg.parent.mkdir()
+    cfg.write_text("[paths]\nresults = 'out'\n")
+    loaded = load_config(cfg, {"suite.seeds": [4, 5], "methods.dualcoop.epochs": 3})
+    assert loaded.paths.results == (tmp_path / "sub" / "out").resolve()
+    assert loaded.suite.seeds == [4, 5]
+    assert loaded.method_config("dualcoop").epochs == 3
+    assert parse_override("methods.dualcoop.lr=0.01") == ("methods.dualcoop.lr", 0.01)
+    assert parse_override("suite.methods=['a', 'b']") == ("suite.methods", ["a", "b"])
+    assert parse_override("backbones.RN101.pretrained=/w/rn101.pt") == ("backbones.RN101.pretrained", "/w/rn101.pt")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("no-equals-sign")
+
+
+def test_seed_flag_must_be_integers():
+    assert parse_int_list("0, 1,2", "--seeds") == [0, 1, 2]
+    with pytest.raises(ConfigError, match=r"--seeds: 'x' is not an integer"):
+        parse_int_list("0,x", "--seeds")
+    with pytest.raises(ConfigError, match=r"suite.seeds: .*must not be empty"):
+        load_config(None, {"suite.seeds": []})
