@@ -10,6 +10,7 @@ where to put the file.
 from __future__ import annotations
 
 import hashlib
+import logging
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +126,11 @@ def load_backbone(
     sha = None
     try:
         if value == "none":
-            model = open_clip.create_model(spec.model_name, pretrained=None, device=device)
+            logging.disable(logging.WARNING)  # open_clip warns that random init is random: asked for here
+            try:
+                model = open_clip.create_model(spec.model_name, pretrained=None, device=device)
+            finally:
+                logging.disable(logging.NOTSET)
         elif value.startswith("local-dir:"):
             model = open_clip.create_model(f"local-dir:{local}", device=device)
         elif local is not None:

@@ -150,6 +150,34 @@ def validate(config: ConfigOpt = None, results: ResultsOpt = None) -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def params(
+    methods: Annotated[str, typer.Option("--methods", "-m", help="Comma-separated method names (variants allowed).")] = "intclip,intclip-official,dualcoop,linear-probe,zeroshot",
+    backbone: Annotated[str, typer.Option("--backbone", "-b")] = "RN101",
+    num_classes: Annotated[int, typer.Option("--num-classes", "-n", min=1)] = 28,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+) -> None:
+    """Build each method with random weights (no download) and print learnable and total parameters."""
+    import json
+
+    from bench.params import count_params
+
+    if fmt not in ("table", "json"):
+        raise BenchError(f"--format {fmt!r}: expected table or json")
+    rows = count_params(parse_name_list(methods), backbone, num_classes)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Parameters with {backbone}, {num_classes} classes")
+    for col in ("method", "learnable", "learnable (M)", "total"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        table.add_row(r["method"], f"{r['learnable']:,}", f"{r['learnable'] / 1e6:.2f}", f"{r['total']:,}")
+    out.print(table)
+
+
 @app.command("pretrain-tiny-clip")
 def pretrain_tiny_clip(
     output: Annotated[Path, typer.Option("--out", help="Where to write the fp16 state dict.")] = Path("bench/assets/bench-tiny-clip.pt"),

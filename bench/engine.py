@@ -60,6 +60,7 @@ class Outcome:
     test_scores: np.ndarray
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
+    best_variant: str | None = None
     epochs_run: int = 0
     resumed_from_epoch: int | None = None
     fit_info: dict[str, Any] = field(default_factory=dict)
@@ -143,7 +144,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     scaler = torch.amp.GradScaler("cuda", enabled=ctx.amp and ctx.device.type == "cuda" and not torch.cuda.is_bf16_supported())
 
     start_epoch, history = 0, []
-    best: dict[str, Any] = {"epoch": None, "metric": -math.inf, "state": None}
+    best: dict[str, Any] = {"epoch": None, "variant": None, "metric": -math.inf, "state": None}
     resumed_from = None
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = ctx.run_dir / CHECKPOINT
@@ -179,18 +180,26 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            method.after_step()
+            if scheduler is not None and method.scheduler_interval == "step":
+                scheduler.step()
             losses.append(loss.item())
-        if scheduler is not None:
+        if scheduler is not None and method.scheduler_interval == "epoch":
             scheduler.step()
-        scores = predict_split(method, selection_split, ctx)
-        metric = selection_metric(data.task, scores, selection_split.labels, ctx.protocol)
-        improved = metric > best["metric"]
-        if improved:
-            best = {"epoch": epoch, "metric": metric, "state": copy.deepcopy(method.state_dict())}
+        variant_metrics = {}
+        for variant in method.eval_variants():
+            method.use_variant(variant)
+            scores = predict_split(method, selection_split, ctx)
+            variant_metrics[variant] = selection_metric(data.task, scores, selection_split.labels, ctx.protocol)
+            if variant_metrics[variant] > best["metric"]:
+                best = {"epoch": epoch, "variant": variant, "metric": variant_metrics[variant], "state": copy.deepcopy(method.variant_state(variant))}
+        method.use_variant(method.eval_variants()[0])
+        metric = max(variant_metrics.values())
         record = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)),
             "selection_metric": metric,
+            **({"variant_metrics": variant_metrics} if len(variant_metrics) > 1 else {}),
             "selection_split": "test" if ctx.protocol == "intclip-code" else "val",
             "lr": [g["lr"] for g in optimizer.param_groups],
             "seconds": time.perf_counter() - t0,
@@ -223,6 +232,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         test_scores=predict_split(method, data.splits["test"], ctx),
         history=history,
         best_epoch=best["epoch"],
+        best_variant=best.get("variant"),
         epochs_run=len(history),
         resumed_from_epoch=resumed_from,
     )

@@ -197,6 +197,7 @@ def execute_run(
         training=TrainingRecord(
             epochs_run=outcome.epochs_run,
             best_epoch=outcome.best_epoch,
+            best_variant=outcome.best_variant,
             resumed_from_epoch=outcome.resumed_from_epoch,
             history=outcome.history,
             fit_info=outcome.fit_info,

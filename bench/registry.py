@@ -65,12 +65,41 @@ class Registry:
         return name in self._targets
 
 
-METHODS = Registry(
+class MethodRegistry(Registry):
+    """Methods, plus their variants: ``"intclip:no-sa"`` is ``intclip`` with its ``VARIANTS["no-sa"]`` config."""
+
+    def check(self, name: str) -> str:
+        base, sep, variant = name.partition(":")
+        super().check(base)
+        if sep:
+            known = self.get(base).VARIANTS
+            if variant not in known:
+                close = difflib.get_close_matches(variant, list(known), n=3, cutoff=0.5)
+                hint = f"; did you mean {', '.join(repr(f'{base}:{c}') for c in close)}?" if close else ""
+                raise UnknownNameError(f"unknown variant {name!r}{hint} (variants of {base}: {', '.join(known) or 'none'})")
+        return name
+
+    def get(self, name: str) -> Any:
+        base, sep, variant = name.partition(":")
+        if not sep:
+            return super().get(name)
+        self.check(name)
+        if name not in self._loaded:
+            self._loaded[name] = super().get(base).variant(variant)
+        return self._loaded[name]
+
+    def variants(self, base: str) -> list[str]:
+        return [f"{base}:{v}" for v in self.get(base).VARIANTS]
+
+
+METHODS = MethodRegistry(
     "method",
     {
         "linear-probe": "bench.methods.linear_probe:LinearProbe",
         "zeroshot": "bench.methods.zeroshot:ZeroShot",
         "dualcoop": "bench.methods.dualcoop:DualCoOp",
+        "intclip": "bench.methods.intclip:IntCLIP",
+        "intclip-official": "bench.methods.intclip:IntCLIPOfficial",
     },
 )
 

@@ -54,6 +54,7 @@ class ParamsRecord(_Record):
 class TrainingRecord(_Record):
     epochs_run: int = 0
     best_epoch: int | None = None
+    best_variant: str | None = None
     resumed_from_epoch: int | None = None
     history: list[dict[str, Any]] = Field(default_factory=list)
     fit_info: dict[str, Any] = Field(default_factory=dict)

@@ -9,11 +9,12 @@ optimizer updates), and how images become per-class scores in [0, 1]. Gradient m
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from bench.data import Preprocessing, to_model_input
 
@@ -24,11 +25,29 @@ if TYPE_CHECKING:
 
 
 class MethodConfig(BaseModel):
-    """Settings every method has; subclasses add theirs. Unknown keys are rejected."""
+    """Settings every method has; subclasses add theirs. Unknown keys are rejected.
+
+    ``preset`` names a set of defaults from ``presets`` (e.g. the official code's or the paper text's
+    hyperparameters); keys given explicitly win over the preset.
+    """
 
     model_config = ConfigDict(extra="forbid")
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
+    preset: str | None = None
     preprocessing: Preprocessing = "clip"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        name = data.get("preset", cls.model_fields["preset"].default)
+        if name is None:
+            return data
+        if name not in cls.presets:
+            raise ValueError(f"unknown preset {name!r} (known: {', '.join(cls.presets) or 'none'})")
+        return {**cls.presets[name], **data}
 
 
 class TrainConfig(MethodConfig):
@@ -47,6 +66,21 @@ class Method(ABC):
     trainer: ClassVar[Literal["engine", "fit", "none"]] = "engine"
     supported_backbones: ClassVar[tuple[str, ...]] = ("*",)
     version: ClassVar[str] = "1"  # bump when the method's math changes: it is part of every run id
+    scheduler_interval: ClassVar[Literal["epoch", "step"]] = "epoch"  # when the engine steps the scheduler
+    VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {}  # named config changes, run as "<name>:<variant>"
+
+    @classmethod
+    def variant(cls, variant: str, name: str | None = None) -> type[Method]:
+        """The method with ``VARIANTS[variant]`` as its config defaults, named ``<name>:<variant>``."""
+        overrides = cls.VARIANTS[variant]
+        fields = {}
+        for key, value in overrides.items():
+            info = copy.copy(cls.Config.model_fields[key])
+            info.default, info.default_factory = value, None
+            fields[key] = (info.annotation, info)
+        config = create_model(f"{cls.Config.__name__}_{variant.replace('-', '_')}", __base__=cls.Config, **fields)
+        attrs = {"name": name or f"{cls.name}:{variant}", "Config": config, "__module__": cls.__module__}
+        return type(f"{cls.__name__}_{variant.replace('-', '_')}", (cls,), attrs)
 
     def __init__(self, config: MethodConfig, backbone: Backbone, data: DatasetData, device: torch.device) -> None:
         self.config = config
@@ -78,6 +112,20 @@ class Method(ABC):
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"{self.name} is trained by the engine but defines no loss")
+
+    def after_step(self) -> None:
+        """Hook run after every optimizer step (e.g. an EMA update)."""
+
+    def eval_variants(self) -> list[str]:
+        """Weight variants the engine scores on val each epoch, keeping the best (e.g. ``["raw", "ema"]``)."""
+        return ["default"]
+
+    def use_variant(self, variant: str) -> None:
+        """Make :meth:`predict` use ``variant``'s weights (called before each variant is scored)."""
+
+    def variant_state(self, variant: str) -> dict[str, Any]:
+        """A state that, given to :meth:`load_state_dict`, makes the method behave as ``variant``."""
+        return self.state_dict()
 
     def train(self, mode: bool = True) -> None:
         """Switch to training mode (methods with frozen BN override this to keep it in eval)."""

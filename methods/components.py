@@ -46,6 +46,14 @@ class PromptLearner(nn.Module):
         return pos, neg
 
 
+def prompt_features(clip: nn.Module, prompts: PromptLearner, truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive and negative prompt features ``[C, D]`` through the frozen text tower (one batched pass)."""
+    pos, neg = prompts()
+    tokens = torch.cat([prompts.tokens, prompts.tokens])
+    feats = encode_prompts(clip, torch.cat([pos, neg]), tokens, truncate)
+    return feats[: len(pos)], feats[len(pos) :]
+
+
 def encode_prompts(clip: nn.Module, embeddings: torch.Tensor, tokens: torch.Tensor, truncate: bool = True) -> torch.Tensor:
     """EOT features of the text tower for prompt ``embeddings`` ``[P, L, W]`` (tokens give the EOT positions),
     projected; with ``truncate`` the tower only sees positions up to the longest prompt's EOT."""

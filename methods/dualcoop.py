@@ -11,9 +11,18 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from bench.methods.base import Method, TrainConfig
-from bench.methods.components import PromptLearner, asymmetric_loss, dense_tokens, encode_prompts, region_aggregation, resnet_trunk, warmup_cosine
+from bench.methods.components import (
+    PromptLearner,
+    asymmetric_loss,
+    dense_tokens,
+    prompt_features,
+    region_aggregation,
+    resnet_trunk,
+    warmup_cosine,
+)
 
 
 class DualCoOpConfig(TrainConfig):
@@ -43,18 +52,11 @@ class DualCoOp(Method):
 
     def __init__(self, config: DualCoOpConfig, backbone, data, device) -> None:
         super().__init__(config, backbone, data, device)
-        self.model.requires_grad_(False)
+        self.clip = backbone.model.requires_grad_(False)
         texts = [c.name if config.class_text == "name" else c.sentence for c in data.classes]
-        self.prompts = PromptLearner(self.model, backbone.tokenizer, texts, config.n_ctx, config.csc, config.ctx_init_std).to(device)
-        self.model.to(device)
+        self.prompts = PromptLearner(self.clip, backbone.tokenizer, texts, config.n_ctx, config.csc, config.ctx_init_std)
+        self.model = nn.ModuleDict({"clip": self.clip, "prompts": self.prompts}).to(device)
         self._eval_text: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def learnable_parameters(self) -> dict[str, torch.nn.Parameter]:
-        return dict(self.prompts.named_parameters(prefix="prompts"))
-
-    def param_counts(self) -> dict[str, int]:
-        learnable = sum(p.numel() for p in self.learnable_parameters().values())
-        return {"learnable": learnable, "total": learnable + sum(p.numel() for p in self.model.parameters())}
 
     def configure_optimizers(self, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
         c = self.config
@@ -62,19 +64,16 @@ class DualCoOp(Method):
         return optimizer, warmup_cosine(optimizer, c.epochs, c.warmup_epochs, c.warmup_lr)
 
     def train(self, mode: bool = True) -> None:
-        self.model.eval()  # frozen CLIP: BN statistics never change
+        self.clip.eval()  # frozen CLIP: BN statistics never change
         self.prompts.train(mode)
         self._eval_text = None
 
     def text_features(self) -> tuple[torch.Tensor, torch.Tensor]:
-        pos, neg = self.prompts()
-        tokens = self.prompts.tokens
-        feats = encode_prompts(self.model, torch.cat([pos, neg]), torch.cat([tokens, tokens]), self.config.truncate_text)
-        return feats[: len(pos)], feats[len(pos) :]
+        return prompt_features(self.clip, self.prompts, self.config.truncate_text)
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # the image side is frozen: no activations kept
-            visual = self.model.visual
+            visual = self.clip.visual
             return dense_tokens(visual.attnpool, resnet_trunk(visual, images))
 
     def logits(self, images: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

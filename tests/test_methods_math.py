@@ -1,0 +1,84 @@
+"""The math shared by the prompt methods and IntCLIP's parts, against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from bench.backbones import load_backbone
+from bench.methods.components import asymmetric_loss, encode_prompts, region_aggregation, warmup_cosine
+from bench.methods.intclip import AddFusion, SightAssistedAggregation
+from bench.registry import BACKBONES
+
+
+def test_region_aggregation_matches_the_formula_by_hand():
+    # two regions, one class, 2-d features chosen so cosines are exact
+    tokens = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # f_1 = (1, 0), f_2 = (0, 1) after normalisation
+    t_pos = torch.tensor([[1.0, 0.0]])
+    t_neg = torch.tensor([[0.0, 3.0]])
+    lp, ln = region_aggregation(tokens, t_pos, t_neg)
+    s_pos = torch.tensor([20.0, 0.0])  # 20 <f_r, t+>
+    s_neg = torch.tensor([0.0, 20.0])
+    w = torch.softmax(s_pos, 0)
+    assert lp.item() == pytest.approx(5 * (w * s_pos).sum().item())
+    assert ln.item() == pytest.approx(5 * (w * s_neg).sum().item())
+    p = torch.softmax(torch.stack([ln, lp], -1), -1)[..., 1]
+    assert p.item() == pytest.approx(torch.sigmoid(lp - ln).item())
+
+
+def test_asymmetric_loss_matches_its_formula_and_is_fp16_safe():
+    lp, ln = torch.tensor([[2.0, -1.0]]), torch.tensor([[0.0, 1.0]])
+    y = torch.tensor([[1.0, 0.0]])
+    p1 = 1 / (1 + math.exp(-(2.0 - 0.0)))  # positive class, p = sigmoid(l+ - l-)
+    p2 = 1 / (1 + math.exp(-(-1.0 - 1.0)))  # negative class
+    pos_term = (1 - p1) ** 1 * math.log(p1)
+    q = min(1 - p2 + 0.05, 1.0)  # clipped negative probability
+    neg_term = (1 - q) ** 2 * math.log(q)
+    assert asymmetric_loss(lp, ln, y).item() == pytest.approx(-(pos_term + neg_term), rel=1e-6)
+    big = torch.tensor([[60000.0, -60000.0]], dtype=torch.float16)
+    out = asymmetric_loss(big, -big, torch.tensor([[0.0, 1.0]]))
+    assert out.dtype == torch.float32 and torch.isfinite(out)
+
+
+def test_sa_at_gamma_zero_is_the_branch_average_and_attends_without_scaling():
+    torch.manual_seed(0)
+    sa = SightAssistedAggregation(16)
+    sight, semantic = torch.randn(2, 16, 3, 3), torch.randn(2, 16, 3, 3)
+    torch.testing.assert_close(sa(sight, semantic), AddFusion()(sight, semantic))
+    with torch.no_grad():
+        sa.gamma.fill_(0.7)
+    q = torch.einsum("oc,bcn->bon", sa.query.weight[:, :, 0, 0], semantic.flatten(2)) + sa.query.bias[None, :, None]
+    k = torch.einsum("oc,bcn->bon", sa.key.weight[:, :, 0, 0], semantic.flatten(2)) + sa.key.bias[None, :, None]
+    v = torch.einsum("oc,bcn->bon", sa.value.weight[:, :, 0, 0], sight.flatten(2)) + sa.value.bias[None, :, None]
+    out = torch.zeros_like(v)
+    for i in range(9):  # token i attends over keys j with softmax_j(q_i . k_j)
+        a = torch.softmax((q[:, :, i : i + 1] * k).sum(1), dim=-1)  # [B, N]
+        out[:, :, i] = (v * a[:, None, :]).sum(-1)
+    expected = 0.7 * out + (sight.flatten(2) + semantic.flatten(2)) / 2
+    torch.testing.assert_close(sa(sight, semantic).flatten(2), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_truncated_text_tower_equals_the_full_77_token_pass():
+    clip = load_backbone(BACKBONES.get("tiny-clip"), "none").model
+    tokenizer = load_backbone(BACKBONES.get("tiny-clip"), "none").tokenizer
+    tokens = tokenizer(["X X X a short one.", "X X X a much longer prompt with many more words in it."])
+    emb = clip.token_embedding(tokens)
+    with torch.no_grad():
+        full = encode_prompts(clip, emb, tokens, truncate=False)
+        cut = encode_prompts(clip, emb, tokens, truncate=True)
+        ref = clip.encode_text(tokens)
+    torch.testing.assert_close(cut, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_warmup_cosine_schedule():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [p], "lr": 0.002}], lr=0.002)
+    sched = warmup_cosine(opt, epochs=10, warmup_epochs=1, warmup_lr=1e-5)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-5)
+    assert lrs[1:] == pytest.approx([0.002 * 0.5 * (1 + math.cos(math.pi * e / 10)) for e in range(1, 10)])
