@@ -16,6 +16,8 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Benchmark harness for visual intention understanding with CLIP."
 )
 out = Console()
+if not out.is_terminal:  # logs and pipes: room for the whole table instead of truncated cells
+    out = Console(width=170)
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="bench.toml to use (default: ./bench.toml, else built-in defaults).")]

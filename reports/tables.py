@@ -143,7 +143,7 @@ def rich_tables(summary: pd.DataFrame) -> list:
     for info, header, rows in table_rows(summary):
         table = Table(title=_title(info), title_justify="left")
         for i, h in enumerate(header):
-            table.add_column(h, justify="left" if i == 0 else "right")
+            table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for r in rows:
             table.add_row(*r)
         tables.append(table)
