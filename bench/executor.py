@@ -175,7 +175,12 @@ def execute_run(
         run_id=plan.run_id,
         executor=executor,
         trial_id=trial_id,
-        method=MethodRecord(name=plan.method, version=method_cls.version, config=method_cfg.model_dump(mode="json")),
+        method=MethodRecord(
+            name=plan.method,
+            version=method_cls.version,
+            config=method_cfg.model_dump(mode="json"),
+            resolved=getattr(method, "resolved", {}),
+        ),
         backbone=backbone.describe(),
         dataset=DatasetRecord(
             name=data.name,

@@ -100,6 +100,7 @@ METHODS = MethodRegistry(
         "dualcoop": "bench.methods.dualcoop:DualCoOp",
         "intclip": "bench.methods.intclip:IntCLIP",
         "intclip-official": "bench.methods.intclip:IntCLIPOfficial",
+        "label-prior": "bench.methods.label_prior:LabelPrior",
         "query2label": "bench.methods.query2label:Query2Label",
     },
 )

@@ -22,6 +22,7 @@ class MethodRecord(_Record):
     name: str
     version: str
     config: dict[str, Any]
+    resolved: dict[str, Any] = Field(default_factory=dict)  # what "auto" settings became for this run
 
 
 class DatasetRecord(_Record):

@@ -33,6 +33,9 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # What `bench tune` searches: key -> ("loguniform", low, high) | ("uniform", low, high) | ("int", low, high)
+    # | ("choice", [values]). Overridable per method in bench.toml.
+    search_space: ClassVar[dict[str, tuple]] = {}
 
     preset: str | None = None
     preprocessing: Preprocessing = "clip"

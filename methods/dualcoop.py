@@ -26,6 +26,14 @@ from bench.methods.components import (
 
 
 class DualCoOpConfig(TrainConfig):
+    presets = {"repository": {"lr": 0.002, "epochs": 50, "batch_size": 32, "csc": False}}  # DualCoOp's own defaults
+    search_space = {
+        "lr": ("loguniform", 1e-4, 1e-2),
+        "weight_decay": ("loguniform", 1e-5, 1e-3),
+        "n_ctx": ("choice", [8, 16]),
+        "gamma_neg": ("choice", [1.0, 2.0, 4.0]),
+    }
+
     epochs: int = Field(default=50, gt=0)
     batch_size: int = Field(default=32, gt=0)
     lr: float = Field(default=0.002, gt=0)

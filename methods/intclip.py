@@ -55,6 +55,14 @@ class IntCLIPConfig(TrainConfig):
         },
     }
 
+    search_space = {
+        "lr_prompt": ("loguniform", 1e-4, 1e-2),
+        "lr_visual": ("loguniform", 1e-5, 1e-2),
+        "weight_decay": ("loguniform", 1e-5, 1e-3),
+        "batch_size": ("choice", [32, 64]),
+        "gamma_neg": ("choice", [1.0, 2.0, 4.0]),
+    }
+
     preset: str | None = "paper"
     # SIE
     branches: Literal["dual", "single"] = "dual"

@@ -73,6 +73,13 @@ class Query2LabelConfig(TrainConfig):
         "readme": {"hidden_dim": 2048, "dim_feedforward": 8192},
     }
 
+    search_space = {
+        "lr": ("loguniform", 1e-5, 1e-3),
+        "weight_decay": ("loguniform", 1e-4, 1e-1),
+        "dropout": ("uniform", 0.0, 0.3),
+        "gamma_neg": ("choice", [1.0, 2.0, 4.0]),
+    }
+
     preset: str | None = "intclip"
     preprocessing: Literal["auto", "clip", "official", "imagenet"] = "auto"  # auto: imagenet (timm), clip (clip)
     # trunk

@@ -30,7 +30,7 @@ def _results(root: Path) -> dict[str, dict]:
 
 @pytest.fixture
 def finished_suite(write_config, tmp_path):
-    cfg = write_config(methods=("zeroshot", "dualcoop", "linear-probe"), seeds=(0, 1))
+    cfg = write_config(methods=("zeroshot", "dualcoop", "linear-probe", "label-prior"), seeds=(0, 1))
     result = bench("run", "--config", str(cfg))
     assert result.exit_code == 0, result.output
     return cfg
@@ -38,9 +38,9 @@ def finished_suite(write_config, tmp_path):
 
 def test_run_writes_complete_records_consistent_with_their_scores(finished_suite, tmp_path):
     records = _results(tmp_path)
-    assert len(records) == 6
+    assert len(records) == 8
     assert {(r["method"]["name"], r["seed"]) for r in records.values()} == {
-        (m, s) for m in ("zeroshot", "dualcoop", "linear-probe") for s in (0, 1)
+        (m, s) for m in ("zeroshot", "dualcoop", "linear-probe", "label-prior") for s in (0, 1)
     }
     for run_id, r in records.items():
         assert r["schema_version"] == 1 and r["run_id"] == run_id and r["executor"] == "serial"
@@ -58,6 +58,13 @@ def test_run_writes_complete_records_consistent_with_their_scores(finished_suite
         assert len(r["metrics"]["per_class"]["test"]["f1"]) == 12
     by_method = {r["method"]["name"]: r for r in records.values()}
     assert by_method["zeroshot"]["params"]["learnable"] == 0
+    prior = by_method["label-prior"]
+    scores = store.read_scores(tmp_path / "results" / "runs" / prior["run_id"])
+    from bench.config import load_config
+    from bench.executor import load_dataset
+
+    train_labels = load_dataset(load_config(finished_suite), "synthetic", 96).splits["train"].labels
+    np.testing.assert_allclose(scores["test_scores"], np.tile(train_labels.mean(0), (48, 1)), atol=1e-6)
     assert by_method["linear-probe"]["params"]["learnable"] == (64 + 1) * 12
     assert by_method["dualcoop"]["params"]["learnable"] == 2 * 12 * 16 * 64
     assert by_method["dualcoop"]["training"]["epochs_run"] == 2 and len(by_method["dualcoop"]["training"]["history"]) == 2
@@ -79,7 +86,7 @@ def test_corrupt_result_is_kept_aside_and_rerun(finished_suite, tmp_path):
     assert "corrupt result" in result.output and "rerunning" in result.output
     assert list(run_dir.glob("result.json.corrupt-*"))[0].read_text() == "{ truncated"
     store.read_result(run_dir)  # valid again
-    assert "1 runs trained, 5 reused" in result.output
+    assert "1 runs trained, 7 reused" in result.output
 
 
 def test_report_md_and_csv(finished_suite, tmp_path):
@@ -89,14 +96,14 @@ def test_report_md_and_csv(finished_suite, tmp_path):
     out = tmp_path / "table.csv"
     assert bench("report", "--config", str(finished_suite), "--format", "csv", "--out", str(out)).exit_code == 0
     table = pd.read_csv(out)
-    assert set(table["method"]) == {"zeroshot", "dualcoop", "linear-probe"} and set(table["n"]) == {2}
+    assert set(table["method"]) == {"zeroshot", "dualcoop", "linear-probe", "label-prior"} and set(table["n"]) == {2}
     records = [r for r in _results(tmp_path).values() if r["method"]["name"] == "dualcoop"]
     values = [r["metrics"]["test"]["macro_f1"] for r in records]
     row = table[table["method"] == "dualcoop"].iloc[0]
     assert row["test_macro_f1_mean"] == pytest.approx(np.mean(values))
     assert row["test_macro_f1_std"] == pytest.approx(np.std(values, ddof=1))
     listing = bench("ls", "runs", "--config", str(finished_suite))
-    assert listing.output.count("seed") == 6
+    assert listing.output.count("seed") == 8
 
 
 def test_a_failing_run_does_not_stop_the_suite(write_config, tmp_path):

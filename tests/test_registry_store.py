@@ -78,3 +78,16 @@ def test_scores_are_validated(tmp_path: Path):
     np.savez(run_dir / "scores.npz", **scores)
     with pytest.raises(CorruptResultError, match="test_scores must be finite"):
         store.read_scores(run_dir)
+
+
+def test_presets_and_search_spaces_name_real_config_fields():
+    for name in METHODS.names():
+        config = METHODS.get(name).Config
+        for preset, values in config.presets.items():
+            assert set(values) <= set(config.model_fields), (name, preset)
+            config(preset=preset)  # every preset validates
+        for key, spec in config.search_space.items():
+            assert key in config.model_fields, (name, key)
+            assert spec[0] in ("loguniform", "uniform", "int", "choice"), (name, key)
+    assert METHODS.get("dualcoop").Config(preset="repository").csc is False
+    assert METHODS.get("query2label").Config(preset="readme").hidden_dim == 2048
