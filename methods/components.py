@@ -15,9 +15,37 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from bench.methods.base import TrainConfig
+
 PROMPT_FILLER = "X"
+
+
+class PromptTrainingConfig(TrainConfig):
+    """What DualCoOp and IntCLIP share: prompt contexts, SGD with warmup + cosine, and the ASL settings."""
+
+    epochs: int = Field(default=50, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    n_ctx: int = Field(default=16, gt=0)
+    ctx_init_std: float = 0.02
+    truncate_text: bool = True  # exact: causal attention ends at the longest prompt's EOT
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = Field(default=1, ge=0)
+    warmup_lr: float = 1e-5
+    gamma_neg: float = 2.0
+    gamma_pos: float = 1.0
+    asl_clip: float = 0.05
+    asl_eps: float = 1e-6
+    loss_weight: float = 0.03
+
+    def loss(self, logit_pos: torch.Tensor, logit_neg: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``loss_weight`` x ASL with these settings."""
+        return self.loss_weight * asymmetric_loss(
+            logit_pos, logit_neg, labels, self.gamma_neg, self.gamma_pos, self.asl_clip, self.asl_eps
+        )
 
 
 class PromptLearner(nn.Module):

@@ -13,10 +13,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from bench.methods.base import Method, TrainConfig
+from bench.methods.base import Method
 from bench.methods.components import (
     PromptLearner,
-    asymmetric_loss,
+    PromptTrainingConfig,
     dense_tokens,
     prompt_features,
     region_aggregation,
@@ -25,7 +25,7 @@ from bench.methods.components import (
 )
 
 
-class DualCoOpConfig(TrainConfig):
+class DualCoOpConfig(PromptTrainingConfig):
     presets = {"repository": {"lr": 0.002, "epochs": 50, "batch_size": 32, "csc": False}}  # DualCoOp's own defaults
     search_space = {
         "lr": ("loguniform", 1e-4, 1e-2),
@@ -34,23 +34,9 @@ class DualCoOpConfig(TrainConfig):
         "gamma_neg": ("choice", [1.0, 2.0, 4.0]),
     }
 
-    epochs: int = Field(default=50, gt=0)
-    batch_size: int = Field(default=32, gt=0)
     lr: float = Field(default=0.002, gt=0)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = Field(default=1, ge=0)
-    warmup_lr: float = 1e-5
-    n_ctx: int = Field(default=16, gt=0)
     csc: bool = True  # class-specific contexts (IntCLIP's table); the original DualCoOp default is shared
-    ctx_init_std: float = 0.02
     class_text: Literal["name", "sentence"] = "name"
-    gamma_neg: float = 2.0
-    gamma_pos: float = 1.0
-    asl_clip: float = 0.05
-    asl_eps: float = 1e-6
-    loss_weight: float = 0.03
-    truncate_text: bool = True  # exact: causal attention ends at the longest prompt's EOT
 
 
 class DualCoOp(Method):
@@ -88,9 +74,7 @@ class DualCoOp(Method):
         return region_aggregation(self.image_tokens(images), *text)
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        logit_pos, logit_neg = self.logits(images, self.text_features())
-        return c.loss_weight * asymmetric_loss(logit_pos, logit_neg, labels, c.gamma_neg, c.gamma_pos, c.asl_clip, c.asl_eps)
+        return self.config.loss(*self.logits(images, self.text_features()), labels)
 
     @torch.no_grad()
     def start_eval(self) -> None:

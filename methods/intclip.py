@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from bench.methods.base import Method, TrainConfig
+from bench.methods.base import Method
 from bench.methods.components import (
     PromptLearner,
-    asymmetric_loss,
+    PromptTrainingConfig,
     dense_tokens,
     prompt_features,
     region_aggregation,
@@ -39,7 +39,7 @@ from bench.methods.components import (
 RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
 
-class IntCLIPConfig(TrainConfig):
+class IntCLIPConfig(PromptTrainingConfig):
     presets = {
         # The paper text: lr 0.002, 50 epochs, batch 32.
         "paper": {"lr_prompt": 0.002, "lr_visual": 0.002, "epochs": 50, "batch_size": 32},
@@ -74,24 +74,9 @@ class IntCLIPConfig(TrainConfig):
     global_token: Literal["semantic-mean", "semantic-top-left"] = "semantic-mean"
     # prompts and HCI
     class_text: Literal["hci", "name", "hierarchy"] = "hci"
-    n_ctx: int = Field(default=16, gt=0)
-    ctx_init_std: float = 0.02
-    truncate_text: bool = True
-    # optimisation
-    epochs: int = Field(default=50, gt=0)
-    batch_size: int = Field(default=32, gt=0)
+    # optimisation (the rest, and the ASL settings, in PromptTrainingConfig)
     lr_prompt: float = Field(default=0.002, gt=0)
     lr_visual: float = Field(default=0.002, gt=0)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = Field(default=1, ge=0)
-    warmup_lr: float = 1e-5
-    # ASL
-    gamma_neg: float = 2.0
-    gamma_pos: float = 1.0
-    asl_clip: float = 0.05
-    asl_eps: float = 1e-6
-    loss_weight: float = 0.03
 
 
 # -- SIE: splitting a CLIP visual tower -------------------------------------------------------------------------
@@ -291,9 +276,7 @@ class IntCLIP(Method):
         self._eval_text = None
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        logit_pos, logit_neg = self.net(images)
-        return c.loss_weight * asymmetric_loss(logit_pos, logit_neg, labels, c.gamma_neg, c.gamma_pos, c.asl_clip, c.asl_eps)
+        return self.config.loss(*self.net(images), labels)
 
     @torch.no_grad()
     def start_eval(self) -> None:
