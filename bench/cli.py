@@ -42,6 +42,8 @@ def run(
     results: ResultsOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    executor: Annotated[Optional[str], typer.Option("--executor", help="ray (default) or serial (in-process, for debugging).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Existing Ray cluster ('auto', 'ray://host:10001'); also RAY_ADDRESS.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train and evaluate every method x dataset x seed that has no result yet, then print the table."""
@@ -56,10 +58,11 @@ def run(
         datasets=parse_name_list(dataset) if dataset else None,
         seeds=parse_int_list(seeds, "--seeds") if seeds else None,
         backbone=backbone,
+        executor=executor,
     )
     if not progress:
         cfg.engine.progress = False
-    outcome = run_suite(cfg, err)
+    outcome = run_suite(cfg, err, ray_address)
     records, _ = tables.load_results(cfg.paths.results)
     wanted = {p.run_id for p in outcome.planned}
     summary = tables.summarise(tables.results_frame([r for r in records if r.run_id in wanted]))

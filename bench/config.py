@@ -30,7 +30,7 @@ class SuiteConfig(_Strict):
     datasets: list[str] = Field(default_factory=lambda: ["synthetic"])
     backbone: str = "tiny-clip"
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    executor: Literal["serial"] = "serial"
+    executor: Literal["ray", "serial"] = "ray"
 
     @field_validator("methods", "datasets", "seeds")
     @classmethod
@@ -66,6 +66,43 @@ class EngineConfig(_Strict):
     keep_best_weights: bool = True
 
 
+class TrialResources(_Strict):
+    """What one Tune trial of a method reserves: CPUs and a GPU count or a fraction that divides 1."""
+
+    cpu: float = Field(default=1.0, gt=0)
+    gpu: float = Field(default=0.0, ge=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_fraction(cls, value: float) -> float:
+        if 0 < value < 1 and abs(1 / value - round(1 / value)) > 1e-9:
+            raise ValueError(f"a GPU fraction must divide 1 (1/2, 1/3, 1/4, ...), got {value}")
+        if value > 1 and value != int(value):
+            raise ValueError(f"more than one GPU must be a whole number, got {value}")
+        return value
+
+
+class RayConfig(_Strict):
+    """The Ray Tune executor. ``address`` None = an embedded local Ray bound to loopback; ``"auto"`` or
+    ``"ray://host:port"`` = an existing cluster (also from ``RAY_ADDRESS`` or ``--ray-address``), which requires a
+    shared ``storage_path``."""
+
+    address: str | None = None
+    storage_path: str | None = None
+    num_cpus: int | None = Field(default=None, gt=0)
+    num_gpus: int | None = Field(default=None, ge=0)
+    max_failures: int = Field(default=1, ge=0)
+    max_concurrent_trials: int | None = Field(default=None, gt=0)
+    resources: dict[str, TrialResources] = Field(default_factory=lambda: {"default": TrialResources()})
+
+    def trial_resources(self, method: str) -> TrialResources:
+        base = method.partition(":")[0]
+        for key in (method, base, "default"):
+            if key in self.resources:
+                return self.resources[key]
+        return TrialResources()
+
+
 class BackboneConfig(_Strict):
     """Weights of one backbone: an open_clip pretrained tag, a local checkpoint path, or ``"none"`` (random)."""
 
@@ -79,6 +116,7 @@ class BenchConfig(_Strict):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
     backbones: dict[str, BackboneConfig] = Field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)

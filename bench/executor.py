@@ -227,26 +227,8 @@ def execute_run(
     return result
 
 
-def _record_failure(plan: PlannedRun, err: BaseException) -> None:
-    payload = {
-        "run_id": plan.run_id,
-        "run": plan.label,
-        "error": f"{type(err).__name__}: {err}",
-        "traceback": traceback.format_exception(err),
-        "at": datetime.now(timezone.utc).isoformat(),
-    }
-    try:
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
-        (plan.run_dir / "error.json").write_text(json.dumps(payload, indent=2))
-    except OSError:
-        pass
-
-
-def run_suite(cfg: BenchConfig, console: Console | None = None) -> SuiteOutcome:
-    """Run every missing run of the suite serially; never redo or rewrite a complete one."""
-    console = console or Console(stderr=True)
-    store.ensure_writable(cfg.paths.results)
-    plans, datasets = plan_suite(cfg)
+def triage(plans: list[PlannedRun], console: Console) -> tuple[SuiteOutcome, list[PlannedRun]]:
+    """Split planned runs into complete (skipped) and to-run; corrupt results are moved aside and rerun."""
     outcome = SuiteOutcome(planned=plans)
     todo = []
     for plan in plans:
@@ -260,10 +242,43 @@ def run_suite(cfg: BenchConfig, console: Console | None = None) -> SuiteOutcome:
         elif status == "partial":
             console.print(f"[cyan]{plan.label}: checkpoint found, resuming[/]")
         todo.append(plan)
+    return outcome, todo
+
+
+def record_failure(plan: PlannedRun, err: BaseException | str, outcome: SuiteOutcome) -> None:
+    """Keep a failed run's error beside its checkpoint (``error.json``) and in the suite outcome."""
+    message = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else err
+    outcome.failed[plan.run_id] = f"{plan.label}: {message}"
+    payload = {
+        "run_id": plan.run_id,
+        "run": plan.label,
+        "error": message,
+        "traceback": traceback.format_exception(err) if isinstance(err, BaseException) else None,
+        "at": datetime.now(timezone.utc).isoformat(),
+    }
+    try:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        (plan.run_dir / "error.json").write_text(json.dumps(payload, indent=2))
+    except OSError:
+        pass
+
+
+def run_suite(cfg: BenchConfig, console: Console | None = None, ray_address: str | None = None) -> SuiteOutcome:
+    """Run every missing run of the suite (Ray Tune trials, or in-process with ``executor = "serial"``); never
+    redo or rewrite a complete one."""
+    console = console or Console(stderr=True)
+    store.ensure_writable(cfg.paths.results)
+    plans, datasets = plan_suite(cfg)
+    outcome, todo = triage(plans, console)
     if not todo:
         console.print(f"all {len(plans)} runs already have results in {cfg.paths.results}; nothing to train")
         return outcome
-    console.print(f"{len(plans)} runs planned: {len(outcome.skipped)} done already, {len(todo)} to run")
+    console.print(f"{len(plans)} runs planned: {len(outcome.skipped)} done already, {len(todo)} to run ({cfg.suite.executor})")
+    if cfg.suite.executor == "ray":
+        from bench.ray_executor import run_trials
+
+        run_trials(cfg, todo, datasets, outcome, console, ray_address)
+        return outcome
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not cfg.engine.progress, transient=False) as progress:
         suite_task = progress.add_task("suite", total=len(todo))
@@ -273,8 +288,7 @@ def run_suite(cfg: BenchConfig, console: Console | None = None) -> SuiteOutcome:
                 execute_run(plan, datasets[plan.dataset], cfg, progress=progress, log=progress.console.print)
                 outcome.completed.append(plan.run_id)
             except Exception as err:  # one failed run must not stop the suite
-                _record_failure(plan, err)
-                outcome.failed[plan.run_id] = f"{plan.label}: {type(err).__name__}: {err}"
+                record_failure(plan, err, outcome)
                 progress.console.print(f"[red]failed {plan.label}: {type(err).__name__}: {err}[/]")
             progress.advance(suite_task)
     return outcome

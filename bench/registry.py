@@ -109,6 +109,9 @@ DATASETS = Registry(
     "dataset",
     {
         "synthetic": "bench.datasets.synthetic:SyntheticIntentions",
+        "intentonomy": "bench.datasets.intentonomy:Intentonomy",
+        "emotionroi": "bench.datasets.emotion:EmotionROI",
+        "fi": "bench.datasets.emotion:FI",
     },
 )
 

@@ -19,6 +19,7 @@ methods = {methods}
 datasets = ["synthetic"]
 backbone = "tiny-clip"
 seeds = {seeds}
+executor = "serial"
 
 [paths]
 results = "results"

@@ -1,0 +1,189 @@
+"""``bench data verify|prepare``: check a dataset's files and build its decoded-image cache.
+
+Mounted into the main CLI with ``app.add_typer(data_app, name="data")``. Both commands take the dataset's root
+from ``--root`` (alias ``--data-root``), else from ``[paths.data] <name>`` in bench.toml.
+
+Exit codes: 0 fine (train images may have been skipped: counted and shown); 1 a val or test image is missing or
+corrupt; 2 any other error (no data root, malformed annotation file, bad config), printed as one message.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from bench.config import BenchConfig, load_config, parse_override
+from bench.errors import BenchError
+
+data_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Verify dataset files (manifest) and build the decoded-image cache.",
+)
+out = Console()
+if not out.is_terminal:
+    out = Console(width=170)
+err = Console(stderr=True, soft_wrap=True)
+
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset name, e.g. intentonomy, emotionroi, fi.")]
+RootOpt = Annotated[
+    Optional[Path], typer.Option("--root", "--data-root", help="Dataset root (overrides [paths.data] <dataset>).")
+]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="bench.toml to use (default: ./bench.toml).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any bench.toml key, e.g. --set datasets.fi.split_seed=1")]
+WorkersOpt = Annotated[
+    Optional[int], typer.Option("--workers", "-j", min=1, help="Decoding threads (default: BENCH_DATA_WORKERS or all cores).")
+]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress")]
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """BenchErrors become one red line and an exit code (1: incomplete val/test, 2: anything else)."""
+    from rich.markup import escape
+
+    from bench.datasets.images import SplitIncompleteError
+
+    try:
+        yield
+    except SplitIncompleteError as e:
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(1) from None
+    except BenchError as e:
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _config(config: Path | None, dataset: str, root: Path | None, sets: list[str] | None) -> BenchConfig:
+    from bench.registry import DATASETS
+
+    DATASETS.check(dataset)
+    overrides: dict[str, object] = dict(parse_override(s) for s in sets or [])
+    if root is not None:
+        overrides[f"paths.data.{dataset}"] = str(root.expanduser().resolve())
+    return load_config(config, overrides)
+
+
+def _adapter(cfg: BenchConfig, dataset: str, workers: int | None):
+    from bench.registry import DATASETS
+
+    adapter = DATASETS.get(dataset)(cfg.dataset_config(dataset), cfg.data_root(dataset), cfg.paths.cache / "datasets")
+    if workers is not None:
+        adapter.workers = workers
+    return adapter
+
+
+def _progress(show: bool) -> Progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=err, disable=not show, transient=True)
+
+
+def _attach(adapter, progress: Progress, description: str) -> None:
+    task = progress.add_task(description, total=None)
+    adapter.progress_total = lambda n: progress.update(task, total=n, completed=0)
+    adapter.progress = lambda k: progress.advance(task, k)
+
+
+@data_app.command()
+def verify(
+    dataset: DatasetOpt,
+    root: RootOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    workers: WorkersOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Decode every image (full decode + sha256), write the manifest, print per split the image, missing and
+    corrupt counts. Exits 1 when any val or test image is missing or corrupt."""
+    from rich.markup import escape
+
+    from bench.datasets.images import ImageFileDataset
+
+    with _errors():
+        cfg = _config(config, dataset, root, sets)
+        adapter = _adapter(cfg, dataset, workers)
+        if not isinstance(adapter, ImageFileDataset):
+            raise BenchError(f"dataset {dataset!r} is generated, it has no image files to verify (`bench data prepare` renders it)")
+        t0 = time.perf_counter()
+        with _progress(progress) as bar:
+            _attach(adapter, bar, f"verify {dataset}")
+            manifest, path = adapter.verify()
+        seconds = time.perf_counter() - t0
+    counts = manifest.counts()
+    table = Table(title=f"{dataset}: {manifest.root}")
+    for col in ("split", "images", "ok", "missing", "corrupt"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split, c in counts.items():
+        style = "red" if split != "train" and (c["missing"] or c["corrupt"]) else None
+        table.add_row(split, f"{c['images']:,}", f"{c['ok']:,}", f"{c['missing']:,}", f"{c['corrupt']:,}", style=style)
+    out.print(table)
+    total = sum(c["images"] for c in counts.values())
+    out.print(f"manifest: {path}")
+    out.print(f"manifest sha256: {manifest.sha256()}")
+    out.print(f"decoded {total:,} images in {seconds:.1f} s ({total / max(seconds, 1e-9):.0f} img/s)")
+    for split in counts:
+        bad = manifest.bad(split)
+        if bad:
+            listed = ", ".join(f"{e.path} ({e.status})" for e in bad[:10])
+            more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+            colour = "yellow" if split == "train" else "red"
+            out.print(f"[{colour}]{split}: {escape(listed)}{more}[/]", highlight=False)
+    if counts.get("train", {}).get("ok", 1) < counts.get("train", {}).get("images", 0):
+        err.print("[yellow]train images that are missing or corrupt are skipped in every run (and counted in its record)[/]")
+    if any(counts[s]["missing"] or counts[s]["corrupt"] for s in counts if s != "train"):
+        err.print("[red]val/test images are missing or corrupt: runs on this dataset will fail until they are restored[/]")
+        raise typer.Exit(1)
+
+
+@data_app.command()
+def prepare(
+    dataset: DatasetOpt,
+    root: RootOpt = None,
+    size: Annotated[Optional[int], typer.Option("--size", "-s", min=1, help="Side of the cached images (default: the backbone's input size).")] = None,
+    backbone: Annotated[Optional[str], typer.Option("--backbone", "-b", help="Backbone whose input size to use (default: suite.backbone).")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    workers: WorkersOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Build (or reuse) the decoded-image cache: uint8 [N, S, S, 3] per split, memory-mapped by every run."""
+    from bench.datasets.images import ImageFileDataset
+
+    with _errors():
+        cfg = _config(config, dataset, root, sets)
+        if size is None:
+            from bench.executor import backbone_image_size
+            from bench.registry import BACKBONES
+
+            name = backbone or cfg.suite.backbone
+            BACKBONES.check(name)
+            size = backbone_image_size(name)
+        adapter = _adapter(cfg, dataset, workers)
+        t0 = time.perf_counter()
+        with _progress(progress) as bar:
+            if isinstance(adapter, ImageFileDataset):
+                _attach(adapter, bar, f"prepare {dataset} at {size}px")
+            data = adapter.load(size)
+        seconds = time.perf_counter() - t0
+    info = data.info
+    table = Table(title=f"{dataset} at {size}x{size}")
+    for col in ("split", "images", "skipped missing", "skipped corrupt"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split, s in data.splits.items():
+        skipped = info.get("skipped", {}).get(split, {})
+        table.add_row(split, f"{len(s):,}", f"{skipped.get('missing', 0):,}", f"{skipped.get('corrupt', 0):,}")
+    out.print(table)
+    cache = info.get("cache", "")
+    state = "reused" if info.get("from_cache") else "built"
+    out.print(f"cache: {cache} ({state} in {seconds:.1f} s)")
+    out.print(f"manifest sha256: {data.manifest_sha256}")
+    if info.get("split_file"):
+        out.print(f"split file: {info['split_file']} (sha256 {info['split_sha256'][:16]})")
