@@ -73,8 +73,11 @@ def init_ray(cfg: BenchConfig, address: str | None) -> None:
     common = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address is None:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, _node_ip_address="127.0.0.1", **common)
-    else:
+        return
+    try:
         ray.init(address=address, **common)
+    except (ConnectionError, RuntimeError) as err:
+        raise ConfigError(f"--ray-address {address}: cannot connect to a Ray cluster there ({err})") from None
 
 
 def _trial(config: dict[str, Any], cfg: BenchConfig, datasets: dict[str, Any]) -> None:

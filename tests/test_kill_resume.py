@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -22,10 +23,11 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
     raise AssertionError("timed out")
 
 
-def test_sigkill_then_rerun_resumes_from_checkpoint(write_config, tmp_path: Path):
-    cfg = write_config(methods=("zeroshot", "dualcoop"), epochs=12)
+@pytest.mark.parametrize("executor", ["serial", "ray"])
+def test_sigkill_then_rerun_resumes_from_checkpoint(write_config, tmp_path: Path, executor: str):
+    cfg = write_config(methods=("zeroshot", "dualcoop"), epochs=12, extra="[ray]\nnum_cpus = 1\n")
     runs = tmp_path / "results" / "runs"
-    cmd = [sys.executable, "-m", "bench", "run", "--config", str(cfg), "--no-progress"]
+    cmd = [sys.executable, "-m", "bench", "run", "--config", str(cfg), "--no-progress", "--executor", executor]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -55,6 +57,7 @@ def test_sigkill_then_rerun_resumes_from_checkpoint(write_config, tmp_path: Path
     assert len(results) == 2 and len(list(runs.iterdir())) == 2
     assert first.read_bytes() == first_bytes  # byte-identical: never rewritten
     dualcoop = next(json.loads(p.read_text()) for p in results if p != first)
+    assert dualcoop["executor"] == executor and (dualcoop["trial_id"] is not None) == (executor == "ray")
     assert dualcoop["training"]["resumed_from_epoch"] >= interrupted_at
     assert dualcoop["training"]["epochs_run"] == 12 and [h["epoch"] for h in dualcoop["training"]["history"]] == list(range(12))
     assert not list(runs.glob("*/checkpoint.pt"))  # removed once the result landed
