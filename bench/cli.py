@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bench.config import BenchConfig, load_config, parse_int_list, parse_name_list, parse_override
 from bench.errors import BenchError
@@ -42,6 +43,7 @@ def run(
     results: ResultsOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Root of the (single) dataset: sets paths.data.<dataset>.")] = None,
     executor: Annotated[Optional[str], typer.Option("--executor", help="ray (default) or serial (in-process, for debugging).")] = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Existing Ray cluster ('auto', 'ray://host:10001'); also RAY_ADDRESS.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -50,6 +52,11 @@ def run(
     from bench.executor import run_suite
     from bench.reports import tables
 
+    if data_root is not None:
+        names = parse_name_list(dataset) if dataset else None
+        if not names or len(names) != 1:
+            raise BenchError("--data-root needs exactly one --dataset (the root of that dataset)")
+        sets = list(sets or []) + [f'paths.data.{names[0]}="{data_root.resolve()}"']
     cfg = _load(
         config,
         results,
@@ -75,6 +82,34 @@ def run(
     if outcome.failed:
         for message in outcome.failed.values():
             err.print(f"[red]failed: {message}[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def tune(
+    method: Annotated[str, typer.Option("--method", "-m")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d")] = "synthetic",
+    num_samples: Annotated[Optional[int], typer.Option("--num-samples", "-n")] = None,
+    results: ResultsOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address")] = None,
+) -> None:
+    """Search hyperparameters on val (Optuna TPE + ASHA on Ray Tune), then refit the best over the seeds."""
+    from bench.ray_executor import run_tune
+    from bench.registry import DATASETS, METHODS
+
+    METHODS.check(method)
+    DATASETS.check(dataset)
+    overrides = list(sets or []) + ([f"tune.num_samples={num_samples}"] if num_samples else [])
+    cfg = _load(config, results, overrides)
+    summary = run_tune(cfg, method, dataset, err, ray_address)
+    err.print(
+        f"best {summary['best_params']} (val {100 * summary['best_val_selection_metric']:.2f}); "
+        f"{summary['stopped_early']} of {summary['num_trials']} trials stopped early by ASHA; "
+        f"refit {len(summary['refit_run_ids'])} runs; study {summary['storage']}"
+    )
+    if summary["refit_failed"]:
         raise typer.Exit(1)
 
 
@@ -196,11 +231,16 @@ def pretrain_tiny_clip(
     tiny_clip.main(argv)
 
 
+from bench.cli_data import data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
+
+
 def main() -> None:
     try:
         app()
     except BenchError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(2)
 
 

@@ -103,6 +103,19 @@ class RayConfig(_Strict):
         return TrialResources()
 
 
+class TuneConfig(_Strict):
+    """`bench tune`: Optuna TPE (seeded, the method's preset as the first point) + ASHA on the val metric, then a
+    refit of the best config over ``suite.seeds`` with one test evaluation each."""
+
+    num_samples: int = Field(default=6, gt=0)
+    max_concurrent_trials: int | None = Field(default=None, gt=0)
+    seed: int = 0
+    search_seed: int = 0  # the training seed of the search trials
+    grace_period: int = Field(default=1, gt=0)
+    reduction_factor: int = Field(default=2, gt=1)
+    search_space: dict[str, dict[str, list[Any]]] = Field(default_factory=dict)  # method -> key -> [kind, ...]
+
+
 class BackboneConfig(_Strict):
     """Weights of one backbone: an open_clip pretrained tag, a local checkpoint path, or ``"none"`` (random)."""
 
@@ -117,6 +130,7 @@ class BenchConfig(_Strict):
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     backbones: dict[str, BackboneConfig] = Field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -47,6 +47,7 @@ class RunContext:
     amp: bool = True
     eval_batch_size: int = 256
     cache_dir: Path | None = None  # shared caches (e.g. frozen features), keyed by their inputs
+    score_test: bool = True  # False for search trials: they never look at test
     progress: Progress | None = None
     report: Callable[[dict[str, Any]], None] | None = None  # per-epoch callback (the Ray adapter reports to Tune)
     log: Callable[[str], None] = print
@@ -229,7 +230,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         method.load_state_dict(best["state"])
     return Outcome(
         val_scores=predict_split(method, val_split, ctx),
-        test_scores=predict_split(method, data.splits["test"], ctx),
+        test_scores=predict_split(method, data.splits["test"], ctx) if ctx.score_test else np.zeros((0, 0), np.float32),
         history=history,
         best_epoch=best["epoch"],
         best_variant=best.get("variant"),

@@ -39,6 +39,7 @@ class PlannedRun:
     backbone: str
     identity: dict[str, Any]
     run_dir: Path
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in the result (e.g. how a config was tuned)
 
     @property
     def label(self) -> str:
@@ -216,6 +217,7 @@ def execute_run(
         },
         env=provenance.environment(str(device)),
         artifacts=artifacts,
+        extra=plan.extra,
     )
     store.write_result(
         plan.run_dir,
@@ -263,12 +265,16 @@ def record_failure(plan: PlannedRun, err: BaseException | str, outcome: SuiteOut
         pass
 
 
-def run_suite(cfg: BenchConfig, console: Console | None = None, ray_address: str | None = None) -> SuiteOutcome:
+def run_suite(
+    cfg: BenchConfig, console: Console | None = None, ray_address: str | None = None, extra: dict[str, Any] | None = None
+) -> SuiteOutcome:
     """Run every missing run of the suite (Ray Tune trials, or in-process with ``executor = "serial"``); never
     redo or rewrite a complete one."""
     console = console or Console(stderr=True)
     store.ensure_writable(cfg.paths.results)
     plans, datasets = plan_suite(cfg)
+    for plan in plans:
+        plan.extra = dict(extra or {})
     outcome, todo = triage(plans, console)
     if not todo:
         console.print(f"all {len(plans)} runs already have results in {cfg.paths.results}; nothing to train")

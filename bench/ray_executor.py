@@ -213,3 +213,181 @@ def run_trials(
             outcome.completed.append(plan.run_id)
     for run_id in set(plans) - seen:
         record_failure(plans[run_id], "trial never reported", outcome)
+
+
+# -- bench tune ----------------------------------------------------------------------------------------------------
+def optuna_space(spec: dict[str, Any]) -> dict[str, Any]:
+    """A method's search space (``key -> (kind, ...)``) as Optuna distributions."""
+    import optuna
+
+    space = {}
+    for key, (kind, *args) in spec.items():
+        if kind == "loguniform":
+            space[key] = optuna.distributions.FloatDistribution(float(args[0]), float(args[1]), log=True)
+        elif kind == "uniform":
+            space[key] = optuna.distributions.FloatDistribution(float(args[0]), float(args[1]))
+        elif kind == "int":
+            space[key] = optuna.distributions.IntDistribution(int(args[0]), int(args[1]))
+        elif kind == "choice":
+            space[key] = optuna.distributions.CategoricalDistribution(list(args[0]))
+        else:
+            raise ConfigError(f"tune.search_space: {key}: unknown kind {kind!r} (loguniform, uniform, int, choice)")
+    return space
+
+
+def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: str, trials_dir: str) -> None:
+    """One search trial: train on train, score val every epoch (reported to ASHA); test is never scored."""
+    import torch
+
+    from bench.backbones import load_backbone
+    from bench.engine import RunContext, resolve_device, run_method, selection_metric
+    from bench.registry import BACKBONES, METHODS
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    cls = METHODS.get(method)
+    method_cfg = cls.Config.model_validate({**cfg.methods.get(method, {}), **params})
+    device = resolve_device(cfg.engine.device)
+    backbone = load_backbone(BACKBONES.get(cfg.suite.backbone), cfg.backbone_pretrained(cfg.suite.backbone), cfg.paths.weights, str(device))
+    run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
+
+    def report(record: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            Path(folder, POINTER).write_text(json.dumps({"run_dir": str(run_dir), "epoch": record["epoch"] + 1}))
+            tune.report({"selection_metric": record["selection_metric"], "epoch": record["epoch"] + 1}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    ctx = RunContext(
+        run_dir=run_dir, seed=cfg.tune.search_seed, device=device, protocol=cfg.protocol.name, amp=cfg.engine.amp,
+        eval_batch_size=cfg.engine.eval_batch_size, cache_dir=cfg.paths.cache, report=report, score_test=False,
+        log=lambda *_: None,
+    )
+    outcome = run_method(cls(method_cfg, backbone, data, device), data, ctx)
+    if not outcome.history:  # fitted methods: one report at the end
+        metric = selection_metric(data.task, outcome.val_scores, data.splits["val"].labels, cfg.protocol.name)
+        tune.report({"selection_metric": metric, "epoch": 1})
+
+
+def run_tune(cfg: BenchConfig, method: str, dataset: str, console: Console, ray_address: str | None = None) -> dict[str, Any]:
+    """Search ``method``'s hyperparameters on ``dataset``'s val split, then refit the best over ``suite.seeds``.
+
+    The Optuna study lives in ``<results>/tune/<study>/study.db`` (SQLite: optuna-dashboard opens it); the Tune
+    experiment beside it is restored when the command is rerun after a crash; ``summary.json`` records the choice.
+    """
+    from bench import store
+    from bench.executor import backbone_image_size, load_dataset, run_suite
+    from bench.registry import METHODS
+
+    if cfg.protocol.name != "val-threshold":
+        raise ConfigError(f"protocol.name = {cfg.protocol.name!r} selects on test; bench tune searches on val only")
+    cls = METHODS.get(method)
+    spec = {**cls.Config.search_space, **{k: tuple(v) for k, v in cfg.tune.search_space.get(method, {}).items()}}
+    if not spec:
+        raise ConfigError(f"{method} has no search space; set [tune.search_space.{method}] in bench.toml")
+    unknown = set(spec) - set(cls.Config.model_fields)
+    if unknown:
+        raise ConfigError(f"tune.search_space.{method}: {sorted(unknown)} are not keys of {method}'s config")
+    base = cfg.method_config(method)
+    data = load_dataset(cfg, dataset, backbone_image_size(cfg.suite.backbone))
+    identity = {"method": method, "base": base.model_dump(mode="json"), "space": {k: list(v) for k, v in spec.items()},
+                "dataset": data.manifest_sha256, "backbone": cfg.suite.backbone, "seed": cfg.tune.seed, "n": cfg.tune.num_samples}
+    study = f"{method.replace(':', '_')}-{dataset}-{cfg.suite.backbone}-{store.compute_run_id(identity)[:8]}"
+    folder = cfg.paths.results / "tune" / study
+    folder.mkdir(parents=True, exist_ok=True)
+    summary_path = folder / "summary.json"
+    address = resolve_address(cfg, ray_address)
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        console.print(f"study {study} already searched ({summary['num_trials']} trials); refitting what is missing")
+    else:
+        summary = _search(cfg, cls, method, spec, base, data, study, folder, address, console)
+        tmp = summary_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, summary_path)
+    refit = cfg.model_copy(deep=True)
+    refit.methods[method] = {**cfg.methods.get(method, {}), **summary["best_params"]}
+    refit.suite.methods, refit.suite.datasets = [method], [dataset]
+    tuning = {k: summary[k] for k in ("study", "storage", "num_trials", "stopped_early", "best_params", "best_val_selection_metric")}
+    outcome = run_suite(refit, console, ray_address, extra={"tuning": tuning})
+    summary["refit_run_ids"] = [p.run_id for p in outcome.planned]
+    summary["refit_failed"] = outcome.failed
+    summary_path.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _search(cfg, cls, method, spec, base, data, study, folder: Path, address, console) -> dict[str, Any]:
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    init_ray(cfg, address)
+    storage = storage_path(cfg, address)
+    trainable = tune.with_resources(
+        tune.with_parameters(_search_trial, cfg=cfg, data=data, method=method, trials_dir=str(folder / "trials")),
+        {"cpu": cfg.ray.trial_resources(method).cpu, "gpu": cfg.ray.trial_resources(method).gpu},
+    )
+    experiment = f"{storage.rstrip('/')}/tune-{study}"
+    if tune.Tuner.can_restore(experiment):
+        console.print(f"restoring the interrupted search {experiment}")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        epochs = getattr(base, "epochs", 1)
+        searcher = OptunaSearch(
+            space=optuna_space(spec),
+            metric="selection_metric",
+            mode="max",
+            points_to_evaluate=[{k: getattr(base, k) for k in spec}],
+            seed=cfg.tune.seed,
+            storage=optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}"),
+            study_name=study,
+        )
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", max_t=epochs, grace_period=min(cfg.tune.grace_period, epochs),
+            reduction_factor=cfg.tune.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric="selection_metric", mode="max", search_alg=searcher, scheduler=scheduler,
+                num_samples=cfg.tune.num_samples, max_concurrent_trials=cfg.tune.max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(
+                name=f"tune-{study}", storage_path=storage, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
+            ),
+        )
+    console.print(f"searching {method} on {data.name}: {cfg.tune.num_samples} trials, ASHA on val, study {study}")
+    grid = tuner.fit()
+    best = grid.get_best_result(metric="selection_metric", mode="max", scope="all")
+    epochs = getattr(base, "epochs", 1)
+    trials = []
+    for result in grid:
+        frame = result.metrics_dataframe
+        trials.append({
+            "params": {k: result.config[k] for k in spec if k in result.config},
+            "epochs": int(result.metrics.get("training_iteration", 0) or 0),
+            "best_val_selection_metric": float(frame["selection_metric"].max()) if frame is not None and len(frame) else None,
+            "error": None if result.error is None else str(result.error).strip().splitlines()[-1],
+        })
+    summary = {
+        "study": study,
+        "storage": str(folder / "study.db"),
+        "method": method,
+        "dataset": data.name,
+        "manifest_sha256": data.manifest_sha256,
+        "search_space": {k: list(v) for k, v in spec.items()},
+        "num_trials": len(trials),
+        "stopped_early": sum(1 for t in trials if t["error"] is None and t["epochs"] < epochs),
+        "best_params": {k: best.config[k] for k in spec},
+        "best_val_selection_metric": float(best.metrics_dataframe["selection_metric"].max()),
+        "trials": trials,
+    }
+    table = Table(title=f"study {study}: best val {100 * summary['best_val_selection_metric']:.2f}", title_justify="left")
+    for col in [*spec, "epochs", "best val"]:
+        table.add_column(col, justify="right")
+    for t in trials:
+        value = t["best_val_selection_metric"]
+        cells = [f"{v:.3g}" if isinstance(v := t["params"].get(k, ""), float) else str(v) for k in spec]
+        table.add_row(*cells, str(t["epochs"]), "-" if value is None else f"{100 * value:.2f}")
+    console.print(table)
+    return summary

@@ -80,6 +80,7 @@ class RunResult(_Record):
     timing: dict[str, Any]
     env: dict[str, Any]
     artifacts: dict[str, str]
+    extra: dict[str, Any] = Field(default_factory=dict)  # e.g. {"tuning": {...}} for a refit of a tuned config
 
     @model_validator(mode="after")
     def _metrics_complete(self) -> RunResult:
