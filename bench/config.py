@@ -26,7 +26,9 @@ class _Strict(BaseModel):
 class SuiteConfig(_Strict):
     """What ``bench run`` runs: methods x datasets x seeds on one backbone."""
 
-    methods: list[str] = Field(default_factory=lambda: ["linear-probe", "zeroshot"])
+    methods: list[str] = Field(
+        default_factory=lambda: ["label-prior", "zeroshot", "linear-probe", "dualcoop", "intclip", "intclip-official", "query2label"]
+    )
     datasets: list[str] = Field(default_factory=lambda: ["synthetic"])
     backbone: str = "tiny-clip"
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])

@@ -269,7 +269,9 @@ def place(
             continue
         if layout == "scattered" and n >= 2 and max(p[1] for p in pts) - min(p[1] for p in pts) < 18:
             continue  # would read as a row
-        return tuple(SceneObject(s, c, z, x / CANVAS, y / CANVAS) for (s, c, z), (x, y) in zip(items, pts, strict=True))
+        return tuple(
+            SceneObject(s, c, z, x / CANVAS, y / CANVAS) for (s, c, z), (x, y) in zip(items, pts, strict=True)
+        )
     raise RuntimeError(f"could not place {n} objects in a {layout} layout")  # pragma: no cover
 
 
@@ -415,24 +417,29 @@ def caption(scene: Scene, rng: np.random.Generator, *, detailed: bool = False) -
     object (colour, shape and, mostly, size).
     """
     n = scene.n
+    # the choices that do not depend on the objects come first, so two scenes that differ only in their shapes
+    # get the same template and phrasing from equal generators
+    template = int(rng.integers(4 if detailed else 6))
     with_size = rng.random() < 0.7
-    groups = Counter((o.size if with_size else "", o.colour, o.shape) for o in scene.objects)
-    keys = list(groups)
-    order = rng.permutation(len(keys))
-    parts = []
-    for size, colour, shape in (keys[i] for i in order):
-        k = groups[(size, colour, shape)]
-        words = [NUMBER_WORDS[k] if (k > 1 or rng.random() < 0.5) else "a"]
-        words += [size] if size else []
-        words += [colour, _noun(k, shape)]
-        parts.append(" ".join(words))
-    objects = _join(parts)
     layout = "" if n == 1 else " " + LAYOUT_PHRASES[scene.layout][int(rng.integers(3))]
     bg = f"a {BG_WORDS[scene.background]} {scene.bg_colour} background"
     if rng.random() < 0.5:
         bg = f"a {scene.bg_colour} {BG_WORDS[scene.background]} background"
     photo = PHOTO[int(rng.integers(len(PHOTO)))]
     count = f"{NUMBER_WORDS[n]} {_noun(n, None)}"
+
+    groups = Counter((o.size if with_size else "", o.colour, o.shape) for o in scene.objects)
+    keys = list(groups)
+    parts = []
+    for i in rng.permutation(len(keys)):
+        size, colour, shape = keys[i]
+        k = groups[(size, colour, shape)]
+        words = [size] if size else []
+        words += [colour, _noun(k, shape)]
+        article = "an" if words[0][0] in "aeiou" else "a"
+        words.insert(0, NUMBER_WORDS[k] if (k > 1 or rng.random() < 0.5) else article)
+        parts.append(" ".join(words))
+    objects = _join(parts)
 
     # short facts, phrased like the zero-shot prompts ("red shapes", "circles", "three shapes")
     colours = [c for c in COLOURS if c in scene.colours]
@@ -447,7 +454,6 @@ def caption(scene: Scene, rng: np.random.Generator, *, detailed: bool = False) -
     if len(colours) == 1 and len(shapes) == 1:
         facts.append(f"{NUMBER_WORDS[n]} {colours[0]} {_noun(n, next(iter(scene.shapes)))}")
 
-    template = int(rng.integers(4 if detailed else 6))
     if template == 0:
         return f"{photo} {objects}{layout} on {bg}."
     if template == 1:
@@ -532,6 +538,9 @@ class SyntheticIntentions(DatasetAdapter):
                 np.savez_compressed(fh, **flat)
                 fh.flush()
                 os.fsync(fh.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a shared cache should follow the umask
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
