@@ -139,6 +139,28 @@ def region_aggregation(
     return logit_scale * (region_weights * s_pos).sum(dim=1), logit_scale * (region_weights * s_neg).sum(dim=1)
 
 
+def asymmetric_loss_terms(
+    p_pos: torch.Tensor, labels: torch.Tensor, gamma_neg: float, gamma_pos: float, clip: float, eps: float
+) -> torch.Tensor:
+    """Element-wise ASL log-likelihood (to be negated and reduced) from positive-class probabilities, in fp32.
+
+    p_m = min(1 - p + clip, 1) (clip > 0) or 1 - p;
+    l = y log(max(p, eps)) (1 - p)^gamma_pos + (1 - y) log(max(p_m, eps)) (1 - p_m)^gamma_neg, the focusing
+    weights detached.
+    """
+    p_pos, y = p_pos.float(), labels.float()
+    p_neg = 1.0 - p_pos
+    if clip > 0:
+        p_neg = (p_neg + clip).clamp(max=1.0)
+    loss = y * torch.log(p_pos.clamp(min=eps)) + (1.0 - y) * torch.log(p_neg.clamp(min=eps))
+    if gamma_neg == 0 and gamma_pos == 0:
+        return loss
+    with torch.no_grad():
+        p_t = p_pos * y + p_neg * (1.0 - y)
+        weight = torch.pow(1.0 - p_t, gamma_pos * y + gamma_neg * (1.0 - y))
+    return loss * weight
+
+
 def asymmetric_loss(
     logit_pos: torch.Tensor,
     logit_neg: torch.Tensor,
@@ -148,18 +170,10 @@ def asymmetric_loss(
     clip: float = 0.05,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """Asymmetric loss on the 2-way softmax over (negative, positive), summed; computed in fp32 (fp16's eps
-    underflows to NaN). The focusing weight (1 - p_t)^gamma is detached."""
+    """DualCoOp/IntCLIP ASL on the 2-way softmax over (negative, positive), summed; in fp32 (fp16's eps underflows
+    to NaN)."""
     p_pos = torch.softmax(torch.stack([logit_neg.float(), logit_pos.float()], dim=-1), dim=-1)[..., 1]
-    y = labels.float()
-    p_neg = 1.0 - p_pos
-    if clip > 0:
-        p_neg = (p_neg + clip).clamp(max=1.0)
-    loss = y * torch.log(p_pos.clamp(min=eps)) + (1.0 - y) * torch.log(p_neg.clamp(min=eps))
-    with torch.no_grad():
-        p_t = p_pos * y + p_neg * (1.0 - y)
-        weight = torch.pow(1.0 - p_t, gamma_pos * y + gamma_neg * (1.0 - y))
-    return -(loss * weight).sum()
+    return -asymmetric_loss_terms(p_pos, labels, gamma_neg, gamma_pos, clip, eps).sum()
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, epochs: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5):

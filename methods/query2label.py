@@ -59,6 +59,7 @@ from torch import nn
 from bench.data import to_model_input
 from bench.errors import WeightsNotFoundError
 from bench.methods.base import Method, TrainConfig
+from bench.methods.components import asymmetric_loss_terms
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -360,18 +361,9 @@ def asymmetric_loss(
     p = sigmoid(x), p_m = min(1 - p + clip, 1) (clip > 0) or 1 - p;
     L = -[y log(max(p, eps)) (1 - p)^gamma_pos + (1 - y) log(max(p_m, eps)) (1 - p_m)^gamma_neg]; the focusing
     weights are detached."""
-    x, y = logits.float(), labels.float()
-    p_pos = torch.sigmoid(x)
-    p_neg = 1.0 - p_pos
-    if clip > 0:
-        p_neg = (p_neg + clip).clamp(max=1.0)
-    loss = y * torch.log(p_pos.clamp(min=eps)) + (1.0 - y) * torch.log(p_neg.clamp(min=eps))
-    if gamma_neg > 0 or gamma_pos > 0:
-        with torch.no_grad():
-            p_t = p_pos * y + p_neg * (1.0 - y)
-            weight = torch.pow(1.0 - p_t, gamma_pos * y + gamma_neg * (1.0 - y))
-        loss = loss * weight
-    return -loss.sum() / x.shape[0] / x.shape[1] * 1000.0
+    x = logits.float()
+    terms = asymmetric_loss_terms(torch.sigmoid(x), labels, gamma_neg, gamma_pos, clip, eps)
+    return -terms.sum() / x.shape[0] / x.shape[1] * 1000.0
 
 
 # -- the method -----------------------------------------------------------------------------------------------------
