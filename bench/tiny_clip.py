@@ -9,13 +9,14 @@ describes what is visible (colours, shapes, counts, sizes, layout, background), 
 come from the ``pretrain`` random stream, disjoint from the dataset splits; :func:`zero_shot_sight` measures what
 the model learnt on a third stream.
 
-Rebuild the shipped weights (about 10 minutes on 2 CPU cores)::
+Rebuild the shipped weights (900 steps of 128 scenes, about 9 minutes on 2 idle CPU cores)::
 
     python -m bench.tiny_clip --out bench/assets/bench-tiny-clip.pt --seed 0
 
 Given the seed, the run is deterministic; bit-exact weights need the same torch build and thread count
 (pretraining sets ``torch.set_num_threads(threads)``, 2 by default), as float reductions are ordered differently
-otherwise.
+otherwise. On a machine busy with other work, ``OMP_WAIT_POLICY=PASSIVE`` avoids OpenMP spin-waiting (it does not
+change the result).
 """
 
 from __future__ import annotations

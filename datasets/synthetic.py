@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pydantic import PositiveInt
+from pydantic import NonNegativeInt, PositiveInt
 
 from .base import SPLITS, ClassInfo, DatasetAdapter, DatasetConfig, DatasetData, Split
 
@@ -480,7 +480,7 @@ class SyntheticIntentions(DatasetAdapter):
     task = "multilabel"
 
     class Config(DatasetConfig):
-        seed: int = 0
+        seed: NonNegativeInt = 0
         n_train: PositiveInt = 1000
         n_val: PositiveInt = 250
         n_test: PositiveInt = 400

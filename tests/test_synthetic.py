@@ -116,6 +116,8 @@ def test_config_validation():
     with pytest.raises(ValidationError):
         SyntheticIntentions.Config(render_size=-96)
     with pytest.raises(ValidationError):
+        SyntheticIntentions.Config(seed=-1)
+    with pytest.raises(ValidationError):
         SyntheticIntentions.Config(n_tain=10)  # unknown keys are rejected
 
 
