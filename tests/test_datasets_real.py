@@ -210,7 +210,7 @@ def test_bench_run_end_to_end(tmp_path):
     config = tmp_path / "bench.toml"
     config.write_text(E2E_TOML)
     args = ["run", "--methods", "linear-probe,intclip", "--dataset", "intentonomy", "--config", str(config),
-            "--set", f'paths.data.intentonomy="{root}"', "--no-progress"]
+            "--data-root", str(root), "--no-progress"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("*/result.json")]
