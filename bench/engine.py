@@ -255,8 +255,13 @@ def run_method(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     if method.trainer == "engine":
         return train(method, data, ctx)
     fit_info = method.fit(data, ctx) if method.trainer == "fit" else {}
+
+    def scores(name: str) -> np.ndarray:
+        cached = method.split_scores(name, data, ctx)  # e.g. the linear probe's cached frozen features
+        return cached if cached is not None else predict_split(method, data.splits[name], ctx)
+
     return Outcome(
-        val_scores=predict_split(method, data.splits["val"], ctx),
-        test_scores=predict_split(method, data.splits["test"], ctx),
+        val_scores=scores("val"),
+        test_scores=scores("test") if ctx.score_test else np.zeros((0, 0), np.float32),
         fit_info=fit_info,
     )

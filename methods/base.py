@@ -13,6 +13,7 @@ import copy
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
@@ -147,6 +148,10 @@ class Method(ABC):
     @abstractmethod
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Per-class scores in [0, 1], ``[B, C]``, for prepared images (called under no_grad, eval mode)."""
+
+    def split_scores(self, split: str, data: DatasetData, ctx: RunContext) -> np.ndarray | None:
+        """Scores of a whole split without a pass over its images, when the method can (else None)."""
+        return None
 
     def start_eval(self) -> None:
         """Hook run once before a pass of :meth:`predict` (e.g. to compute constant text features)."""

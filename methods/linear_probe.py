@@ -138,6 +138,13 @@ class LinearProbe(Method):
         self.weight, self.bias = self._fit_c(feats["train"], y_train, 10.0**best)
         return {"C": 10.0**best, "val_selection_metric": tried[best], "c_tried": len(tried)}
 
+    def split_scores(self, split, data, ctx) -> np.ndarray | None:
+        """Val/test scores from the cached frozen features: the images are encoded once per split."""
+        if self.weight is None:
+            return None
+        feats = self.features(split, data.splits[split].images, data.manifest_sha256, ctx.cache_dir, ctx.eval_batch_size)
+        return self._scores(feats, self.weight, self.bias)
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         if self.weight is None:

@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -82,3 +84,18 @@ def test_warmup_cosine_schedule():
         sched.step()
     assert lrs[0] == pytest.approx(1e-5)
     assert lrs[1:] == pytest.approx([0.002 * 0.5 * (1 + math.cos(math.pi * e / 10)) for e in range(1, 10)])
+
+
+def test_linear_probe_cached_feature_scores_equal_a_pass_over_the_images(tmp_path):
+    from bench.datasets.synthetic import SyntheticIntentions
+    from bench.engine import RunContext, predict_split, run_method
+    from bench.methods.linear_probe import LinearProbe
+
+    cfg = SyntheticIntentions.Config(n_train=64, n_val=32, n_test=32)
+    data = SyntheticIntentions(cfg, None, tmp_path / "data").load(96)
+    probe = LinearProbe(LinearProbe.Config(c_grid=[0.1, 10.0], refine_steps=0), load_backbone(BACKBONES.get("tiny-clip")), data, torch.device("cpu"))
+    ctx = RunContext(run_dir=tmp_path / "run", seed=0, device=torch.device("cpu"), cache_dir=tmp_path / "cache", log=lambda *_: None)
+    out = run_method(probe, data, ctx)
+    assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == 3  # train, val, test encoded once each
+    recomputed = predict_split(probe, data.splits["test"], ctx)  # a fresh pass over the images
+    np.testing.assert_allclose(out.test_scores, recomputed, atol=1e-5)
