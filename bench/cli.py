@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -150,13 +151,16 @@ def ls(
     from bench.registry import REGISTRIES
 
     if what in REGISTRIES:
-        for name in REGISTRIES[what].names(pattern):
-            out.print(name)
+        registry = REGISTRIES[what]
+        names = registry.names()
+        if what == "methods":  # variants too: "intclip:no-sa" runs intclip with that ablation's config
+            names = sorted(names + [v for base in names for v in registry.variants(base)])
+        for name in names:
+            if fnmatch.fnmatchcase(name, pattern):
+                out.print(name)
         return
     if what != "runs":
         raise BenchError(f"bench ls {what!r}: expected one of methods, datasets, backbones, runs")
-    import fnmatch
-
     from bench import store
 
     cfg = _load(config, results)

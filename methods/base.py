@@ -83,7 +83,12 @@ class Method(ABC):
             info.default, info.default_factory = value, None
             fields[key] = (info.annotation, info)
         config = create_model(f"{cls.Config.__name__}_{variant.replace('-', '_')}", __base__=cls.Config, **fields)
-        attrs = {"name": name or f"{cls.name}:{variant}", "Config": config, "__module__": cls.__module__}
+        attrs = {
+            "name": name or f"{cls.name}:{variant}",
+            "Config": config,
+            "__module__": cls.__module__,
+            "VARIANTS": {k: v for k, v in cls.VARIANTS.items() if k != variant},
+        }
         return type(f"{cls.__name__}_{variant.replace('-', '_')}", (cls,), attrs)
 
     def __init__(self, config: MethodConfig, backbone: Backbone, data: DatasetData, device: torch.device) -> None:

@@ -136,6 +136,9 @@ def test_bad_input_errors(write_config, tmp_path):
     blocker.write_text("")
     assert "is not writable" in str(bench("run", "--config", cfg, "--results", str(blocker / "r")).exception)
     assert isinstance(bench("ls", "methds").exception, Exception)
+    listed = bench("ls", "methods", "intclip*").output.split()
+    assert {"intclip", "intclip-official", "intclip:no-sa", "intclip:single-none", "intclip-official:no-hci"} <= set(listed)
+    assert "intclip-official:official" not in listed and "dualcoop" not in listed
 
 
 def test_cli_exit_code_and_message_for_bad_config(tmp_path):
