@@ -118,10 +118,12 @@ def tune(
 def report(
     fmt: Annotated[str, typer.Option("--format", "-f", help="md or csv.")] = "md",
     output: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Paired-bootstrap resamples vs the best method (0: off).", min=0)] = 1000,
     results: ResultsOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Summarise the result store: mean +- std over seeds per method, dataset, backbone and protocol."""
+    """Summarise the result store: mean +- std over seeds per method, dataset, backbone and protocol, with a
+    paired bootstrap (over test images) of every method against the best."""
     from bench.reports import tables
 
     writers = {"md": tables.to_markdown, "csv": tables.to_csv}
@@ -131,7 +133,10 @@ def report(
     records, bad = tables.load_results(cfg.paths.results)
     for e in bad:
         err.print(f"[yellow]skipped corrupt result: {e}[/]")
-    text = writers[fmt](tables.summarise(tables.results_frame(records)))
+    summary = tables.summarise(tables.results_frame(records))
+    if bootstrap:
+        summary = tables.add_significance(summary, records, cfg.paths.results, bootstrap)
+    text = writers[fmt](summary)
     if output is None:
         sys.stdout.write(text)
     else:

@@ -42,7 +42,8 @@ def results_frame(records: list[RunResult]) -> pd.DataFrame:
     for r in records:
         row = {
             "run_id": r.run_id,
-            "method": r.method.name,
+            "method": r.method.name + (" (tuned)" if "tuning" in r.extra else ""),
+            "config_id": store.compute_run_id(r.method.config)[:8],
             "backbone": r.backbone["name"],
             "dataset": r.dataset.name,
             "manifest_sha256": r.dataset.manifest_sha256,
@@ -67,10 +68,15 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     metric_cols = [c for c in frame.columns if c.startswith(("val_", "test_"))]
     out = []
+    # runs of one method with different configs (a tuned refit, an edited bench.toml) are never averaged together
+    frame = frame.copy()
+    configs = frame.groupby(GROUP_KEYS + ["method"], dropna=False)["config_id"].transform("nunique")
+    frame.loc[configs > 1, "method"] = frame["method"] + " [" + frame["config_id"] + "]"
     for keys, group in frame.groupby(GROUP_KEYS + ["method"], sort=False, dropna=False):
         row = dict(zip(GROUP_KEYS + ["method"], keys))
         row["n"] = len(group)
         row["seeds"] = ",".join(str(s) for s in sorted(group["seed"]))
+        row["run_ids"] = ",".join(group["run_id"])
         row["params_learnable"] = int(group["params_learnable"].iloc[0])
         row["params_total"] = int(group["params_total"].iloc[0])
         for col in metric_cols:
@@ -96,14 +102,18 @@ def table_rows(summary: pd.DataFrame) -> list[tuple[dict, list[str], list[list[s
     for keys, group in summary.groupby(GROUP_KEYS, sort=False, dropna=False):
         info = dict(zip(GROUP_KEYS, keys))
         metric_keys = TABLE_METRICS[info["task"]]
+        p_column = f"test_{metric_keys[0]}_p_vs_best"
         header = ["Method", "#P (M)", "n"] + [
             f"{split} {METRIC_LABELS[m]}" for split in ("test", "val") for m in metric_keys
-        ]
+        ] + ([f"p vs best ({METRIC_LABELS[metric_keys[0]]})"] if p_column in group else [])
         rows = []
         for _, r in group.iterrows():
             cells = [r["method"], f"{r['params_learnable'] / 1e6:.3f}", str(r["n"])]
             for split in ("test", "val"):
                 cells += [_cell(r.get(f"{split}_{m}_mean", math.nan), r.get(f"{split}_{m}_std", math.nan)) for m in metric_keys]
+            if p_column in group:
+                p = r.get(p_column, math.nan)
+                cells.append("best" if pd.isna(p) else f"{p:.3f}")
             rows.append(cells)
         tables.append((info, header, rows))
     return tables
@@ -148,3 +158,30 @@ def rich_tables(summary: pd.DataFrame) -> list:
             table.add_row(*r)
         tables.append(table)
     return tables
+
+
+def add_significance(summary: pd.DataFrame, records: list[RunResult], results: Path, n_boot: int = 1000) -> pd.DataFrame:
+    """Add ``test_<metric>_p_vs_best``: a paired bootstrap over test images of every method against the best one
+    of its group (by the mean test macro F1, or accuracy), from the stored scores."""
+    from bench.reports.significance import RunScores, paired_bootstrap
+
+    if summary.empty:
+        return summary
+    summary = summary.copy()
+    by_id = {r.run_id: r for r in records}
+
+    def runs_of(row: pd.Series) -> list[RunScores]:
+        out = []
+        for run_id in row["run_ids"].split(","):
+            scores = store.read_scores(store.runs_dir(results) / run_id)
+            out.append(RunScores(scores["test_scores"], scores["test_labels"], by_id[run_id].protocol.threshold))
+        return out
+
+    for _, group in summary.groupby(GROUP_KEYS, sort=False, dropna=False):
+        metric = "macro_f1" if group["task"].iloc[0] == "multilabel" else "accuracy"
+        best_index = group[f"test_{metric}_mean"].idxmax()
+        best = runs_of(group.loc[best_index])
+        for index, row in group.iterrows():
+            if index != best_index:
+                summary.loc[index, f"test_{metric}_p_vs_best"] = paired_bootstrap(best, runs_of(row), metric, n_boot)["p_value"]
+    return summary

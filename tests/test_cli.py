@@ -104,6 +104,15 @@ def test_report_md_and_csv(finished_suite, tmp_path):
     assert row["test_macro_f1_std"] == pytest.approx(np.std(values, ddof=1))
     listing = bench("ls", "runs", "--config", str(finished_suite))
     assert listing.output.count("seed") == 8
+    assert md.output.count("| best |") == 1 and "p vs best (Macro F1)" in md.output
+    # another config of the same method is a separate row, never averaged with the first
+    assert bench("run", "--config", str(finished_suite), "--methods", "dualcoop", "--seeds", "0", "--set", "methods.dualcoop.lr=0.01").exit_code == 0
+    assert bench("report", "--config", str(finished_suite), "--format", "csv", "--out", str(out), "--bootstrap", "50").exit_code == 0
+    table = pd.read_csv(out)
+    dual = table[table["method"].str.startswith("dualcoop")]
+    assert sorted(dual["n"]) == [1, 2] and all("[" in m for m in dual["method"])
+    p_values = table["test_macro_f1_p_vs_best"].dropna()
+    assert len(p_values) == len(table) - 1 and p_values.between(0, 1).all()
 
 
 def test_a_failing_run_does_not_stop_the_suite(write_config, tmp_path):
