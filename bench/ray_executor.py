@@ -80,21 +80,31 @@ def init_ray(cfg: BenchConfig, address: str | None) -> None:
         raise ConfigError(f"--ray-address {address}: cannot connect to a Ray cluster there ({err})") from None
 
 
-def _trial(config: dict[str, Any], cfg: BenchConfig, datasets: dict[str, Any]) -> None:
-    """One run inside a Ray worker."""
+def _limit_threads() -> None:
+    """Torch uses as many threads as the trial reserved CPUs (Ray sets OMP_NUM_THREADS), never more."""
     import torch
 
-    plan = PlannedRun(**{**config["plan"], "run_dir": Path(config["plan"]["run_dir"])})
-    trial_id = tune.get_context().get_trial_id()
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads > 0:
-        torch.set_num_threads(threads)  # never oversubscribe the trial's CPUs
+        torch.set_num_threads(threads)
+
+
+def _report_epoch(metrics: dict[str, Any], run_dir: Path, epoch: int) -> None:
+    """``tune.report`` with a checkpoint that points at the run's own checkpoint (a pointer, not a copy)."""
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, POINTER).write_text(json.dumps({"run_dir": str(run_dir), "epoch": epoch}))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _trial(config: dict[str, Any], cfg: BenchConfig, datasets: dict[str, Any]) -> None:
+    """One run inside a Ray worker."""
+    plan = PlannedRun(**{**config["plan"], "run_dir": Path(config["plan"]["run_dir"])})
+    trial_id = tune.get_context().get_trial_id()
+    _limit_threads()
 
     def report(record: dict[str, Any]) -> None:
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
-        with tempfile.TemporaryDirectory() as folder:  # a pointer, not a copy: the state lives in the result store
-            Path(folder, POINTER).write_text(json.dumps({"run_dir": str(plan.run_dir), "epoch": record["epoch"] + 1}))
-            tune.report({**metrics, "done": False}, checkpoint=tune.Checkpoint.from_directory(folder))
+        _report_epoch({**metrics, "done": False}, plan.run_dir, record["epoch"] + 1)
 
     result = execute_run(
         plan, datasets[plan.dataset], cfg, executor="ray", trial_id=trial_id, report=report, log=lambda *_: None
@@ -237,15 +247,11 @@ def optuna_space(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: str, trials_dir: str) -> None:
     """One search trial: train on train, score val every epoch (reported to ASHA); test is never scored."""
-    import torch
-
     from bench.backbones import load_backbone
     from bench.engine import RunContext, resolve_device, run_method, selection_metric
     from bench.registry import BACKBONES, METHODS
 
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if threads > 0:
-        torch.set_num_threads(threads)
+    _limit_threads()
     cls = METHODS.get(method)
     method_cfg = cls.Config.model_validate({**cfg.methods.get(method, {}), **params})
     device = resolve_device(cfg.engine.device)
@@ -253,9 +259,8 @@ def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: s
     run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
 
     def report(record: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            Path(folder, POINTER).write_text(json.dumps({"run_dir": str(run_dir), "epoch": record["epoch"] + 1}))
-            tune.report({"selection_metric": record["selection_metric"], "epoch": record["epoch"] + 1}, checkpoint=tune.Checkpoint.from_directory(folder))
+        epoch = record["epoch"] + 1
+        _report_epoch({"selection_metric": record["selection_metric"], "epoch": epoch}, run_dir, epoch)
 
     ctx = RunContext(
         run_dir=run_dir, seed=cfg.tune.search_seed, device=device, protocol=cfg.protocol.name, amp=cfg.engine.amp,

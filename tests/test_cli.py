@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from bench import metrics, store
 from bench.cli import app
-from bench.errors import ConfigError, UnknownNameError
+from bench.errors import ConfigError
 from bench.registry import METHODS
 
 runner = CliRunner()
