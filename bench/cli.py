@@ -114,35 +114,104 @@ def tune(
         raise typer.Exit(1)
 
 
+REPORT_FORMATS = ("md", "csv", "latex", "html")
+
+
+def _summary(cfg: BenchConfig, bootstrap: int, keep=None):
+    """Records, their summary (with the paired bootstrap) and the corrupt files skipped."""
+    from bench.reports import tables
+
+    records, bad = tables.load_results(cfg.paths.results)
+    for e in bad:
+        err.print(f"[yellow]skipped corrupt result: {escape(str(e))}[/]")
+    if keep is not None:
+        records = [r for r in records if keep(r)]
+    summary = tables.summarise(tables.results_frame(records))
+    if bootstrap:
+        summary = tables.add_significance(summary, records, cfg.paths.results, bootstrap)
+    return records, summary
+
+
 @app.command()
 def report(
-    fmt: Annotated[str, typer.Option("--format", "-f", help="md or csv.")] = "md",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="md, csv, latex or html.")] = "md",
     output: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Paired-bootstrap resamples vs the best method (0: off).", min=0)] = 1000,
+    reference: Annotated[bool, typer.Option("--reference", help="latex/html: add the paper's rows and a reproduced-minus-paper column.")] = False,
+    standalone: Annotated[bool, typer.Option("--standalone", help="latex: a complete document that compiles on its own.")] = False,
     results: ResultsOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Summarise the result store: mean +- std over seeds per method, dataset, backbone and protocol, with a
-    paired bootstrap (over test images) of every method against the best."""
+    paired bootstrap (over test images) of every method against the best; md, csv, the paper's tables in LaTeX
+    (booktabs) or a self-contained HTML page."""
     from bench.reports import tables
 
-    writers = {"md": tables.to_markdown, "csv": tables.to_csv}
-    if fmt not in writers:
-        raise BenchError(f"--format {fmt!r}: expected one of {', '.join(writers)}")
+    if fmt not in REPORT_FORMATS:
+        raise BenchError(f"--format {fmt!r}: expected one of {', '.join(REPORT_FORMATS)}")
+    if standalone and fmt != "latex":
+        raise BenchError("--standalone applies to --format latex only")
+    if reference and fmt not in ("latex", "html"):
+        raise BenchError("--reference applies to --format latex and html")
     cfg = _load(config, results)
-    records, bad = tables.load_results(cfg.paths.results)
-    for e in bad:
-        err.print(f"[yellow]skipped corrupt result: {e}[/]")
-    summary = tables.summarise(tables.results_frame(records))
-    if bootstrap:
-        summary = tables.add_significance(summary, records, cfg.paths.results, bootstrap)
-    text = writers[fmt](summary)
+    records, summary = _summary(cfg, bootstrap)
+    if fmt == "md":
+        text = tables.to_markdown(summary)
+    elif fmt == "csv":
+        text = tables.to_csv(summary)
+    else:
+        from bench.reports import layout
+
+        paper = layout.paper_tables(summary, reference=reference)
+        if fmt == "latex":
+            from bench.reports.latex import to_latex
+
+            text = to_latex(paper, standalone=standalone)
+        else:
+            from bench.reports.html import render_page
+
+            text = render_page("bench report", paper, summary, records, subtitle=f"{len(records)} runs in {cfg.paths.results}")
     if output is None:
         sys.stdout.write(text)
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
         err.print(f"wrote {output} ({len(records)} runs)")
+
+
+@app.command()
+def leaderboard(
+    config: ConfigOpt = None,
+    results: ResultsOpt = None,
+    sets: SetOpt = None,
+    site: Annotated[Optional[Path], typer.Option("--site", help="Site folder (overrides leaderboard.site).")] = None,
+    tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Flag drops larger than this many points.", min=0)] = None,
+    run: Annotated[bool, typer.Option("--run/--no-run", help="--no-run: only regenerate the site from the stored results.")] = True,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address")] = None,
+) -> None:
+    """The nightly job: run what is missing of the [leaderboard] suite, regenerate the site (index + one page per
+    dataset), record a dated history entry and flag regressions. Exit 3 when a regression is flagged, 1 when runs
+    failed, 0 otherwise."""
+    from bench.leaderboard import run_leaderboard
+
+    overrides = list(sets or [])
+    if site is not None:
+        overrides.append(f'leaderboard.site="{site.resolve().as_posix()}"')
+    if tolerance is not None:
+        overrides.append(f"leaderboard.tolerance={tolerance}")
+    cfg = _load(config, results, overrides)
+    outcome = run_leaderboard(cfg, err, ray_address, run=run)
+    s = outcome.site
+    err.print(
+        f"site {cfg.leaderboard.site}: {len(s.pages)} pages, {len(s.entries)} entries, regeneration {s.stamp}"
+        + (f" (compared with {s.previous})" if s.previous else " (first regeneration)")
+    )
+    for r in s.regressions:
+        err.print(f"[red]regression: {escape(r['key'])}: {r['before']:.2f} -> {r['after']:.2f} ({r['change']:+.2f} points)[/]")
+    for message in outcome.failed.values():
+        err.print(f"[red]failed: {escape(message)}[/]")
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
 
 
 @app.command("ls")

@@ -118,6 +118,30 @@ class TuneConfig(_Strict):
     search_space: dict[str, dict[str, list[Any]]] = Field(default_factory=dict)  # method -> key -> [kind, ...]
 
 
+class LeaderboardConfig(_Strict):
+    """`bench leaderboard`, the nightly job: which suite it runs (each unset key falls back to ``[suite]``), where
+    the site goes, and what counts as a regression: a drop of the primary metric (macro F1, or accuracy for
+    single-label datasets, unless ``metric`` names one) by more than ``tolerance`` points since the previous
+    regeneration."""
+
+    methods: list[str] | None = None
+    datasets: list[str] | None = None
+    seeds: list[int] | None = None
+    backbone: str | None = None
+    site: Path = Path("site")
+    tolerance: float = Field(default=1.0, ge=0)  # percentage points
+    metric: Literal["auto", "macro_f1", "micro_f1", "samples_f1", "mAP", "accuracy", "mean_class_accuracy"] = "auto"
+    split: Literal["test", "val"] = "test"
+    bootstrap: int = Field(default=1000, ge=0)
+
+    @field_validator("methods", "datasets", "seeds")
+    @classmethod
+    def _non_empty(cls, value: list | None) -> list | None:
+        if value is not None and not value:
+            raise ValueError("must not be empty (leave the key out to use [suite]'s)")
+        return value
+
+
 class BackboneConfig(_Strict):
     """Weights of one backbone: an open_clip pretrained tag, a local checkpoint path, or ``"none"`` (random)."""
 
@@ -133,6 +157,7 @@ class BenchConfig(_Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    leaderboard: LeaderboardConfig = Field(default_factory=LeaderboardConfig)
     backbones: dict[str, BackboneConfig] = Field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -191,6 +216,7 @@ def _resolve_paths(cfg: BenchConfig, base: Path) -> None:
     p.cache = (base / p.cache).resolve()
     p.weights = (base / p.weights).resolve()
     p.data = {k: (base / v).resolve() for k, v in p.data.items()}
+    cfg.leaderboard.site = (base / cfg.leaderboard.site).resolve()
 
 
 def parse_config(data: dict[str, Any], source: Path | None = None, base: Path | None = None) -> BenchConfig:
@@ -213,6 +239,9 @@ def _check_names(cfg: BenchConfig) -> None:
         ("suite.methods", METHODS, cfg.suite.methods),
         ("suite.datasets", DATASETS, cfg.suite.datasets),
         ("suite.backbone", BACKBONES, [cfg.suite.backbone]),
+        ("leaderboard.methods", METHODS, cfg.leaderboard.methods or []),
+        ("leaderboard.datasets", DATASETS, cfg.leaderboard.datasets or []),
+        ("leaderboard.backbone", BACKBONES, [cfg.leaderboard.backbone] if cfg.leaderboard.backbone else []),
         ("methods", METHODS, list(cfg.methods)),
         ("datasets", DATASETS, list(cfg.datasets)),
         ("backbones", BACKBONES, list(cfg.backbones)),

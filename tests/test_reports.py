@@ -1,0 +1,166 @@
+"""Publication tables from a hand-made result store: LaTeX (compiled with pdflatex), bold/underline placement,
+the paper's reference rows and the reproduced-minus-paper column, ablation and emotion tables, the CLI."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.cli import app
+from bench.reports import layout, tables
+from bench.reports.latex import escape, to_latex
+from storegen import make_run
+
+# Chosen test/val values (fractions) per method; every seed gets the same, so std = 0 and the ranking is exact.
+VALUES = {
+    "intclip": {"test": {"macro_f1": 0.40, "micro_f1": 0.50}, "val": {"macro_f1": 0.38}},
+    "dualcoop": {"test": {"macro_f1": 0.38, "micro_f1": 0.52}, "val": {"macro_f1": 0.41}},
+    "linear-probe": {"test": {"macro_f1": 0.30, "micro_f1": 0.45}, "val": {"macro_f1": 0.39}},
+}
+
+
+def _store(root: Path, extra_methods=(), seeds=(0, 1)) -> Path:
+    for method, values in VALUES.items():
+        for seed in seeds:
+            make_run(root, method, seed, test=values["test"], val=values["val"], params=(15_751_809, 57_000_000))
+    for method in extra_methods:
+        for seed in seeds:
+            make_run(root, method, seed, test={"macro_f1": 0.35}, val={"macro_f1": 0.36})
+    return root
+
+
+def _summary(root: Path, bootstrap: int = 0):
+    records, bad = tables.load_results(root)
+    assert not bad
+    summary = tables.summarise(tables.results_frame(records))
+    return tables.add_significance(summary, records, root, bootstrap) if bootstrap else summary
+
+
+def _cells(tex: str, label: str) -> list[str]:
+    line = next(line for line in tex.splitlines() if line.startswith(label + " &") or line.startswith(label + "$^\\dagger$ &"))
+    assert line.endswith(" \\\\")
+    return [c.strip() for c in line.removesuffix(" \\\\").split(" & ")]
+
+
+def test_bold_best_and_underlined_second_follow_the_numbers(tmp_path):
+    tex = to_latex(layout.paper_tables(_summary(_store(tmp_path))))
+    # columns: label, #P, test macro, test micro, test samples, test mAP, val macro, ...
+    intclip, dualcoop, probe = (_cells(tex, m) for m in ("intclip", "dualcoop", "linear-probe"))
+    assert intclip[2].startswith(r"\textbf{40.00}") and dualcoop[2].startswith(r"\underline{38.00}") and probe[2].startswith("30.00")
+    assert dualcoop[3].startswith(r"\textbf{52.00}") and intclip[3].startswith(r"\underline{50.00}") and probe[3].startswith("45.00")
+    assert dualcoop[6].startswith(r"\textbf{41.00}") and probe[6].startswith(r"\underline{39.00}") and intclip[6].startswith("38.00")
+    assert intclip[1] == "15.8"  # #P in millions
+    assert r"{\scriptsize$\pm$0.00}" in intclip[2]  # mean +- std over the two seeds
+    # families in the paper's order: reference points, multi-label methods, IntCLIP
+    order = [tex.index(r"\textit{" + f + "}") for f in ("Reference points", "Multi-label methods", "IntCLIP")]
+    assert order == sorted(order)
+
+
+def test_ties_share_the_mark_and_paper_rows_are_never_marked(tmp_path):
+    _store(tmp_path)
+    make_run(tmp_path, "query2label", 0, test={"macro_f1": 0.40}, val={"macro_f1": 0.2})
+    tex = to_latex(layout.paper_tables(_summary(tmp_path), reference=True))
+    assert _cells(tex, "query2label")[2].startswith(r"\textbf{40.00}") and _cells(tex, "intclip")[2].startswith(r"\textbf{40.00}")
+    assert _cells(tex, "dualcoop")[2].startswith(r"\underline{38.00}")
+    paper = _cells(tex, "LabCR")
+    assert paper[1:4] == ["56.2", "34.63", "48.51"] and not any("textbf" in c or "underline" in c for c in paper)
+
+
+def test_reference_rows_and_reproduced_minus_paper(tmp_path):
+    tex = to_latex(layout.paper_tables(_summary(_store(tmp_path)), reference=True))
+    # IntCLIP RN101 in the paper: test macro F1 38.40 -> 40.00 - 38.40 = +1.60; DualCoOp 31.06 -> 38.00 - 31.06 = +6.94
+    assert _cells(tex, "intclip")[-1] == "+1.60"
+    assert _cells(tex, "dualcoop")[-1] == "+6.94"
+    assert _cells(tex, "linear-probe")[-1] == ""  # no paper counterpart
+    assert _cells(tex, "Query2Label")[:4] == ["Query2Label", "82.4", "32.12", "44.64"]
+    assert _cells(tex, "Intentonomy")[5] == "-"  # the paper prints no mAP for it
+    assert r"\textit{Paper: IntCLIP}" in tex and "reproduced minus paper" in tex
+
+
+def test_reference_on_a_dataset_the_paper_lacks_says_so(tmp_path):
+    make_run(tmp_path, "intclip", 0, dataset="synthetic", backbone="tiny-clip")
+    (table,) = layout.paper_tables(_summary(tmp_path), reference=True)
+    assert not any(r.reference for r in table.rows) and "no numbers for dataset 'synthetic'" in table.caption
+
+
+def test_ablation_tables_appear_only_with_their_variants(tmp_path):
+    _store(tmp_path, extra_methods=("intclip:no-sa", "intclip:single-none"))
+    paper = layout.paper_tables(_summary(tmp_path), reference=True)
+    keys = [t.key for t in paper]
+    assert keys == ["table1", "table2", "table4", "table5"]  # no Table 3 variant ran
+    table2 = paper[1]
+    assert [r.label for r in table2.rows if not r.reference] == ["w/o SA", "Full IntCLIP"]
+    # paper Table 2: w/o SA 35.15 -> 35.00 - 35.15 = -0.15
+    assert table2.rows[0].deltas[0] == pytest.approx(35.0 - 35.15)
+    assert "intclip:no-sa" not in [r.method for r in paper[0].rows]  # ablations stay out of Table 1
+    assert [r.label for r in paper[3].rows] == ["Add", "SA (IntCLIP)"]
+    assert "$-$0.15" in to_latex(paper)
+
+
+def test_emotion_accuracy_table_with_paper_rows(tmp_path):
+    for dataset, acc in (("emotionroi", 0.70), ("fi", 0.80)):
+        for seed in (0, 1):
+            make_run(tmp_path, "intclip", seed, dataset=dataset, task="multiclass", test={"accuracy": acc})
+            make_run(tmp_path, "linear-probe", seed, dataset=dataset, task="multiclass", test={"accuracy": acc - 0.1})
+    (table,) = layout.paper_tables(_summary(tmp_path), reference=True)
+    assert table.key == "table6a" and [c.block for c in table.columns] == ["EmotionROI", "FI"]
+    intclip = next(r for r in table.rows if r.label == "intclip")
+    # paper IntCLIP (R101): EmotionROI 71.05, FI 78.93
+    assert intclip.deltas == pytest.approx({0: 70.0 - 71.05, 1: 80.0 - 78.93})
+    assert table.best == {0: {table.rows.index(intclip)}, 1: {table.rows.index(intclip)}}
+    assert {"ECWA", "CGLF-Net", "IntCLIP (R101)"} <= {r.label for r in table.rows if r.reference}
+
+
+def test_different_manifests_make_different_tables(tmp_path):
+    make_run(tmp_path, "intclip", 0, manifest="a" * 64, test={"macro_f1": 0.4})
+    make_run(tmp_path, "intclip", 1, manifest="b" * 64, test={"macro_f1": 0.2})
+    paper = layout.paper_tables(_summary(tmp_path))
+    assert sorted(t.rows[0].cells[0].mean for t in paper) == pytest.approx([20.0, 40.0])
+    assert {t.info["manifest_sha256"] for t in paper} == {"a" * 64, "b" * 64}
+
+
+def test_identical_methods_are_not_significantly_different(tmp_path):
+    for seed in (0, 1):
+        make_run(tmp_path, "intclip", seed, quality=0.6, config={"lr": 1})
+        make_run(tmp_path, "intclip-official", seed, quality=0.6, config={"lr": 1})  # the very same scores
+        make_run(tmp_path, "label-prior", seed, quality=0.0)
+    summary = _summary(tmp_path, bootstrap=200).set_index("method")
+    best = summary["test_macro_f1_mean"].idxmax()
+    other = "intclip-official" if best == "intclip" else "intclip"
+    assert summary.loc[other, "test_macro_f1_p_vs_best"] == 1.0
+    assert summary.loc["label-prior", "test_macro_f1_p_vs_best"] < 0.01
+
+
+def test_escape():
+    assert escape("a_b & 50% #1 {x} ~^\\") == r"a\_b \& 50\% \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{}"
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed (.ci/run installs it)")
+def test_standalone_latex_compiles_with_pdflatex(tmp_path):
+    results = _store(tmp_path / "results", extra_methods=("intclip:no-sa",))
+    out = tmp_path / "tables.tex"
+    res = CliRunner().invoke(app, ["report", "--results", str(results), "--format", "latex", "--reference", "--standalone", "--bootstrap", "50", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    tex = out.read_text()
+    assert tex.startswith(r"\documentclass") and r"\usepackage{booktabs}" in tex and tex.count(r"\begin{tabular}") == 3
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", out.name], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (tmp_path / "tables.pdf").stat().st_size > 1000
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", "-layout", "tables.pdf", "-"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        assert re.search(r"intclip\s+15\.8\s+40\.00", text) and "Query2Label" in text
+
+
+def test_report_cli_rejects_bad_options(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", "--results", str(tmp_path), "--format", "pdf"])
+    assert res.exit_code != 0 and "'pdf'" in str(res.exception or res.output)
+    res = runner.invoke(app, ["report", "--results", str(tmp_path), "--format", "html", "--standalone"])
+    assert res.exit_code != 0 and "--standalone" in str(res.exception or res.output)
