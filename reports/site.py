@@ -68,7 +68,7 @@ def load_history(site: Path) -> list[dict]:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise BenchError(f"{path}: not a leaderboard history record ({err}); move it aside to regenerate") from None
         out.append(record)
-    return out
+    return sorted(out, key=lambda r: (str(r.get("generated_at", "")), str(r.get("stamp", ""))))
 
 
 def compare(current: dict[str, dict], previous: dict[str, dict] | None, tolerance: float) -> tuple[dict[str, float], list[dict]]:
@@ -86,7 +86,7 @@ def _stamp(now: datetime, folder: Path) -> str:
     stamp = now.strftime("%Y-%m-%dT%H%M%SZ")
     candidate, i = stamp, 1
     while (folder / f"{candidate}.json").exists():
-        candidate, i = f"{stamp}-{i}", i + 1
+        candidate, i = f"{stamp}_{i:02d}", i + 1  # sorts after the plain stamp
     return candidate
 
 

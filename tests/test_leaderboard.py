@@ -1,0 +1,95 @@
+"""`bench leaderboard`: dated history, change since the previous regeneration, regression flag and exit code."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from bench import store
+from bench.cli import app
+from storegen import make_run
+
+LB = [
+    "--set", 'leaderboard.methods=["dualcoop","intclip","linear-probe"]',
+    "--set", 'leaderboard.datasets=["intentonomy"]',
+    "--set", 'leaderboard.backbone="RN101"',
+    "--set", "leaderboard.seeds=[0,1]",
+    "--set", "leaderboard.bootstrap=0",
+]
+
+
+def _regenerate(results: Path, site: Path, *extra: str):
+    return CliRunner().invoke(app, ["leaderboard", "--no-run", "--results", str(results), "--site", str(site), "--tolerance", "1.0", *LB, *extra])
+
+
+def _plant_drop(results: Path, method: str, points: float) -> None:
+    for run_dir, record in store.iter_results(results):
+        if record.method.name == method:
+            record.metrics.test["macro_f1"] -= points / 100
+            store.write_result(run_dir, record, store.read_scores(run_dir))
+
+
+def _row(html: str, method: str) -> str:
+    return re.search(rf'<tr class="[^"]*" data-method="{re.escape(method)}">.*?</tr>', html, re.S).group(0)
+
+
+def test_two_regenerations_with_a_planted_drop(tmp_path):
+    results, site = tmp_path / "results", tmp_path / "site"
+    for method, value in (("dualcoop", 0.38), ("intclip", 0.40), ("linear-probe", 0.30)):
+        for seed in (0, 1):
+            make_run(results, method, seed, test={"macro_f1": value})
+    make_run(results, "zeroshot", 0)  # not in the leaderboard suite: left out
+
+    first = _regenerate(results, site)
+    assert first.exit_code == 0, first.output
+    assert "first regeneration" in first.output
+    assert sorted(p.name for p in site.iterdir()) == ["history", "index.html", "intentonomy.html"]
+
+    _plant_drop(results, "dualcoop", 5.0)  # 38 -> 33: beyond the 1-point tolerance
+    _plant_drop(results, "linear-probe", 0.5)  # 30 -> 29.5: within it
+    second = _regenerate(results, site)
+    assert second.exit_code == 3, second.output
+    assert "regression: intentonomy@aaaaaaaaaaaa / RN101 / val-threshold / dualcoop: 38.00 -> 33.00 (-5.00 points)" in second.output
+
+    history = sorted((site / "history").glob("*.json"))
+    assert len(history) == 2
+    record = json.loads(history[-1].read_text())
+    assert record["previous"] == json.loads(history[0].read_text())["stamp"]
+    assert [r["key"].split(" / ")[-1] for r in record["regressions"]] == ["dualcoop"]
+    assert {k.split(" / ")[-1]: v for k, v in record["changes"].items()} == {"dualcoop": -5.0, "intclip": 0.0, "linear-probe": -0.5}
+    assert "zeroshot" not in json.dumps(record["entries"])
+
+    for page in ("index.html", "intentonomy.html"):
+        html = (site / page).read_text()
+        dual = _row(html, "dualcoop")
+        assert "regression" in dual.split(">")[0] and ">-5.00<" in dual and '<span class="flag">regression</span>' in dual
+        probe = _row(html, "linear-probe")
+        assert "regression" not in probe and ">-0.50<" in probe
+        assert "1 regression" in html
+
+    third = _regenerate(results, site)  # nothing changed since: no flag, exit 0, the history keeps all three
+    assert third.exit_code == 0, third.output
+    assert len(list((site / "history").glob("*.json"))) == 3
+    assert "No regression beyond 1.0 points" in (site / "index.html").read_text()
+
+
+def test_a_damaged_history_record_is_named(tmp_path):
+    site = tmp_path / "site"
+    (site / "history").mkdir(parents=True)
+    (site / "history" / "2026-01-01T000000Z.json").write_text("{not json")
+    res = _regenerate(tmp_path / "results", site)
+    assert res.exit_code != 0 and "2026-01-01T000000Z.json" in str(res.exception)
+
+
+def test_leaderboard_runs_what_is_missing(write_config, tmp_path):
+    cfg = write_config(methods=("label-prior",), extra='[leaderboard]\nsite = "lb-site"\nbootstrap = 0\n')
+    runner = CliRunner()
+    first = runner.invoke(app, ["leaderboard", "--config", str(cfg)])
+    assert first.exit_code == 0, first.output
+    assert (tmp_path / "lb-site" / "synthetic.html").exists()
+    second = runner.invoke(app, ["leaderboard", "--config", str(cfg)])
+    assert second.exit_code == 0 and "nothing to train" in second.output
+    assert len(list((tmp_path / "lb-site" / "history").glob("*.json"))) == 2
