@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from bench import metrics
-from bench.data import batch_indices
+from bench.data import batch_indices, prefetch_batches, to_device
 from bench.datasets.base import DatasetData, Split
 from bench.errors import TrainingDivergedError
 
@@ -51,6 +52,8 @@ class RunContext:
     progress: Progress | None = None
     report: Callable[[dict[str, Any]], None] | None = None  # per-epoch callback (the Ray adapter reports to Tune)
     log: Callable[[str], None] = print
+    prefetch: int = 2  # batches gathered ahead by a background thread (0: in the training loop itself)
+    check_every: int | None = None  # steps between loss finiteness checks; None: every step on CPU, 25 on a GPU
 
 
 @dataclass
@@ -79,25 +82,37 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@functools.lru_cache(maxsize=8)
+def _amp_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA when the GPU supports it, else fp16; nothing on CPU."""
     if not enabled or device.type != "cuda":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=_amp_dtype(device))
+
+
+def split_batches(split: Split, batches: Iterator[np.ndarray], ctx: RunContext, labels: bool = True):
+    """``(uint8 images, labels)`` CPU tensors per index batch, gathered ahead (pinned when training on a GPU)."""
+    return prefetch_batches(
+        split.images, split.labels if labels else None, batches, pin=ctx.device.type == "cuda", depth=ctx.prefetch
+    )
 
 
 @torch.no_grad()
 def predict_split(method: Method, split: Split, ctx: RunContext) -> np.ndarray:
-    """Scores in [0, 1] for every image of ``split``, float32 ``[N, C]``."""
+    """Scores in [0, 1] for every image of ``split``, float32 ``[N, C]`` (kept on the device until the end of the
+    pass, so the GPU never waits for the host in between)."""
     method.model.eval()
     method.start_eval()
     out = []
-    for idx in batch_indices(len(split), ctx.eval_batch_size):
+    for images, _ in split_batches(split, batch_indices(len(split), ctx.eval_batch_size), ctx, labels=False):
         with autocast(ctx.device, ctx.amp):
-            scores = method.predict(method.prepare(torch.from_numpy(split.images[idx])))
-        out.append(scores.float().cpu())
-    scores = torch.cat(out).numpy().astype(np.float32)
+            scores = method.predict(method.prepare(images))
+        out.append(scores.float())
+    scores = torch.cat(out).cpu().numpy().astype(np.float32)
     if not np.isfinite(scores).all():
         raise TrainingDivergedError(f"{method.name}: non-finite scores on {len(split)} images")
     return np.clip(scores, 0.0, 1.0)
@@ -134,6 +149,59 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+def train_step(
+    method: Method, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ctx: RunContext
+) -> torch.Tensor:
+    """One optimizer step on a prepared batch; returns the loss (on the device: reading it would wait for the GPU)."""
+    with autocast(ctx.device, ctx.amp):
+        loss = method.training_loss(images, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    method.after_step()
+    return loss.detach()
+
+
+def train_epoch(
+    method: Method,
+    split: Split,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    scheduler: Any,
+    ctx: RunContext,
+    epoch: int,
+) -> list[float]:
+    """One pass over shuffled batches of ``split``; returns the per-step losses.
+
+    Losses stay on the device and are checked for NaN/inf every ``ctx.check_every`` steps (every step on CPU, where
+    reading them costs nothing), so on a GPU the host queues the next steps instead of waiting for each one; a
+    non-finite loss stops the run (before the epoch's checkpoint) naming the epoch and step where it appeared."""
+    check_every = ctx.check_every or (25 if ctx.device.type == "cuda" else 1)
+    method.train(True)
+    losses: list[float] = []
+    pending: list[torch.Tensor] = []
+
+    def check() -> None:
+        values = torch.stack(pending).float().cpu().tolist()
+        pending.clear()
+        for i, value in enumerate(values):
+            if not math.isfinite(value):
+                raise TrainingDivergedError(f"{method.name}: loss is {value} at epoch {epoch} (step {len(losses) + i})")
+        losses.extend(values)
+
+    batches = batch_indices(len(split), method.config.batch_size, shuffle=True, seed=ctx.seed, epoch=epoch)
+    for images, labels in split_batches(split, batches, ctx):
+        pending.append(train_step(method, method.prepare(images), to_device(labels, ctx.device), optimizer, scaler, ctx))
+        if scheduler is not None and method.scheduler_interval == "step":
+            scheduler.step()
+        if len(pending) >= check_every:
+            check()
+    if pending:
+        check()
+    return losses
+
+
 def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     """Train an engine method with per-epoch validation, checkpointing and best-on-val selection."""
     cfg = method.config
@@ -168,23 +236,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
             ctx.log(f"early stop after epoch {epoch} ({patience} epochs without improvement)")
             break
         t0 = time.perf_counter()
-        method.train(True)
-        losses = []
-        for idx in batch_indices(len(train_split), cfg.batch_size, shuffle=True, seed=ctx.seed, epoch=epoch):
-            images = method.prepare(torch.from_numpy(train_split.images[idx]))
-            labels = torch.from_numpy(train_split.labels[idx]).to(ctx.device)
-            with autocast(ctx.device, ctx.amp):
-                loss = method.training_loss(images, labels)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(f"{method.name}: loss is {loss.item()} at epoch {epoch}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            method.after_step()
-            if scheduler is not None and method.scheduler_interval == "step":
-                scheduler.step()
-            losses.append(loss.item())
+        losses = train_epoch(method, train_split, optimizer, scaler, scheduler, ctx, epoch)
         if scheduler is not None and method.scheduler_interval == "epoch":
             scheduler.step()
         variant_metrics = {}

@@ -40,6 +40,8 @@ class MethodConfig(BaseModel):
 
     preset: str | None = None
     preprocessing: Preprocessing = "clip"
+    # NHWC convolutions (the same math; cuDNN's fast layout). auto: channels_last on CUDA, contiguous elsewhere.
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
 
     @model_validator(mode="before")
     @classmethod
@@ -55,11 +57,20 @@ class MethodConfig(BaseModel):
 
 
 class TrainConfig(MethodConfig):
-    """Settings of methods trained by the engine."""
+    """Settings of methods trained by the engine.
+
+    Speed settings (none changes the math; benchmarks/RESULTS.md measures them): ``optimizer_impl`` picks the
+    optimizer's kernel (``fused``: one kernel for every parameter; ``foreach``: batched; ``for-loop``: one
+    parameter at a time; ``auto``: fused on CUDA, torch's default elsewhere). ``compile`` wraps the method's forward
+    in ``torch.compile`` (``reduce-overhead`` adds CUDA graphs); off by default: compiling costs minutes per run.
+    """
 
     epochs: int = Field(default=10, gt=0)
     batch_size: int = Field(default=32, gt=0)
     early_stop_patience: int | None = Field(default=None, gt=0)
+    optimizer_impl: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
 
 
 class Method(ABC):
@@ -140,6 +151,36 @@ class Method(ABC):
         """Switch to training mode (methods with frozen BN override this to keep it in eval)."""
         self.model.train(mode)
 
+    # -- speed settings (exact: they change how, not what, is computed) ----------------------------------------
+    @property
+    def channels_last(self) -> bool:
+        """Whether images and convolution weights use the NHWC memory format (``memory_format``)."""
+        fmt = getattr(self.config, "memory_format", "contiguous")
+        return fmt == "channels_last" or (fmt == "auto" and self.device.type == "cuda")
+
+    def apply_memory_format(self, *modules: torch.nn.Module) -> None:
+        """Put the 4-D weights of ``modules`` (default: ``self.model``) in the configured memory format."""
+        if self.channels_last:
+            for module in modules or (self.model,):
+                module.to(memory_format=torch.channels_last)
+
+    def optimizer_options(self) -> dict[str, bool]:
+        """Keyword arguments for a torch optimizer that select ``optimizer_impl``."""
+        impl = getattr(self.config, "optimizer_impl", "auto")
+        if impl == "auto":
+            return {"fused": True} if self.device.type == "cuda" else {}
+        return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[impl]
+
+    def maybe_compile(self, fn: Any) -> Any:
+        """``fn`` (a module or function) wrapped in ``torch.compile`` when ``compile`` is on, else ``fn`` itself.
+        The wrapper shares the parameters, so state dicts and the optimizer are unchanged."""
+        mode = getattr(self.config, "compile", "off")
+        if mode == "off":
+            return fn
+        backend = getattr(self.config, "compile_backend", "inductor")
+        options = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
+        return torch.compile(fn, backend=backend, dynamic=False, **options)
+
     # -- fitted methods ----------------------------------------------------------------------------------------
     def fit(self, data: DatasetData, ctx: RunContext) -> dict[str, Any]:
         """Fit without the engine; return what the result record should keep (e.g. the chosen C)."""
@@ -148,7 +189,9 @@ class Method(ABC):
     # -- inference ---------------------------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, H, W, 3]`` -> normalised float input on the method's device."""
-        return to_model_input(images, self.backbone.mean, self.backbone.std, self.config.preprocessing, self.device)
+        return to_model_input(
+            images, self.backbone.mean, self.backbone.std, self.config.preprocessing, self.device, self.channels_last
+        )
 
     @abstractmethod
     def predict(self, images: torch.Tensor) -> torch.Tensor:

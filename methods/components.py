@@ -65,28 +65,39 @@ class PromptLearner(nn.Module):
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("prefix", embedding[:, :1], persistent=False)  # SOT
         self.register_buffer("suffix", embedding[:, 1 + n_ctx :], persistent=False)  # class text, ".", EOT, pad
+        self.text_length = int(tokens.argmax(dim=-1).max()) + 1  # positions up to the longest prompt's EOT
 
-    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt embeddings ``[C, L, W]`` for the positive and the negative contexts."""
+    def forward(self, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings ``[C, L, W]`` for the positive and the negative contexts: all the tokenizer's
+        positions, or only the first ``length`` (nothing past them is built)."""
         expand = (self.num_classes, -1, -1)
-        pos = torch.cat([self.prefix, self.ctx_pos.expand(*expand), self.suffix], dim=1)
-        neg = torch.cat([self.prefix, self.ctx_neg.expand(*expand), self.suffix], dim=1)
+        suffix = self.suffix if length is None else self.suffix[:, : max(length - 1 - self.n_ctx, 0)]
+        pos = torch.cat([self.prefix, self.ctx_pos.expand(*expand), suffix], dim=1)
+        neg = torch.cat([self.prefix, self.ctx_neg.expand(*expand), suffix], dim=1)
         return pos, neg
 
 
 def prompt_features(clip: nn.Module, prompts: PromptLearner, truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positive and negative prompt features ``[C, D]`` through the frozen text tower (one batched pass)."""
-    pos, neg = prompts()
+    """Positive and negative prompt features ``[C, D]`` through the frozen text tower (one batched pass; with
+    ``truncate``, the prompts are built and encoded only up to the longest one's EOT)."""
+    length = prompts.text_length if truncate else None
+    pos, neg = prompts(length)
     tokens = torch.cat([prompts.tokens, prompts.tokens])
-    feats = encode_prompts(clip, torch.cat([pos, neg]), tokens, truncate)
+    feats = encode_prompts(clip, torch.cat([pos, neg]), tokens, truncate, length)
     return feats[: len(pos)], feats[len(pos) :]
 
 
-def encode_prompts(clip: nn.Module, embeddings: torch.Tensor, tokens: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+def encode_prompts(
+    clip: nn.Module, embeddings: torch.Tensor, tokens: torch.Tensor, truncate: bool = True, length: int | None = None
+) -> torch.Tensor:
     """EOT features of the text tower for prompt ``embeddings`` ``[P, L, W]`` (tokens give the EOT positions),
-    projected; with ``truncate`` the tower only sees positions up to the longest prompt's EOT."""
+    projected; with ``truncate`` the tower only sees positions up to the longest prompt's EOT (``length`` when the
+    caller knows it, which saves reading the EOT positions back from the GPU)."""
     eot = tokens.argmax(dim=-1)
-    length = int(eot.max()) + 1 if truncate else embeddings.shape[1]
+    if not truncate:
+        length = embeddings.shape[1]
+    elif length is None:
+        length = int(eot.max()) + 1
     x = embeddings[:, :length] + clip.positional_embedding[:length].to(embeddings.dtype)
     mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
     x = clip.ln_final(clip.transformer(x, attn_mask=mask))

@@ -50,11 +50,16 @@ class DualCoOp(Method):
         texts = [c.name if config.class_text == "name" else c.sentence for c in data.classes]
         self.prompts = PromptLearner(self.clip, backbone.tokenizer, texts, config.n_ctx, config.csc, config.ctx_init_std)
         self.model = nn.ModuleDict({"clip": self.clip, "prompts": self.prompts}).to(device)
+        self.apply_memory_format()
+        self._image_tokens = self.maybe_compile(self.image_tokens)  # themselves unless `compile` is on
+        self._text_features = self.maybe_compile(self.text_features)
         self._eval_text: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def configure_optimizers(self, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
         c = self.config
-        optimizer = torch.optim.SGD(self.param_groups(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        optimizer = torch.optim.SGD(
+            self.param_groups(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, **self.optimizer_options()
+        )
         return optimizer, warmup_cosine(optimizer, c.epochs, c.warmup_epochs, c.warmup_lr)
 
     def train(self, mode: bool = True) -> None:
@@ -71,10 +76,10 @@ class DualCoOp(Method):
             return dense_tokens(visual.attnpool, resnet_trunk(visual, images))
 
     def logits(self, images: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return region_aggregation(self.image_tokens(images), *text)
+        return region_aggregation(self._image_tokens(images), *text)
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.config.loss(*self.logits(images, self.text_features()), labels)
+        return self.config.loss(*self.logits(images, self._text_features()), labels)
 
     @torch.no_grad()
     def start_eval(self) -> None:

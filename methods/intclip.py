@@ -251,6 +251,8 @@ class IntCLIP(Method):
             raise ValueError(f"intclip: class_text='hci' needs a sentence for every class; missing for {missing[:5]}")
         self.net = IntCLIPNet(backbone.model, backbone.tokenizer, class_texts(data.classes, config.class_text), config).to(device)
         self.model = self.net
+        self.apply_memory_format()
+        self._forward = self.maybe_compile(self.net)  # the net itself unless `compile` is on
         self._eval_text: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -264,7 +266,9 @@ class IntCLIP(Method):
 
     def configure_optimizers(self, steps_per_epoch: int):
         c = self.config
-        optimizer = torch.optim.SGD(self.param_groups(), lr=c.lr_prompt, momentum=c.momentum, weight_decay=c.weight_decay)
+        optimizer = torch.optim.SGD(
+            self.param_groups(), lr=c.lr_prompt, momentum=c.momentum, weight_decay=c.weight_decay, **self.optimizer_options()
+        )
         return optimizer, warmup_cosine(optimizer, c.epochs, c.warmup_epochs, c.warmup_lr)
 
     def train(self, mode: bool = True) -> None:
@@ -275,7 +279,7 @@ class IntCLIP(Method):
         self._eval_text = None
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.config.loss(*self.net(images), labels)
+        return self.config.loss(*self._forward(images), labels)
 
     @torch.no_grad()
     def start_eval(self) -> None:
@@ -285,7 +289,7 @@ class IntCLIP(Method):
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         if self._eval_text is None:
             self.start_eval()
-        logit_pos, logit_neg = self.net(images, self._eval_text)
+        logit_pos, logit_neg = self._forward(images, self._eval_text)
         return torch.sigmoid(logit_pos.float() - logit_neg.float())
 
 

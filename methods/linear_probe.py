@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from bench.data import batch_indices
+from bench.data import batch_indices, prefetch_batches
 from bench.methods.base import Method, MethodConfig
 
 
@@ -35,6 +35,7 @@ class LinearProbe(Method):
     def __init__(self, config, backbone, data, device) -> None:
         super().__init__(config, backbone, data, device)
         self.model.requires_grad_(False)
+        self.apply_memory_format()
         self.weight: np.ndarray | None = None  # [C, D]
         self.bias: np.ndarray | None = None  # [C]
 
@@ -54,12 +55,12 @@ class LinearProbe(Method):
     # -- features ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _encode(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """fp32 embeddings of every image (no autocast: the cached features are the reference math's)."""
         self.model.eval()
-        out = [
-            self.model.encode_image(self.prepare(torch.from_numpy(images[idx]))).float().cpu()
-            for idx in batch_indices(len(images), batch_size)
-        ]
-        return torch.cat(out).numpy()
+        pin = self.device.type == "cuda"
+        batches = prefetch_batches(images, None, batch_indices(len(images), batch_size), pin=pin)
+        out = [self.model.encode_image(self.prepare(x)).float() for x, _ in batches]
+        return torch.cat(out).cpu().numpy()
 
     def features(self, split_name: str, images: np.ndarray, manifest: str, cache_dir: Path | None, batch_size: int) -> np.ndarray:
         """Frozen embeddings of one split, read from / written to the shared feature cache."""

@@ -56,8 +56,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from bench.data import to_model_input
+from bench.data import to_device, to_model_input
 from bench.errors import WeightsNotFoundError
+from bench.methods.augment import BatchedRandAugment
 from bench.methods.base import Method, TrainConfig
 from bench.methods.components import asymmetric_loss_terms
 
@@ -401,10 +402,10 @@ class Query2Label(Method):
             "preprocessing": preprocessing,
         }
         self._randaugment = None
-        if config.augment:
-            from torchvision.transforms import v2
-
-            self._randaugment = v2.RandAugment(num_ops=config.randaugment_ops, magnitude=config.randaugment_magnitude)
+        if config.augment:  # the per-image draws of torchvision's v2.RandAugment, applied batch-wise on the device
+            self._randaugment = BatchedRandAugment(num_ops=config.randaugment_ops, magnitude=config.randaugment_magnitude)
+        self.apply_memory_format()
+        self._forward = self.maybe_compile(self.model)  # the model itself unless `compile` is on
         # EMA of every learnable parameter, fp32, started from the initial weights (the official ModelEma)
         self._ema = {n: p.detach().float().clone() for n, p in self.learnable_parameters().items()}
         self._ema_updates = 0
@@ -414,7 +415,7 @@ class Query2Label(Method):
     def configure_optimizers(self, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
         c = self.config
         optimizer = torch.optim.AdamW(
-            self.param_groups(), lr=c.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=c.weight_decay
+            self.param_groups(), lr=c.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=c.weight_decay, **self.optimizer_options()
         )
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=c.lr, total_steps=c.epochs * steps_per_epoch, pct_start=c.pct_start
@@ -432,11 +433,11 @@ class Query2Label(Method):
         """uint8 ``[B, H, W, 3]`` -> normalised float ``[B, 3, H, W]``; while training (model in train mode) each
         image first gets its own RandAugment draw, on uint8 on the method's device."""
         if self._randaugment is not None and self.model.training:
-            batch = torch.as_tensor(images).to(self.device).permute(0, 3, 1, 2)
-            images = torch.stack([self._randaugment(img) for img in batch]).permute(0, 2, 3, 1)
-        if self.preprocessing == "imagenet":
-            return to_model_input(images, IMAGENET_MEAN, IMAGENET_STD, "clip", self.device)
-        return to_model_input(images, self.backbone.mean, self.backbone.std, self.preprocessing, self.device)
+            batch = to_device(torch.as_tensor(images), self.device).permute(0, 3, 1, 2)
+            images = self._randaugment(batch).permute(0, 2, 3, 1)
+        mean, std, preset = (IMAGENET_MEAN, IMAGENET_STD, "clip") if self.preprocessing == "imagenet" else (
+            self.backbone.mean, self.backbone.std, self.preprocessing)
+        return to_model_input(images, mean, std, preset, self.device, self.channels_last)
 
     def _targets(self, labels: torch.Tensor) -> torch.Tensor:
         if labels.ndim == 1:  # multiclass: one-hot
@@ -446,7 +447,7 @@ class Query2Label(Method):
     # -- training ----------------------------------------------------------------------------------------------
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         c = self.config
-        return asymmetric_loss(self.model(images), self._targets(labels), c.gamma_neg, c.gamma_pos, c.asl_clip, c.asl_eps)
+        return asymmetric_loss(self._forward(images), self._targets(labels), c.gamma_neg, c.gamma_pos, c.asl_clip, c.asl_eps)
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -486,7 +487,7 @@ class Query2Label(Method):
     # -- inference ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(images).float())
+        return torch.sigmoid(self._forward(images).float())
 
     # -- state -------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

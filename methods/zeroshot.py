@@ -29,6 +29,7 @@ class ZeroShot(Method):
     def __init__(self, config, backbone, data, device) -> None:
         super().__init__(config, backbone, data, device)
         self.model.requires_grad_(False)
+        self.apply_memory_format()
         texts = [c.name if config.class_text == "name" else c.sentence for c in data.classes]
         self.prompts = [config.template.format(t) for t in texts]
         self._text_features: torch.Tensor | None = None
