@@ -54,6 +54,7 @@ class RunContext:
     log: Callable[[str], None] = print
     prefetch: int = 2  # batches gathered ahead by a background thread (0: in the training loop itself)
     check_every: int | None = None  # steps between loss finiteness checks; None: every step on CPU, 25 on a GPU
+    cudnn_benchmark: bool = True  # on CUDA, let cuDNN time its algorithms once per shape and keep the fastest
 
 
 @dataclass
@@ -304,6 +305,8 @@ def _check_optimizer_covers_learnable(method: Method, optimizer: torch.optim.Opt
 def run_method(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     """Train (engine), fit, or just evaluate ``method``, then score val and test."""
     seed_everything(ctx.seed)
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = ctx.cudnn_benchmark
     if method.trainer == "engine":
         return train(method, data, ctx)
     fit_info = method.fit(data, ctx) if method.trainer == "fit" else {}

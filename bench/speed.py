@@ -34,10 +34,11 @@ from bench.engine import RunContext, autocast, train_step
 from bench.methods.base import Method
 
 # What the reference path changes in a method's config (the official code's choices).
+_PLAIN = {"memory_format": "contiguous", "optimizer_impl": "for-loop", "compile": "off"}
 REFERENCE_SETTINGS: dict[str, dict[str, Any]] = {
-    "intclip": {"truncate_text": False, "memory_format": "contiguous", "optimizer_impl": "for-loop"},
-    "dualcoop": {"truncate_text": False, "memory_format": "contiguous", "optimizer_impl": "for-loop"},
-    "query2label": {"memory_format": "contiguous", "optimizer_impl": "for-loop"},
+    "intclip": {"truncate_text": False, **_PLAIN},
+    "dualcoop": {"truncate_text": False, **_PLAIN},
+    "query2label": dict(_PLAIN),
 }
 
 
@@ -87,10 +88,15 @@ def build_pair(
     project = build({})
     reference_cfg = {**REFERENCE_SETTINGS[method_family(project)], **(reference_overrides or {})}
     reference = build(reference_cfg)
-    reference.model.load_state_dict(project.model.state_dict())  # identical weights, whatever the RNG did
-    if hasattr(project, "_ema"):
-        reference._ema = {k: v.clone() for k, v in project._ema.items()}
+    copy_weights(reference, project)  # identical weights, whatever the RNG did
     return reference, project
+
+
+def copy_weights(dst: Method, src: Method) -> None:
+    """Every weight (and Query2Label's EMA) of ``src`` into ``dst``, each keeping its own memory format."""
+    dst.model.load_state_dict(src.model.state_dict())
+    if hasattr(src, "_ema"):
+        dst._ema = {k: v.clone() for k, v in src._ema.items()}
 
 
 # -- the reference path ----------------------------------------------------------------------------------------
@@ -103,7 +109,8 @@ def text_tower_parameters(method: Method) -> list[torch.nn.Parameter]:
     return params
 
 
-def _reference_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+def reference_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """The official code's precision: fp16 autocast on CUDA (fp32 on CPU, where it has none)."""
     return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
 
 
@@ -118,7 +125,7 @@ def reference_logits(method: Method, images: torch.Tensor) -> Any:
 
 
 def reference_scores(method: Method, images: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad(), _reference_autocast(images.device):
+    with torch.no_grad(), reference_autocast(images.device):
         out = reference_logits(method, images)
     if method_family(method) == "query2label":
         return torch.sigmoid(out.float())
@@ -140,7 +147,7 @@ class ReferenceTrainer:
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         m = self.method
-        with _reference_autocast(self.device):
+        with reference_autocast(self.device):
             loss = m.training_loss(images, labels)  # with the reference config: 77 positions, text recomputed
         self.optimizer.zero_grad()
         self.scaler.scale(loss).backward()
@@ -175,6 +182,16 @@ class ProjectTrainer:
         return loss
 
 
+def project_logits(method: Method, images: torch.Tensor) -> Any:
+    """The project's eval forward with the text features cached by ``method.start_eval()``."""
+    family = method_family(method)
+    if family == "intclip":
+        return method._forward(images, method._eval_text)
+    if family == "dualcoop":
+        return method.logits(images, method._eval_text)
+    return method._forward(images)
+
+
 def project_scores(method: Method, images: torch.Tensor, amp: bool = True) -> torch.Tensor:
     """The engine's eval of one batch (call ``method.start_eval()`` once per pass first)."""
     with torch.no_grad(), autocast(images.device, amp):
@@ -188,7 +205,7 @@ def text_side_step(method: Method, reference: bool) -> torch.Tensor:
     clip = method.net.clip if hasattr(method, "net") else method.clip
     prompts = method.net.prompts if hasattr(method, "net") else method.prompts
     device = prompts.ctx_pos.device
-    ctx = _reference_autocast(device) if reference else autocast(device, True)
+    ctx = reference_autocast(device) if reference else autocast(device, True)
     with ctx:
         pos, neg = prompt_features(clip, prompts, truncate=not reference)
     loss = pos.float().square().mean() + neg.float().square().mean()
@@ -230,9 +247,15 @@ def clone_learnable(method: Method) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().clone() for n, p in method.learnable_parameters().items()}
 
 
+def max_abs(a: Any) -> float:
+    if isinstance(a, (tuple, list)):
+        return max(max_abs(x) for x in a)
+    return float(a.float().abs().max())
+
+
 def max_abs_diff(a: Any, b: Any) -> float:
     if isinstance(a, (tuple, list)):
         return max(max_abs_diff(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
+    if isinstance(a, dict):  # over the keys of the first
         return max(max_abs_diff(a[k], b[k]) for k in a)
     return float((a.float() - b.float()).abs().max())
