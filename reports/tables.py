@@ -161,8 +161,9 @@ def rich_tables(summary: pd.DataFrame) -> list:
 
 
 def add_significance(summary: pd.DataFrame, records: list[RunResult], results: Path, n_boot: int = 1000) -> pd.DataFrame:
-    """Add ``test_<metric>_p_vs_best``: a paired bootstrap over test images of every method against the best one
-    of its group (by the mean test macro F1, or accuracy), from the stored scores."""
+    """Add ``test_<metric>_p_vs_best`` (macro F1 and mAP, or accuracy): a paired bootstrap over test images of
+    every method against the best one of its group (by the mean test macro F1, or accuracy), from the stored
+    scores; each resample recomputes the metric."""
     from bench.reports.significance import RunScores, paired_bootstrap
 
     if summary.empty:
@@ -178,10 +179,13 @@ def add_significance(summary: pd.DataFrame, records: list[RunResult], results: P
         return out
 
     for _, group in summary.groupby(GROUP_KEYS, sort=False, dropna=False):
-        metric = "macro_f1" if group["task"].iloc[0] == "multilabel" else "accuracy"
-        best_index = group[f"test_{metric}_mean"].idxmax()
+        primary = "macro_f1" if group["task"].iloc[0] == "multilabel" else "accuracy"
+        best_index = group[f"test_{primary}_mean"].idxmax()
         best = runs_of(group.loc[best_index])
         for index, row in group.iterrows():
-            if index != best_index:
-                summary.loc[index, f"test_{metric}_p_vs_best"] = paired_bootstrap(best, runs_of(row), metric, n_boot)["p_value"]
+            if index == best_index:
+                continue
+            other = runs_of(row)
+            for metric in ("macro_f1", "mAP") if primary == "macro_f1" else ("accuracy",):
+                summary.loc[index, f"test_{metric}_p_vs_best"] = paired_bootstrap(best, other, metric, n_boot)["p_value"]
     return summary
