@@ -7,7 +7,7 @@
 #
 # Needs open_clip, pydantic and ftfy as wheels in .whl/ (bash benchmarks/wheelhouse.sh, here); the project is
 # imported from the checkout (PYTHONPATH), so nothing is built there. At most 9 minutes (BUDGET_S=540) on one GPU:
-#   throughput (RN101, batch 64 and 256, reference vs project, IntCLIP-official and DualCoOp)  ~1.5 min
+#   throughput (RN101, batch 64 and 256, reference vs project: IntCLIP-official, DualCoOp, Q2L) ~2 min
 #   epoch      (12,740 generated JPEGs: DataLoader + full decode vs the decoded cache)          ~2.5 min
 #   compile    (project path under torch.compile, IntCLIP-official, batch 64; the time left)    <= 5 min
 # Through the device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600).
@@ -31,10 +31,10 @@ fi
 
 budget=${BUDGET_S:-540}  # leave the device tool's 600 s limit some room
 left() { echo $(( budget - SECONDS > 10 ? budget - SECONDS : 10 )); }
-timeout 240 python3 benchmarks/throughput.py --device "$DEVICE" ${THROUGHPUT_ARGS:---full} --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.txt"
+timeout 240 python3 benchmarks/throughput.py --device "$DEVICE" ${THROUGHPUT_ARGS:---full --methods intclip-official,dualcoop,query2label} --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.txt"
 timeout "$(left)" python3 benchmarks/epoch.py --device "$DEVICE" ${EPOCH_ARGS:---full} --json "$OUT/epoch.json" 2>&1 | tee "$OUT/epoch.txt"
 # optional: what torch.compile adds (compiling takes minutes; cut off when the budget runs out)
 timeout "$(left)" python3 benchmarks/throughput.py --device "$DEVICE" ${COMPILE_ARGS:---full --batch 64} \
-  --methods intclip-official --compile default --json "$OUT/compile.json" 2>&1 | tee "$OUT/compile.txt"
+  --methods intclip-official --compile default --no-augment --json "$OUT/compile.json" 2>&1 | tee "$OUT/compile.txt"
 echo "total ${SECONDS} s"
 ls -la "$OUT"

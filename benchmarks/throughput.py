@@ -11,7 +11,8 @@ one set of random weights (no real weights needed: throughput only), images alre
              (text features once per pass, scores stay on the device);
   text side  one forward + backward of the prompts through the text tower (reference: 77 positions, weight grads);
   agreement  max |difference| of the two paths' logits and scores on one batch, in fp32 and under each path's
-             autocast, and of the learnable weights after the timed training steps (same batches, same count).
+             autocast, and of the learnable weights after the timed training steps (same batches, same count);
+  augment    Query2Label's RandAugment of a uint8 batch on the device: per-image loop vs batched (same draws).
 
 Prints img/s, ms/step, peak GPU memory and the ratio project/reference. ``--json`` writes every number.
 
@@ -55,6 +56,9 @@ def run_method(name: str, args, device, data) -> dict[str, Any]:
     from bench import speed
 
     config: dict[str, Any] = {}
+    if name.startswith("query2label"):
+        config["timm_pretrained"] = False  # random trunk weights: nothing to download
+        config["augment"] = False  # the step on batches already on the device (RandAugment is part of loading)
     if args.compile != "off":
         config["compile"] = args.compile
     reference, project = speed.build_pair(name, args.backbone, data, device, config)
@@ -151,11 +155,31 @@ def print_row(name: str, b: int, row: dict[str, Any]) -> None:
     )
 
 
+def run_augment(device, b: int, size: int, steps: int, warmup: int) -> dict[str, Any]:
+    """Query2Label's RandAugment on a uint8 batch on the device: torchvision's per-image loop (what the method did
+    before) vs the batched version with the same draws (bench.methods.augment)."""
+    import torch
+    from torchvision.transforms import v2
+
+    from bench import speed
+    from bench.methods.augment import BatchedRandAugment
+
+    images = torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8).to(device)
+    loop, batched = v2.RandAugment(num_ops=2, magnitude=9), BatchedRandAugment(num_ops=2, magnitude=9)
+    torch.manual_seed(0)
+    r = speed.measure(lambda: torch.stack([loop(img) for img in images]), b, device, steps, warmup)
+    torch.manual_seed(0)
+    p = speed.measure(lambda: batched(images), b, device, steps, warmup)
+    print(f"{'randaugment':<17} b={b:<4} {size} px   per-image loop {r.images_per_s:9.1f} img/s {r.ms_per_step:8.1f} ms | "
+          f"batched {p.images_per_s:9.1f} img/s {p.ms_per_step:8.1f} ms | {p.images_per_s / r.images_per_s:5.2f}x")
+    return {"batch": b, "image_size": size, "per_image": r.__dict__, "batched": p.__dict__}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--full", action="store_true", help="the GPU settings: RN101, batch 64,256, 20 steps, 5 warm-up")
-    parser.add_argument("--methods", default="intclip-official,dualcoop")
+    parser.add_argument("--methods", default="intclip-official,dualcoop", help="also: intclip, query2label")
     parser.add_argument("--backbone", default="RN101")
     parser.add_argument("--image-size", type=int, default=None, help="default: the backbone's (224 for RN101)")
     parser.add_argument("--batch", default=None, help="comma-separated batch sizes (default 4,8; --full 64,256)")
@@ -164,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--compile", default="off", choices=["off", "default", "reduce-overhead", "max-autotune"],
                         help="run the project path under torch.compile (reduce-overhead: + CUDA graphs)")
+    parser.add_argument("--no-augment", action="store_true", help="skip the RandAugment comparison")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     args = parser.parse_args(argv)
 
@@ -191,7 +216,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{header['device']} | torch {torch.__version__} | batches {args.batch} | {args.steps} timed steps after "
           f"{args.warmup} | backbone {args.backbone} (random init) | Intentonomy's 28 classes")
     results = [run_method(name, args, device, data) for name in args.methods.split(",")]
-    report = {**header, "results": results, "seconds": time.perf_counter() - started}
+    size = args.image_size or (224 if args.backbone != "tiny-clip" else 96)
+    augment = run_augment(device, args.batch[0], size, args.steps, args.warmup) if not args.no_augment else None
+    report = {**header, "results": results, "randaugment": augment, "seconds": time.perf_counter() - started}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
