@@ -111,7 +111,7 @@ def prefetch_batches(
                 if not put(gather(idx)):
                     return
             put(done)
-        except BaseException as err:  # handed to the consumer, which raises it
+        except BaseException as err:  # noqa: BLE001  # handed to the consumer, which raises it
             put(err)
 
     thread = threading.Thread(target=worker, name="bench-prefetch", daemon=True)

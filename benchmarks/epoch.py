@@ -114,11 +114,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
+    from torch.utils.data import DataLoader
+
     from bench import speed
+    from bench.backbones import load_backbone
     from bench.datasets.base import Split
     from bench.datasets.images import Listing, materialize
     from bench.engine import RunContext, resolve_device, train_epoch
-    from bench.registry import METHODS
+    from bench.registry import BACKBONES, METHODS
 
     device = resolve_device(args.device)
     if args.threads:
@@ -134,9 +137,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = speed.intentonomy_task()
     cls = METHODS.get(args.method)
     torch.manual_seed(0)
-    from bench.backbones import load_backbone
-    from bench.registry import BACKBONES
-
     method = cls(cls.Config(batch_size=batch), load_backbone(BACKBONES.get(backbone), "none"), data, device)
     size = method.backbone.image_size
     labels = (np.random.default_rng(1).random((n, data.num_classes)) > 0.85).astype(np.float32)
@@ -148,8 +148,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer.optimizer, trainer.scaler = optimizer, scaler
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="bench-epoch-"))
-    out: dict[str, Any] = {"n": n, "distinct": distinct, "method": args.method, "backbone": backbone, "image_size": size,
-                           "batch": batch, "workers": workers, "device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")}
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    out: dict[str, Any] = {"n": n, "distinct": distinct, "method": args.method, "backbone": backbone,
+                           "image_size": size, "batch": batch, "workers": workers, "device": device_name}
     try:
         root, cache = work / "root", work / "cache"
         t = time.perf_counter()
@@ -168,8 +172,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["model_only_img_s"] = model.images_per_s
 
         # (a) JPEG files through a DataLoader, decoded every epoch
-        from torch.utils.data import DataLoader
-
         order = np.random.default_rng([0, 0]).permutation(n)  # the engine's epoch-0 order for seed 0
         loader = DataLoader(
             JpegFiles(root, names, labels, size), batch_size=batch, sampler=order.tolist(), num_workers=workers,

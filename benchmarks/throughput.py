@@ -14,7 +14,8 @@ one set of random weights (no real weights needed: throughput only), images alre
              autocast, and of the learnable weights after the timed training steps (same batches, same count);
   augment    Query2Label's RandAugment of a uint8 batch on the device: per-image loop vs batched (same draws).
 
-Prints img/s, ms/step, peak GPU memory and the ratio project/reference. ``--json`` writes every number.
+Prints img/s, ms/step, peak GPU memory (the most allocated during the phase, both paths' weights included) and the
+ratio project/reference. ``--json`` writes every number.
 
   python benchmarks/throughput.py                              # CPU, small: RN101, batch 4 and 8, 2 steps
   python benchmarks/throughput.py --backbone tiny-clip --batch 32,64 --steps 5
@@ -51,10 +52,15 @@ def fmt_mem(gib: float | None) -> str:
 
 
 def run_method(name: str, args, device, data) -> dict[str, Any]:
+    import gc
+
     import torch
 
     from bench import speed
 
+    gc.collect()  # the previous method's models are gone before this one's peak memory is measured
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     config: dict[str, Any] = {}
     if name.startswith("query2label"):
         config["timm_pretrained"] = False  # random trunk weights: nothing to download
@@ -79,8 +85,14 @@ def run_method(name: str, args, device, data) -> dict[str, Any]:
         # -- training
         reference.train(True)
         project.train(True)
-        row["train_reference"] = speed.measure(lambda: ref_trainer.step(x_ref, labels), b, device, args.steps, args.warmup).__dict__
-        row["train_project"] = speed.measure(lambda: proj_trainer.step(x_proj, labels), b, device, args.steps, args.warmup).__dict__
+        def ref_train(x=x_ref, y=labels):
+            return ref_trainer.step(x, y)
+
+        def proj_train(x=x_proj, y=labels):
+            return proj_trainer.step(x, y)
+
+        row["train_reference"] = speed.measure(ref_train, b, device, args.steps, args.warmup).__dict__
+        row["train_project"] = speed.measure(proj_train, b, device, args.steps, args.warmup).__dict__
         after_ref, after_proj = speed.clone_learnable(reference), speed.clone_learnable(project)
         row["weights_max_abs_diff_after_training"] = max(
             float((after_proj[k] - after_ref[k]).abs().max()) for k in after_proj
@@ -90,11 +102,11 @@ def run_method(name: str, args, device, data) -> dict[str, Any]:
         reference.model.eval()
         project.model.eval()
 
-        def ref_eval():
-            return speed.reference_scores(reference, x_ref).cpu()  # the official validate() copies every batch
+        def ref_eval(x=x_ref):
+            return speed.reference_scores(reference, x).cpu()  # the official validate() copies every batch
 
-        def proj_eval():
-            return speed.project_scores(project, x_proj)
+        def proj_eval(x=x_proj):
+            return speed.project_scores(project, x)
 
         row["eval_reference"] = speed.measure(ref_eval, b, device, args.steps, args.warmup).__dict__
         project.start_eval()  # what predict_split does once per pass
