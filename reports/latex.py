@@ -131,6 +131,7 @@ def to_latex(tables: list[PaperTable], standalone: bool = False) -> str:
             r"\usepackage{graphicx}",
             r"\usepackage[landscape,margin=1.5cm]{geometry}",
             r"\begin{document}",
+            r"\pagestyle{empty}",
             body,
             r"\end{document}",
             "",

@@ -247,8 +247,8 @@ def table1(group: pd.DataFrame, info: dict, reference: bool) -> PaperTable:
     columns = [(split, m) for split in ("test", "val") for m in MULTILABEL_COLUMNS]
     ablation_only = {m for a in ABLATIONS for _, names, _ in a.rows for m in names if ":" in m}
     rows = []
-    order = {name: i for i, (_, members) in enumerate(FAMILIES) for name in members}
-    group = group.assign(_order=[order.get(base_method(m), order.get(base_method(m).split(":")[0], 99)) for m in group["method"]])
+    order = {name: 100 * i + j for i, (_, members) in enumerate(FAMILIES) for j, name in enumerate(members)}
+    group = group.assign(_order=[order.get(base_method(m), order.get(base_method(m).split(":")[0], 10_000)) for m in group["method"]])
     for _, r in group.sort_values("_order", kind="stable").iterrows():
         if base_method(r["method"]) in ablation_only:
             continue
