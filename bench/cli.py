@@ -27,12 +27,12 @@ ResultsOpt = Annotated[Optional[Path], typer.Option("--results", help="Results f
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any bench.toml key: --set methods.linear-probe.refine_steps=2")]
 
 
-def _load(config: Path | None, results: Path | None = None, sets: list[str] | None = None, **suite: object) -> BenchConfig:
+def _load(config: Path | None, results: Path | None = None, sets: list[str] | None = None, sections: bool = True, **suite: object) -> BenchConfig:
     overrides: dict[str, object] = dict(parse_override(s) for s in sets or [])
     if results is not None:
         overrides["paths.results"] = str(results.resolve())
     overrides.update({f"suite.{k}": v for k, v in suite.items() if v is not None})
-    return load_config(config, overrides)
+    return load_config(config, overrides, sections=sections)
 
 
 @app.command()
@@ -153,7 +153,7 @@ def report(
         raise BenchError("--standalone applies to --format latex only")
     if reference and fmt not in ("latex", "html"):
         raise BenchError("--reference applies to --format latex and html")
-    cfg = _load(config, results)
+    cfg = _load(config, results, sections=False)  # reads results only: no method module (and no torch) is imported
     records, summary = _summary(cfg, bootstrap)
     if fmt == "md":
         text = tables.to_markdown(summary)
@@ -199,7 +199,7 @@ def leaderboard(
         overrides.append(f'leaderboard.site="{site.resolve().as_posix()}"')
     if tolerance is not None:
         overrides.append(f"leaderboard.tolerance={tolerance}")
-    cfg = _load(config, results, overrides)
+    cfg = _load(config, results, overrides, sections=run)
     outcome = run_leaderboard(cfg, err, ray_address, run=run)
     s = outcome.site
     err.print(

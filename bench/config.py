@@ -219,19 +219,20 @@ def _resolve_paths(cfg: BenchConfig, base: Path) -> None:
     cfg.leaderboard.site = (base / cfg.leaderboard.site).resolve()
 
 
-def parse_config(data: dict[str, Any], source: Path | None = None, base: Path | None = None) -> BenchConfig:
-    """Validate a config mapping (already parsed TOML) and every method/dataset section it names."""
+def parse_config(data: dict[str, Any], source: Path | None = None, base: Path | None = None, sections: bool = True) -> BenchConfig:
+    """Validate a config mapping (already parsed TOML) and, with ``sections``, every method/dataset section it
+    names (which imports those modules, torch included; reports, which only read results, skip it)."""
     try:
         cfg = BenchConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, "", source)) from None
     cfg.source = source
     _resolve_paths(cfg, base or (source.parent if source else Path.cwd()))
-    _check_names(cfg)
+    _check_names(cfg, sections)
     return cfg
 
 
-def _check_names(cfg: BenchConfig) -> None:
+def _check_names(cfg: BenchConfig, sections: bool = True) -> None:
     from bench.registry import BACKBONES, DATASETS, METHODS
 
     where = _where(cfg.source)
@@ -251,15 +252,18 @@ def _check_names(cfg: BenchConfig) -> None:
                 registry.check(name)
             except Exception as err:
                 raise ConfigError(f"{where}: {section}: {err}") from None
+    if not sections:
+        return
     for name in cfg.methods:
         cfg.method_config(name)
     for name in cfg.datasets:
         cfg.dataset_config(name)
 
 
-def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> BenchConfig:
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None, sections: bool = True) -> BenchConfig:
     """Load bench.toml (``path``, else ``./bench.toml`` if present, else the built-in defaults) and apply
-    ``overrides`` given as dotted keys (``{"suite.seeds": [0, 1]}``), then validate everything once."""
+    ``overrides`` given as dotted keys (``{"suite.seeds": [0, 1]}``), then validate everything once (the
+    ``[methods.*]``/``[datasets.*]`` sections by their own config classes unless ``sections`` is false)."""
     source: Path | None = None
     data: dict[str, Any] = {}
     if path is None and Path("bench.toml").is_file():
@@ -276,7 +280,7 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{source}: not UTF-8 text: {err}") from None
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
-    return parse_config(data, source, base=source.parent if source else Path.cwd())
+    return parse_config(data, source, base=source.parent if source else Path.cwd(), sections=sections)
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

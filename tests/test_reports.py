@@ -167,3 +167,23 @@ def test_report_cli_rejects_bad_options(tmp_path):
     assert res.exit_code != 0 and "'pdf'" in str(res.exception or res.output)
     res = runner.invoke(app, ["report", "--results", str(tmp_path), "--format", "html", "--standalone"])
     assert res.exit_code != 0 and "--standalone" in str(res.exception or res.output)
+
+
+def test_reports_and_the_site_never_import_torch(tmp_path):
+    import sys
+
+    results = _store(tmp_path / "results")
+    code = f"""
+import sys
+from typer.testing import CliRunner
+from bench.cli import app
+runner = CliRunner()
+for fmt in ("md", "csv", "latex", "html"):
+    assert runner.invoke(app, ["report", "--results", r"{results}", "--format", fmt, "--bootstrap", "20", "--out", r"{tmp_path}/r." + fmt]).exit_code == 0
+res = runner.invoke(app, ["leaderboard", "--no-run", "--results", r"{results}", "--site", r"{tmp_path}/site", "--set", 'leaderboard.methods=["intclip"]', "--set", 'leaderboard.datasets=["intentonomy"]', "--set", 'leaderboard.backbone="RN101"'])
+assert res.exit_code == 0, res.output
+print(sorted(m for m in ("torch", "open_clip", "timm", "torchvision") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
