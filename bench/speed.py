@@ -184,10 +184,7 @@ class ProjectTrainer:
 
 def project_logits(method: Method, images: torch.Tensor) -> Any:
     """The project's eval forward with the text features cached by ``method.start_eval()``."""
-    family = method_family(method)
-    if family == "intclip":
-        return method._forward(images, method._eval_text)
-    if family == "dualcoop":
+    if method_family(method) in ("intclip", "dualcoop"):
         return method.logits(images, method._eval_text)
     return method._forward(images)
 

@@ -150,6 +150,25 @@ def region_aggregation(
     return logit_scale * (region_weights * s_pos).sum(dim=1), logit_scale * (region_weights * s_neg).sum(dim=1)
 
 
+class PromptScoring:
+    """Eval of the prompt methods (DualCoOp, IntCLIP), mixed in before ``Method``: the prompt features are constant
+    while evaluating, so ``start_eval`` computes them once per pass (``train()`` drops them again), and a score is
+    sigmoid(logit+ - logit-). The class provides ``text_features()`` and ``logits(images, text)``."""
+
+    _eval_text: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def start_eval(self) -> None:
+        self._eval_text = self.text_features()
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        if self._eval_text is None:
+            self.start_eval()
+        logit_pos, logit_neg = self.logits(images, self._eval_text)
+        return torch.sigmoid(logit_pos.float() - logit_neg.float())
+
+
 def asymmetric_loss_terms(
     p_pos: torch.Tensor, labels: torch.Tensor, gamma_neg: float, gamma_pos: float, clip: float, eps: float
 ) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 from bench.methods.base import Method
 from bench.methods.components import (
     PromptLearner,
+    PromptScoring,
     PromptTrainingConfig,
     dense_tokens,
     prompt_features,
@@ -39,7 +40,7 @@ class DualCoOpConfig(PromptTrainingConfig):
     class_text: Literal["name", "sentence"] = "name"
 
 
-class DualCoOp(Method):
+class DualCoOp(PromptScoring, Method):
     name = "dualcoop"
     Config = DualCoOpConfig
     supported_backbones = ("RN*", "tiny-clip")
@@ -80,14 +81,3 @@ class DualCoOp(Method):
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.config.loss(*self.logits(images, self._text_features()), labels)
-
-    @torch.no_grad()
-    def start_eval(self) -> None:
-        self._eval_text = self.text_features()  # constant at eval: computed once per pass
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        if self._eval_text is None:
-            self.start_eval()
-        logit_pos, logit_neg = self.logits(images, self._eval_text)
-        return torch.sigmoid(logit_pos.float() - logit_neg.float())

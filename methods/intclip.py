@@ -28,6 +28,7 @@ from torch import nn
 from bench.methods.base import Method
 from bench.methods.components import (
     PromptLearner,
+    PromptScoring,
     PromptTrainingConfig,
     dense_tokens,
     prompt_features,
@@ -226,7 +227,7 @@ class IntCLIPNet(nn.Module):
         return region_aggregation(self.image_tokens(images), *(text or self.text_features()))
 
 
-class IntCLIP(Method):
+class IntCLIP(PromptScoring, Method):
     name = "intclip"
     Config = IntCLIPConfig
     supported_backbones = ("RN50", "RN101", "ViT-B-32", "tiny-clip")
@@ -281,16 +282,11 @@ class IntCLIP(Method):
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.config.loss(*self._forward(images), labels)
 
-    @torch.no_grad()
-    def start_eval(self) -> None:
-        self._eval_text = self.net.text_features()  # constant at eval
+    def text_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.text_features()
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        if self._eval_text is None:
-            self.start_eval()
-        logit_pos, logit_neg = self._forward(images, self._eval_text)
-        return torch.sigmoid(logit_pos.float() - logit_neg.float())
+    def logits(self, images: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward(images, text)
 
 
 IntCLIPOfficial = IntCLIP.variant("official", name="intclip-official")
