@@ -120,6 +120,12 @@ class Method(ABC):
         """Optimizer param groups; must cover exactly :meth:`learnable_parameters`."""
         return [{"params": list(self.learnable_parameters().values())}]
 
+    @classmethod
+    def random_weights_config(cls, config: MethodConfig) -> MethodConfig:
+        """``config`` changed so that building the method loads no weights of its own (``bench params``); the
+        CLIP backbone is random already there. Methods with their own pretrained parts override this."""
+        return config
+
     def param_counts(self) -> dict[str, int]:
         learnable = sum(p.numel() for p in self.learnable_parameters().values())
         total = sum(p.numel() for p in self.model.parameters())

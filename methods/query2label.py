@@ -375,6 +375,10 @@ class Query2Label(Method):
     scheduler_interval = "step"  # OneCycle steps per batch
     VARIANTS = {"readme": {"preset": "readme"}}  # query2label:readme, the official README's 2048/8192 transformer
 
+    @classmethod
+    def random_weights_config(cls, config: Query2LabelConfig) -> Query2LabelConfig:
+        return config.model_copy(update={"timm_pretrained": False, "timm_checkpoint": None})
+
     def __init__(self, config: Query2LabelConfig, backbone, data, device) -> None:
         super().__init__(config, backbone, data, device)
         backbone_name = getattr(getattr(backbone, "spec", None), "name", None)

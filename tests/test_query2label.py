@@ -373,3 +373,17 @@ def test_end_to_end_on_the_tiny_backbone_and_exact_resume(tiny_backbone, tmp_pat
     for key in ("params", "ema"):
         for name, value in last[0][key].items():
             assert torch.allclose(value, last[1][key][name], atol=1e-6), (key, name)
+
+
+def test_bench_params_builds_query2label_offline_with_random_weights():
+    """`bench params` never loads weights: with HF_HUB_OFFLINE=1 and no timm cache it still counts Query2Label."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    res = CliRunner().invoke(app, ["params", "--methods", "query2label", "--backbone", "RN101", "--num-classes", "28", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.stdout[res.stdout.index("[") :])
+    assert (row["learnable"], row["total"]) == (82_118_684, 82_341_084)
