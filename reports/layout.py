@@ -239,6 +239,8 @@ def _seed_note(rows: list[Row]) -> str:
     ns = sorted({r.n for r in rows if not r.reference and r.n})
     if not ns:
         return ""
+    if ns == [1]:
+        return " One seed per row (no std)."
     return f" Mean $\\pm$ std over {ns[0]} seeds." if len(ns) == 1 else f" Mean $\\pm$ std over {ns[0]}-{ns[-1]} seeds (n per row in the HTML report)."
 
 
