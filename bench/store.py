@@ -49,7 +49,8 @@ def ensure_writable(results: Path) -> None:
         raise ConfigError(f"paths.results: {results} is not writable ({err.strerror or err})") from None
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so that readers see the old file or the whole new one (temp file, fsync, rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(payload)
@@ -66,8 +67,8 @@ def write_result(run_dir: Path, result: RunResult, scores: dict[str, np.ndarray]
         raise ValueError(f"scores lack {missing}")
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(scores[k]) for k in SCORE_KEYS})
-    _atomic_write_bytes(run_dir / SCORES, buf.getvalue())
-    _atomic_write_bytes(run_dir / RESULT, (result.model_dump_json(indent=2) + "\n").encode())
+    atomic_write_bytes(run_dir / SCORES, buf.getvalue())
+    atomic_write_bytes(run_dir / RESULT, (result.model_dump_json(indent=2) + "\n").encode())
 
 
 def read_result(run_dir: Path) -> RunResult:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import re
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -18,7 +17,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from bench.reports.layout import PaperTable, base_method
+from bench.reports.layout import PaperTable
 from bench.reports.tables import GROUP_KEYS
 from bench.schema import RunResult
 
@@ -207,6 +206,4 @@ def render_page(
         nav=nav or [],
         history=history or [],
         leaderboard=leaderboard,
-        base_method=base_method,
-        isnan=lambda v: v is None or (isinstance(v, float) and math.isnan(v)),
     )

@@ -67,16 +67,10 @@ def table_latex(table: PaperTable, env: str = "table*") -> str:
     lead = 2 if table.show_params else 1
     n_cols = lead + len(table.columns) + len(table.delta_columns)
     spec = "l" + ("r" if table.show_params else "") + "c" * len(table.columns) + "r" * len(table.delta_columns)
-    blocks: list[tuple[str, int]] = []
-    for column in table.columns:
-        if blocks and blocks[-1][0] == column.block:
-            blocks[-1] = (column.block, blocks[-1][1] + 1)
-        else:
-            blocks.append((column.block, 1))
     top = [""] * lead
     rules = []
     start = lead + 1
-    for name, span in blocks:
+    for name, span in table.blocks:
         top.append(rf"\multicolumn{{{span}}}{{c}}{{{escape(name)}}}")
         rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
         start += span

@@ -137,6 +137,17 @@ class PaperTable:
     def families(self) -> list[str]:
         return list(dict.fromkeys(r.family for r in self.rows))
 
+    @property
+    def blocks(self) -> list[tuple[str, int]]:
+        """Header blocks over the metric columns: (name, number of adjacent columns), e.g. [("Test", 4), ("Val", 4)]."""
+        out: list[tuple[str, int]] = []
+        for column in self.columns:
+            if out and out[-1][0] == column.block:
+                out[-1] = (column.block, out[-1][1] + 1)
+            else:
+                out.append((column.block, 1))
+        return out
+
 
 def base_method(label: str) -> str:
     """"intclip:no-sa (tuned) [abc]" -> "intclip:no-sa"."""
@@ -280,7 +291,7 @@ def table1(group: pd.DataFrame, info: dict, reference: bool) -> PaperTable:
     return mark_best(table)
 
 
-def _caption(table: PaperTable, first: str) -> str:
+def _caption(table: PaperTable, first: str, delta_metric: str = "test Macro F1") -> str:
     info = table.info
     text = (
         f"{table.title}. {first}{_seed_note(table.rows)}"
@@ -289,7 +300,7 @@ def _caption(table: PaperTable, first: str) -> str:
     if info.get("manifest_sha256"):
         text += f" Dataset manifest {str(info['manifest_sha256'])[:12]}."
     if any(r.reference for r in table.rows):
-        text += " Rows headed ``Paper'' are the numbers printed in the IntCLIP paper (ECCV 2024); $\\Delta$: reproduced minus paper, test Macro F1."
+        text += f" Rows headed ``Paper'' are the numbers printed in the IntCLIP paper (ECCV 2024); $\\Delta$: reproduced minus paper, {delta_metric}."
     if info.get("reference_note"):
         text += " " + info["reference_note"]
     if any(r.p_value is not None and r.p_value >= 0.05 for r in table.rows):
@@ -382,7 +393,7 @@ def emotion_table(summary: pd.DataFrame, reference: bool) -> list[PaperTable]:
                         if value is not None and row.cells[c].mean is not None:
                             row.deltas[c] = row.cells[c].mean - value
             table.delta_columns = [c for c, d in enumerate(datasets) if d in ("emotionroi", "fi")]
-        table.caption = _caption(table, "Test accuracy (%).").replace("test Macro F1", "test accuracy")
+        table.caption = _caption(table, "Test accuracy (%).", delta_metric="test accuracy")
         tables.append(mark_best(table))
     return tables
 

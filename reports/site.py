@@ -8,14 +8,13 @@ every entry (dataset version x backbone x protocol x method), in percent. Reads 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
+from bench import store
 from bench.errors import BenchError
 from bench.reports import layout
 from bench.reports.html import render_page, slug
@@ -92,10 +91,7 @@ def _stamp(now: datetime, folder: Path) -> str:
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    store.atomic_write_bytes(path, text.encode())
 
 
 def _annotate(tables: list[layout.PaperTable], changes: dict[str, float], regressed: set[str]) -> None:
