@@ -9,9 +9,10 @@ where to put the file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import logging
 import importlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class Backbone:
     pretrained: str
     weights_sha256: str | None
     image_size: int
+    weights_id: str = ""
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
     info: dict[str, Any] = field(default_factory=dict)
@@ -62,16 +64,43 @@ class Backbone:
             "model_name": self.spec.model_name,
             "pretrained": self.pretrained,
             "weights_sha256": self.weights_sha256,
+            "weights_id": self.weights_id,
             "image_size": self.image_size,
         }
 
 
 def _sha256(path: Path) -> str:
+    stat = path.stat()
+    return _sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a replaced file is hashed again
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _folder_sha256(folder: Path) -> str:
+    """One hash over every file of a ``local-dir:`` folder (relative names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def weights_identity(spec: BackboneSpec, pretrained: str | None, weights_dir: Path | None) -> str:
+    """What makes two runs' backbone weights the same, known before loading them: ``sha256:<hash>`` of a
+    checkpoint file (or of a ``local-dir:`` folder's files), ``tag:<open_clip tag>`` for weights from the open_clip
+    cache, or ``none`` for random init. It is part of every run id and of every table row's identity."""
+    value, local = resolve_pretrained(spec, pretrained, weights_dir)
+    if value == "none":
+        return "none"
+    if local is None:
+        return f"tag:{value}"
+    return f"sha256:{_folder_sha256(local) if local.is_dir() else _sha256(local)}"
 
 
 def _package_file(name: str) -> Path:
@@ -154,7 +183,8 @@ def load_backbone(
     pre = getattr(model.visual, "preprocess_cfg", {}) or {}
     mean = tuple(pre.get("mean", OPENAI_MEAN))
     std = tuple(pre.get("std", OPENAI_STD))
-    return Backbone(spec, model, tokenizer, value, sha, size, mean, std)  # type: ignore[arg-type]
+    ident = "none" if value == "none" else f"sha256:{sha}" if sha else weights_identity(spec, pretrained, weights_dir)
+    return Backbone(spec, model, tokenizer, value, sha, size, ident, mean, std)  # type: ignore[arg-type]
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bench.config import BenchConfig, load_config, parse_int_list, parse_name_list, parse_override
-from bench.errors import BenchError
+from bench.errors import BenchError, NewerRecordError
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Benchmark harness for visual intention understanding with CLIP."
@@ -123,7 +123,7 @@ def _summary(cfg: BenchConfig, bootstrap: int, keep=None):
 
     records, bad = tables.load_results(cfg.paths.results)
     for e in bad:
-        err.print(f"[yellow]skipped corrupt result: {escape(str(e))}[/]")
+        err.print(f"[yellow]skipped {'result' if isinstance(e, NewerRecordError) else 'corrupt result'}: {escape(str(e))}[/]")
     if keep is not None:
         records = [r for r in records if keep(r)]
     summary = tables.summarise(tables.results_frame(records))
@@ -240,32 +240,65 @@ def ls(
     cfg = _load(config, results)
     for run_dir, rec in store.iter_results(cfg.paths.results):
         if isinstance(rec, BenchError):
-            out.print(f"{run_dir.name}  [red]corrupt[/]: {rec}")
+            out.print(f"{run_dir.name}  [red]unreadable[/]: {escape(str(rec))}")
         elif fnmatch.fnmatchcase(rec.method.name, pattern):
             main_metric = "macro_f1" if rec.dataset.task == "multilabel" else "accuracy"
             out.print(
-                f"{rec.run_id}  {rec.method.name:<14} {rec.dataset.name:<12} {rec.backbone['name']:<10} seed {rec.seed}  "
+                f"{rec.run_id}  {rec.method.name:<14} {rec.dataset.name:<12} {rec.backbone['name']:<10} {'deterministic' if rec.seed is None else f'seed {rec.seed}'}  "
                 f"test {main_metric} {100 * rec.metrics.test[main_metric]:.2f}"
             )
 
 
 @app.command()
 def validate(config: ConfigOpt = None, results: ResultsOpt = None) -> None:
-    """Check bench.toml (every section) and every record in the result store."""
+    """Check bench.toml (every section) and every record in the result store: each record validates, its
+    scores.npz agrees with it (split sizes, classes, headline metrics recomputed), and keys this version does not
+    know are listed as warnings (a newer harness wrote them; they are kept)."""
     from bench import store
+    from bench.errors import NewerRecordError
+    from bench.schema import unknown_keys
 
     cfg = _load(config, results)
-    out.print(f"config OK: {cfg.source or 'built-in defaults'}")
-    n_ok = n_bad = 0
-    for _, rec in store.iter_results(cfg.paths.results):
+    out.print(f"config OK: {cfg.source or 'built-in defaults'}" + (" (built-in defaults)" if cfg.builtin else ""))
+    n_ok = n_bad = n_newer = 0
+    for run_dir, rec in store.iter_results(cfg.paths.results):
+        if isinstance(rec, NewerRecordError):
+            n_newer += 1
+            err.print(f"[yellow]warning: {escape(str(rec))}[/]")
+            continue
         if isinstance(rec, BenchError):
             n_bad += 1
-            err.print(f"[red]{rec}[/]")
-        else:
-            n_ok += 1
-    out.print(f"results: {n_ok} valid, {n_bad} corrupt in {cfg.paths.results}")
+            err.print(f"[red]{escape(str(rec))}[/]")
+            continue
+        try:
+            store.check_scores(rec, store.read_scores(run_dir), run_dir / store.SCORES)
+        except BenchError as e:
+            n_bad += 1
+            err.print(f"[red]{escape(str(e))}[/]")
+            continue
+        n_ok += 1
+        extra = unknown_keys(rec)
+        if extra:
+            err.print(
+                f"[yellow]warning: {run_dir / store.RESULT}: keys unknown to this version (schema_version "
+                f"{rec.schema_version}), kept and ignored: {', '.join(extra)}[/]"
+            )
+    newer = f", {n_newer} from a newer bench (kept)" if n_newer else ""
+    out.print(f"results: {n_ok} valid, {n_bad} corrupt{newer} in {cfg.paths.results}")
     if n_bad:
         raise typer.Exit(1)
+
+
+@app.command()
+def schema(what: Annotated[str, typer.Argument(help="result: the JSON Schema of result.json.")] = "result") -> None:
+    """Print the JSON Schema of a record (generated from the pydantic model; every field documented)."""
+    import json
+
+    from bench.schema import json_schema
+
+    if what != "result":
+        raise BenchError(f"bench schema {what!r}: expected 'result'")
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
 
 @app.command()

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bench.errors import ConfigError
 
 PROTOCOLS = ("val-threshold", "intclip-code")
+#: The built-in defaults: the repository's bench.toml, shipped in the package (tests keep the two identical), so a
+#: command run from any folder without a bench.toml runs the same experiment as from the repository.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.toml"
 
 
 class _Strict(BaseModel):
@@ -66,6 +69,9 @@ class EngineConfig(_Strict):
     eval_batch_size: int = Field(default=256, gt=0)
     progress: bool = True
     keep_best_weights: bool = True
+    # torch deterministic algorithms + cuDNN deterministic kernels + cuBLAS workspace config on CUDA (slower; see
+    # README "Determinism"); CPU runs are bit-reproducible without it
+    deterministic: bool = False
 
 
 class TrialResources(_Strict):
@@ -163,6 +169,19 @@ class BenchConfig(_Strict):
     datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     source: Path | None = Field(default=None, exclude=True)
+    builtin: bool = Field(default=False, exclude=True)  # loaded from the packaged default.toml
+    overrides: dict[str, Any] = Field(default_factory=dict, exclude=True)  # --set / CLI flags applied on top
+
+    def config_file(self) -> dict[str, Any]:
+        """Where this config came from, for the result record: the file (the packaged defaults are named
+        ``package:bench/default.toml``), the hash of its bytes and the overrides applied on top."""
+        import hashlib
+
+        if self.source is None:
+            return {"path": None, "sha256": None, "overrides": dict(self.overrides)}
+        digest = hashlib.sha256(self.source.read_bytes()).hexdigest() if self.source.is_file() else None
+        path = f"package:bench/{DEFAULT_CONFIG.name}" if self.builtin else str(self.source)
+        return {"path": path, "sha256": digest, "overrides": {k: v for k, v in self.overrides.items()}}
 
     def method_config(self, name: str) -> BaseModel:
         """The validated config of method ``name`` (its defaults overridden by ``[methods.<name>]``)."""
@@ -261,13 +280,18 @@ def _check_names(cfg: BenchConfig, sections: bool = True) -> None:
 
 
 def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None, sections: bool = True) -> BenchConfig:
-    """Load bench.toml (``path``, else ``./bench.toml`` if present, else the built-in defaults) and apply
-    ``overrides`` given as dotted keys (``{"suite.seeds": [0, 1]}``), then validate everything once (the
-    ``[methods.*]``/``[datasets.*]`` sections by their own config classes unless ``sections`` is false)."""
+    """Load bench.toml (``path``, else ``./bench.toml`` if present, else the built-in defaults: the packaged copy of
+    the repository's bench.toml, with relative paths under the current folder) and apply ``overrides`` given as
+    dotted keys (``{"suite.seeds": [0, 1]}``), then validate everything once (the ``[methods.*]``/``[datasets.*]``
+    sections by their own config classes unless ``sections`` is false)."""
     source: Path | None = None
     data: dict[str, Any] = {}
-    if path is None and Path("bench.toml").is_file():
-        path = Path("bench.toml")
+    builtin = False
+    if path is None:
+        if Path("bench.toml").is_file():
+            path = Path("bench.toml")
+        else:
+            path, builtin = DEFAULT_CONFIG, True
     if path is not None:
         source = Path(path).resolve()
         if not source.is_file():
@@ -280,7 +304,11 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{source}: not UTF-8 text: {err}") from None
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
-    return parse_config(data, source, base=source.parent if source else Path.cwd(), sections=sections)
+    base = Path.cwd() if builtin or source is None else source.parent
+    cfg = parse_config(data, source, base=base, sections=sections)
+    cfg.builtin = builtin
+    cfg.overrides = dict(overrides or {})
+    return cfg
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -55,14 +55,17 @@ class RunContext:
     prefetch: int = 2  # batches gathered ahead by a background thread (0: in the training loop itself)
     check_every: int | None = None  # steps between loss finiteness checks; None: every step on CPU, 25 on a GPU
     cudnn_benchmark: bool = True  # on CUDA, let cuDNN time its algorithms once per shape and keep the fastest
+    deterministic: bool = False  # deterministic algorithms on CUDA (see configure_determinism)
 
 
 @dataclass
 class Outcome:
     """What a run produced: final val/test scores and how it got there."""
 
-    val_scores: np.ndarray
+    val_scores: np.ndarray  # float32 probabilities
     test_scores: np.ndarray
+    val_logits: np.ndarray  # float64 logits / log-odds / margins: what ranks (mAP) without saturating
+    test_logits: np.ndarray
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
     best_variant: str | None = None
@@ -72,9 +75,36 @@ class Outcome:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every global generator a run touches (Python, NumPy, torch CPU and every CUDA device). Called before
+    the backbone is loaded and the method built (initial weights), and again right before training (data order,
+    augmentation, dropout), so nothing that ran earlier in the process (another trial in a reused Ray worker, a
+    test) changes a run."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def set_threads(threads: int) -> int:
+    """Use exactly ``threads`` intra-op threads (at least 1). On CPU the order of float reductions in matmuls and
+    convolutions depends on the thread count, so both executors give a run the same count: its method's
+    ``[ray.resources]`` ``cpu``. Returns the count set."""
+    threads = max(1, int(threads))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def configure_determinism(device: torch.device, deterministic: bool, cudnn_benchmark: bool = True) -> None:
+    """On CUDA: with ``deterministic``, torch's deterministic algorithms (an error where an op has none), cuDNN's
+    deterministic kernels without autotuning, and the cuBLAS workspace setting those need; without it, cuDNN may
+    autotune (fastest, run-to-run differences in the last bits). CPU kernels are deterministic for a fixed thread
+    count either way, and ``deterministic`` also turns on the checks there."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
 
 
 def resolve_device(name: str) -> torch.device:
@@ -102,30 +132,53 @@ def split_batches(split: Split, batches: Iterator[np.ndarray], ctx: RunContext, 
     )
 
 
+def to_probabilities(logits: np.ndarray, task: str) -> np.ndarray:
+    """float32 probabilities in [0, 1] from float64 logits: sigmoid (multilabel) or softmax (multiclass), both
+    numerically stable (no overflow for large logits)."""
+    from scipy.special import expit, softmax
+
+    probs = softmax(logits, axis=1) if task == "multiclass" else expit(logits)
+    return np.clip(probs.astype(np.float32), 0.0, 1.0)
+
+
 @torch.no_grad()
-def predict_split(method: Method, split: Split, ctx: RunContext) -> np.ndarray:
-    """Scores in [0, 1] for every image of ``split``, float32 ``[N, C]`` (kept on the device until the end of the
-    pass, so the GPU never waits for the host in between)."""
+def score_split(method: Method, split: Split, ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities float32 [N, C], logits float64 [N, C])`` for every image of ``split``. The logits rank
+    without saturating (mAP/AP use them), the probabilities are what thresholds apply to. Kept on the device until
+    the end of the pass, so the GPU never waits for the host in between."""
     method.model.eval()
     method.start_eval()
     out = []
     for images, _ in split_batches(split, batch_indices(len(split), ctx.eval_batch_size), ctx, labels=False):
         with autocast(ctx.device, ctx.amp):
-            scores = method.predict(method.prepare(images))
-        out.append(scores.float())
-    scores = torch.cat(out).cpu().numpy().astype(np.float32)
-    if not np.isfinite(scores).all():
-        raise TrainingDivergedError(f"{method.name}: non-finite scores on {len(split)} images")
-    return np.clip(scores, 0.0, 1.0)
+            logits = method.predict_logits(method.prepare(images))
+        out.append(logits.double())
+    logits = torch.cat(out).cpu().numpy()
+    return _checked(method, logits, len(split))
 
 
-def selection_metric(task: str, scores: np.ndarray, labels: np.ndarray, protocol: str) -> float:
+def _checked(method: Method, logits: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.shape != (n, method.num_classes):
+        raise ValueError(f"{method.name}: logits of shape {logits.shape}, expected ({n}, {method.num_classes})")
+    if not np.isfinite(logits).all():
+        raise TrainingDivergedError(f"{method.name}: non-finite scores on {n} images")
+    return to_probabilities(logits, method.task), logits
+
+
+def predict_split(method: Method, split: Split, ctx: RunContext) -> np.ndarray:
+    """Probabilities in [0, 1] for every image of ``split``, float32 ``[N, C]`` (see :func:`score_split`)."""
+    return score_split(method, split, ctx)[0]
+
+
+def selection_metric(task: str, scores: np.ndarray, labels: np.ndarray, protocol: str, logits: np.ndarray | None = None) -> float:
     """The number epochs (and searches) are selected by: val macro F1 at the val-chosen threshold (multilabel),
-    accuracy (multiclass); under ``intclip-code`` the mean of macro/micro/samples F1 at 0.5 and mAP."""
+    accuracy (multiclass); under ``intclip-code`` the mean of macro/micro/samples F1 at 0.5 and mAP (on ``logits``
+    when given)."""
     if task == "multiclass":
         return metrics.accuracy(scores, labels)
     if protocol == "intclip-code":
-        m = metrics.multilabel_metrics(scores, labels, 0.5)
+        m = metrics.multilabel_metrics(scores, labels, 0.5, ranking=logits)
         return (m["macro_f1"] + m["micro_f1"] + m["samples_f1"] + m["mAP"]) / 4
     thr = metrics.choose_threshold(scores, labels)
     return metrics.macro_f1(scores, labels, thr)
@@ -243,8 +296,8 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         variant_metrics = {}
         for variant in method.eval_variants():
             method.use_variant(variant)
-            scores = predict_split(method, selection_split, ctx)
-            variant_metrics[variant] = selection_metric(data.task, scores, selection_split.labels, ctx.protocol)
+            scores, logits = score_split(method, selection_split, ctx)
+            variant_metrics[variant] = selection_metric(data.task, scores, selection_split.labels, ctx.protocol, logits)
             if variant_metrics[variant] > best["metric"]:
                 best = {"epoch": epoch, "variant": variant, "metric": variant_metrics[variant], "state": copy.deepcopy(method.variant_state(variant))}
         method.use_variant(method.eval_variants()[0])
@@ -282,8 +335,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     if best["state"] is not None:
         method.load_state_dict(best["state"])
     return Outcome(
-        val_scores=predict_split(method, val_split, ctx),
-        test_scores=predict_split(method, data.splits["test"], ctx) if ctx.score_test else np.zeros((0, 0), np.float32),
+        *_final_scores(method, data, ctx, lambda name: score_split(method, data.splits[name], ctx)),
         history=history,
         best_epoch=best["epoch"],
         best_variant=best.get("variant"),
@@ -305,18 +357,25 @@ def _check_optimizer_covers_learnable(method: Method, optimizer: torch.optim.Opt
 def run_method(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     """Train (engine), fit, or just evaluate ``method``, then score val and test."""
     seed_everything(ctx.seed)
-    if ctx.device.type == "cuda":
-        torch.backends.cudnn.benchmark = ctx.cudnn_benchmark
+    configure_determinism(ctx.device, ctx.deterministic, ctx.cudnn_benchmark)
     if method.trainer == "engine":
         return train(method, data, ctx)
     fit_info = method.fit(data, ctx) if method.trainer == "fit" else {}
 
-    def scores(name: str) -> np.ndarray:
+    def scores(name: str) -> tuple[np.ndarray, np.ndarray]:
         cached = method.split_scores(name, data, ctx)  # e.g. the linear probe's cached frozen features
-        return cached if cached is not None else predict_split(method, data.splits[name], ctx)
+        if cached is None:
+            return score_split(method, data.splits[name], ctx)
+        return _checked(method, cached, len(data.splits[name]))
 
-    return Outcome(
-        val_scores=scores("val"),
-        test_scores=scores("test") if ctx.score_test else np.zeros((0, 0), np.float32),
-        fit_info=fit_info,
-    )
+    return Outcome(*_final_scores(method, data, ctx, scores), fit_info=fit_info)
+
+
+def _final_scores(method: Method, data: DatasetData, ctx: RunContext, scores: Callable) -> tuple[np.ndarray, ...]:
+    """(val probabilities, test probabilities, val logits, test logits); test is empty for search trials."""
+    val, val_logits = scores("val")
+    if not ctx.score_test:
+        empty = np.zeros((0, 0), np.float32)
+        return val, empty, val_logits, empty.astype(np.float64)
+    test, test_logits = scores("test")
+    return val, test, val_logits, test_logits

@@ -24,5 +24,10 @@ class CorruptResultError(BenchError):
     """A result.json or scores.npz exists but does not validate."""
 
 
+class NewerRecordError(CorruptResultError):
+    """A result.json written by a newer harness (higher ``schema_version``) that this version cannot read: it is
+    not corrupt, and is never moved or rerun; upgrade bench to read it."""
+
+
 class TrainingDivergedError(BenchError):
     """The loss became NaN or infinite: the trial stops with this status."""

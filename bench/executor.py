@@ -35,7 +35,7 @@ class PlannedRun:
     run_id: str
     method: str
     dataset: str
-    seed: int
+    seed: int | None  # None: a deterministic method, run once whatever the suite's seeds
     backbone: str
     identity: dict[str, Any]
     run_dir: Path
@@ -43,7 +43,12 @@ class PlannedRun:
 
     @property
     def label(self) -> str:
-        return f"{self.method} / {self.dataset} / seed {self.seed}"
+        return f"{self.method} / {self.dataset} / " + ("deterministic" if self.seed is None else f"seed {self.seed}")
+
+    @property
+    def torch_seed(self) -> int:
+        """The seed generators get (a deterministic method draws nothing, but its code runs seeded all the same)."""
+        return 0 if self.seed is None else self.seed
 
 
 @dataclass
@@ -88,15 +93,24 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
     for name in suite.datasets:
         if name not in datasets:
             datasets[name] = load_dataset(cfg, name, size)
+    from bench.backbones import weights_identity
+
+    weights = weights_identity(BACKBONES.get(suite.backbone), cfg.backbone_pretrained(suite.backbone), cfg.paths.weights)
     plans = []
     for dataset in suite.datasets:
         data = datasets[dataset]
         for method in suite.methods:
-            for seed in suite.seeds:
+            # a method without randomness of its own, on fixed weights, gives the same scores for every seed: one run
+            seeds = [None] if METHODS.get(method).deterministic and weights != "none" else suite.seeds
+            for seed in seeds:
                 identity = {
                     "code": {"bench": bench.__version__, "method": METHODS.get(method).version},
                     "method": {"name": method, "config": cfg.method_config(method).model_dump(mode="json")},
-                    "backbone": {"name": suite.backbone, "pretrained": cfg.backbone_pretrained(suite.backbone)},
+                    "backbone": {
+                        "name": suite.backbone,
+                        "pretrained": cfg.backbone_pretrained(suite.backbone),
+                        "weights": weights,
+                    },
                     "dataset": {
                         "name": dataset,
                         "config": cfg.dataset_config(dataset).model_dump(mode="json"),
@@ -128,12 +142,16 @@ def execute_run(
 
     from bench import metrics, provenance
     from bench.backbones import load_backbone
-    from bench.engine import CHECKPOINT, RunContext, resolve_device, run_method
+    from bench.engine import CHECKPOINT, RunContext, resolve_device, run_method, seed_everything, set_threads
 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.engine.device)
+    # Same thread count under every executor (float reduction order), and every generator seeded before anything
+    # random is built (random backbone init, prompt contexts, heads): a run never depends on what ran before it.
+    threads = set_threads(cfg.ray.trial_resources(plan.method).cpu)
+    seed_everything(plan.torch_seed)
     backbone = load_backbone(
         BACKBONES.get(plan.backbone), cfg.backbone_pretrained(plan.backbone), cfg.paths.weights, str(device)
     )
@@ -142,12 +160,13 @@ def execute_run(
     method = method_cls(method_cfg, backbone, data, device)
     ctx = RunContext(
         run_dir=plan.run_dir,
-        seed=plan.seed,
+        seed=plan.torch_seed,
         device=device,
         protocol=cfg.protocol.name,
         amp=cfg.engine.amp,
         eval_batch_size=cfg.engine.eval_batch_size,
         cache_dir=cfg.paths.cache,
+        deterministic=cfg.engine.deterministic,
         progress=progress,
         report=report,
         log=log,
@@ -158,7 +177,10 @@ def execute_run(
 
     val, test = data.splits["val"], data.splits["test"]
     threshold = 0.5 if cfg.protocol.name == "intclip-code" else None
-    val_m, test_m = metrics.evaluate(data.task, outcome.val_scores, val.labels, outcome.test_scores, test.labels, threshold)
+    val_m, test_m = metrics.evaluate(
+        data.task, outcome.val_scores, val.labels, outcome.test_scores, test.labels, threshold,
+        val_ranking=outcome.val_logits, test_ranking=outcome.test_logits,
+    )
     per_class = {}
     for split, m in (("val", val_m), ("test", test_m)):
         per_class[split] = {k.removeprefix("per_class_"): list(v) for k, v in m.items() if k.startswith("per_class_")}
@@ -215,14 +237,22 @@ def execute_run(
             "seconds_setup": t_setup - t0,
             "seconds_train_and_eval": t_trained - t_setup,
         },
-        env=provenance.environment(str(device)),
+        env={**provenance.environment(str(device)), "torch_threads": threads, "deterministic_algorithms": cfg.engine.deterministic},
         artifacts=artifacts,
+        config_file=cfg.config_file(),
         extra=plan.extra,
     )
     store.write_result(
         plan.run_dir,
         result,
-        {"val_scores": outcome.val_scores, "val_labels": val.labels, "test_scores": outcome.test_scores, "test_labels": test.labels},
+        {
+            "val_scores": outcome.val_scores,
+            "val_labels": val.labels,
+            "val_logits": outcome.val_logits,
+            "test_scores": outcome.test_scores,
+            "test_labels": test.labels,
+            "test_logits": outcome.test_logits,
+        },
     )
     (plan.run_dir / CHECKPOINT).unlink(missing_ok=True)
     (plan.run_dir / "error.json").unlink(missing_ok=True)
@@ -237,6 +267,10 @@ def triage(plans: list[PlannedRun], console: Console) -> tuple[SuiteOutcome, lis
         status, reason = store.run_status(plan.run_dir)
         if status == "complete":
             outcome.skipped.append(plan.run_id)
+            continue
+        if status == "newer":  # a newer harness's record: never rerun, never moved
+            outcome.skipped.append(plan.run_id)
+            console.print(f"[yellow]{plan.label}: {reason}; kept as is[/]")
             continue
         if status == "corrupt":
             moved = store.quarantine(plan.run_dir)

@@ -56,7 +56,7 @@ def run_leaderboard(cfg: BenchConfig, console: Console, ray_address: str | None 
     for e in bad:
         console.print(f"[yellow]skipped corrupt result: {e}[/]")
     records = [
-        r for r in records if r.method.name in s.methods and r.dataset.name in s.datasets and r.backbone["name"] == s.backbone and r.seed in s.seeds
+        r for r in records if r.method.name in s.methods and r.dataset.name in s.datasets and r.backbone["name"] == s.backbone and (r.seed is None or r.seed in s.seeds)
     ]
     summary = tables.summarise(tables.results_frame(records))
     lb = cfg.leaderboard

@@ -142,13 +142,16 @@ def _validate(task: str, scores: ArrayLike, labels: ArrayLike, split: str = "") 
     return _float_scores(s), y
 
 
-def multilabel_metrics(scores: ArrayLike, labels: ArrayLike, threshold: float) -> dict[str, Any]:
+def multilabel_metrics(scores: ArrayLike, labels: ArrayLike, threshold: float, ranking: ArrayLike | None = None) -> dict[str, Any]:
     """Multi-label metrics at ``threshold`` and at 0.5.
 
     Args:
-        scores: Scores [N, C].
+        scores: Scores [N, C] (probabilities: the thresholds apply to them).
         labels: Binary labels [N, C].
         threshold: Decision threshold (prediction is ``score > threshold``).
+        ranking: Optional [N, C] scores that rank like ``scores`` without saturating (logits); AP and mAP are
+            computed on them when given (a float32 sigmoid is exactly 1.0 for many confident images, and the
+            order of such ties would decide AP).
 
     Returns:
         Dict with ``macro_f1``, ``micro_f1``, ``samples_f1``, ``mAP``, the three F1s at 0.5 (``*_at_0_5``),
@@ -164,7 +167,11 @@ def multilabel_metrics(scores: ArrayLike, labels: ArrayLike, threshold: float) -
         out[f"samples_f1{suffix}"] = float(np.mean(_f1(pred, y, axis=1)))
         if not suffix:
             out["per_class_f1"] = per_class.tolist()
-    ap = per_class_average_precision(s, y)
+    if ranking is not None:
+        r = np.asarray(ranking, dtype=np.float64)
+        if r.shape != s.shape or not np.isfinite(r).all():
+            raise ValueError(f"ranking must be finite with the shape of scores {s.shape}; got {r.shape}")
+    ap = per_class_average_precision(s if ranking is None else ranking, y)
     out.update(mAP=float(np.mean(ap)), per_class_ap=ap.tolist(), threshold=float(threshold))
     return out
 
@@ -201,6 +208,8 @@ def evaluate(
     test_scores: ArrayLike,
     test_labels: ArrayLike,
     threshold: float | None = None,
+    val_ranking: ArrayLike | None = None,
+    test_ranking: ArrayLike | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate both splits and compute their metrics.
 
@@ -211,6 +220,7 @@ def evaluate(
         test_scores: Test scores [M, C].
         test_labels: Test labels, as ``val_labels``.
         threshold: Multilabel only: fixed threshold; ``None`` picks it on val with :func:`choose_threshold`.
+        val_ranking, test_ranking: Multilabel only: unsaturated ranking scores (logits) for AP/mAP.
 
     Returns:
         ``(val_metrics, test_metrics)``; for multilabel both at the same threshold.
@@ -230,4 +240,4 @@ def evaluate(
         threshold = choose_threshold(vs, vy)
     elif not np.isfinite(threshold):
         raise ValueError(f"threshold must be finite; got {threshold}")
-    return multilabel_metrics(vs, vy, threshold), multilabel_metrics(ts, ty, threshold)
+    return multilabel_metrics(vs, vy, threshold, val_ranking), multilabel_metrics(ts, ty, threshold, test_ranking)

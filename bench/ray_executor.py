@@ -80,15 +80,6 @@ def init_ray(cfg: BenchConfig, address: str | None) -> None:
         raise ConfigError(f"--ray-address {address}: cannot connect to a Ray cluster there ({err})") from None
 
 
-def _limit_threads() -> None:
-    """Torch uses as many threads as the trial reserved CPUs (Ray sets OMP_NUM_THREADS), never more."""
-    import torch
-
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-
 def _report_epoch(metrics: dict[str, Any], run_dir: Path, epoch: int) -> None:
     """``tune.report`` with a checkpoint that points at the run's own checkpoint (a pointer, not a copy)."""
     with tempfile.TemporaryDirectory() as folder:
@@ -99,8 +90,7 @@ def _report_epoch(metrics: dict[str, Any], run_dir: Path, epoch: int) -> None:
 def _trial(config: dict[str, Any], cfg: BenchConfig, datasets: dict[str, Any]) -> None:
     """One run inside a Ray worker."""
     plan = PlannedRun(**{**config["plan"], "run_dir": Path(config["plan"]["run_dir"])})
-    trial_id = tune.get_context().get_trial_id()
-    _limit_threads()
+    trial_id = tune.get_context().get_trial_id()  # execute_run sets the threads (the trial's CPUs) and the seed
 
     def report(record: dict[str, Any]) -> None:
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
@@ -248,10 +238,11 @@ def optuna_space(spec: dict[str, Any]) -> dict[str, Any]:
 def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: str, trials_dir: str) -> None:
     """One search trial: train on train, score val every epoch (reported to ASHA); test is never scored."""
     from bench.backbones import load_backbone
-    from bench.engine import RunContext, resolve_device, run_method, selection_metric
+    from bench.engine import RunContext, resolve_device, run_method, seed_everything, selection_metric, set_threads
     from bench.registry import BACKBONES, METHODS
 
-    _limit_threads()
+    set_threads(cfg.ray.trial_resources(method).cpu)
+    seed_everything(cfg.tune.search_seed)  # before the backbone and the method are built
     cls = METHODS.get(method)
     method_cfg = cls.Config.model_validate({**cfg.methods.get(method, {}), **params})
     device = resolve_device(cfg.engine.device)
@@ -265,7 +256,7 @@ def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: s
     ctx = RunContext(
         run_dir=run_dir, seed=cfg.tune.search_seed, device=device, protocol=cfg.protocol.name, amp=cfg.engine.amp,
         eval_batch_size=cfg.engine.eval_batch_size, cache_dir=cfg.paths.cache, report=report, score_test=False,
-        log=lambda *_: None,
+        deterministic=cfg.engine.deterministic, log=lambda *_: None,
     )
     outcome = run_method(cls(method_cfg, backbone, data, device), data, ctx)
     if not outcome.history:  # fitted methods: one report at the end

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -19,13 +20,15 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import ValidationError
 
-from bench.errors import ConfigError, CorruptResultError
-from bench.schema import RunResult
+from bench.errors import ConfigError, CorruptResultError, NewerRecordError
+from bench.schema import SCHEMA_VERSION, RunResult, migrate
 
 RESULT = "result.json"
 SCORES = "scores.npz"
 SCORE_KEYS = ("val_scores", "val_labels", "test_scores", "test_labels")
-RunStatus = Literal["complete", "corrupt", "partial", "new"]
+LOGIT_KEYS = ("val_logits", "test_logits")  # float64 ranking scores (logits / margins); absent in older stores
+RunStatus = Literal["complete", "newer", "corrupt", "partial", "new"]
+METRIC_TOLERANCE = 1e-6  # a stored metric may differ from the one recomputed from scores.npz by float rounding only
 
 
 def compute_run_id(identity: dict[str, Any]) -> str:
@@ -66,51 +69,100 @@ def write_result(run_dir: Path, result: RunResult, scores: dict[str, np.ndarray]
     if missing:
         raise ValueError(f"scores lack {missing}")
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(scores[k]) for k in SCORE_KEYS})
+    np.savez(buf, **{k: np.asarray(scores[k]) for k in (*SCORE_KEYS, *LOGIT_KEYS) if k in scores})
     atomic_write_bytes(run_dir / SCORES, buf.getvalue())
-    atomic_write_bytes(run_dir / RESULT, (result.model_dump_json(indent=2) + "\n").encode())
+    atomic_write_bytes(run_dir / RESULT, (result.model_dump_json(indent=2, exclude_none=False) + "\n").encode())
 
 
 def read_result(run_dir: Path) -> RunResult:
-    """Load and validate a run's result.json; raise :class:`CorruptResultError` naming the file and the fault."""
+    """Load, migrate (older ``schema_version``) and validate a run's result.json, ignoring keys this version does
+    not know. Raises :class:`CorruptResultError` naming the file and the fault, or :class:`NewerRecordError` for a
+    record of a newer schema version that does not validate here (not corrupt: leave it alone)."""
     path = run_dir / RESULT
     try:
-        result = RunResult.model_validate_json(path.read_bytes())
+        data = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise
+    except (OSError, ValueError) as err:
+        raise CorruptResultError(f"{path}: unreadable: {err}") from None
+    if not isinstance(data, dict):
+        raise CorruptResultError(f"{path}: <root>: expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    newer = isinstance(version, int) and version > SCHEMA_VERSION
+    try:
+        result = RunResult.model_validate(migrate(data))
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+        if newer:
+            raise NewerRecordError(
+                f"{path}: written by a newer bench (schema_version {version} > {SCHEMA_VERSION}) and not readable by "
+                f"this one ({loc}: {first['msg']}); upgrade bench to include it"
+            ) from None
         raise CorruptResultError(f"{path}: {loc}: {first['msg']}") from None
-    except (OSError, ValueError) as err:
-        raise CorruptResultError(f"{path}: unreadable: {err}") from None
     if result.run_id != run_dir.name:
         raise CorruptResultError(f"{path}: run_id {result.run_id!r} does not match its folder {run_dir.name!r}")
     return result
 
 
 def read_scores(run_dir: Path) -> dict[str, np.ndarray]:
-    """Load scores.npz and check its keys and shapes."""
+    """Load scores.npz (with the logits when the store has them) and check its keys and shapes."""
     path = run_dir / SCORES
     try:
         with np.load(path) as npz:
             scores = {k: npz[k] for k in SCORE_KEYS}
-    except (OSError, KeyError, ValueError) as err:
-        raise CorruptResultError(f"{path}: unreadable or incomplete: {err}") from None
+            scores.update({k: npz[k] for k in LOGIT_KEYS if k in npz.files})
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise CorruptResultError(f"{path}: unreadable or incomplete: {type(err).__name__}: {err}") from None
     for split in ("val", "test"):
         s, y = scores[f"{split}_scores"], scores[f"{split}_labels"]
         if s.ndim != 2 or len(s) != len(y) or not np.isfinite(s).all() or s.min() < 0 or s.max() > 1:
             raise CorruptResultError(f"{path}: {split}_scores must be finite [N, C] in [0, 1] matching {split}_labels")
+        logits = scores.get(f"{split}_logits")
+        if logits is not None and (logits.shape != s.shape or not np.isfinite(logits).all()):
+            raise CorruptResultError(f"{path}: {split}_logits must be finite with the shape of {split}_scores {s.shape}")
     return scores
 
 
+def check_scores(result: RunResult, scores: dict[str, np.ndarray], path: Path) -> None:
+    """Raise :class:`CorruptResultError` when scores.npz contradicts the record: other split sizes or class count,
+    or a headline metric that recomputing from the stored scores does not give."""
+    from bench import metrics
+
+    n_classes = len(result.dataset.class_keys)
+    for split in ("val", "test"):
+        s, y = scores[f"{split}_scores"], scores[f"{split}_labels"]
+        expected = result.dataset.split_sizes.get(split)
+        if s.shape[1] != n_classes or (expected is not None and len(s) != expected):
+            raise CorruptResultError(
+                f"{path}: {split}_scores has shape {s.shape} but the record has {expected} {split} images x {n_classes} classes"
+            )
+        stored = getattr(result.metrics, split)
+        if result.dataset.task == "multilabel":
+            threshold = result.protocol.threshold if result.protocol.threshold is not None else 0.5
+            recomputed = {
+                "macro_f1": metrics.macro_f1(s, y, threshold),
+                "mAP": metrics.mean_average_precision(scores.get(f"{split}_logits", s), y),
+            }
+        else:
+            recomputed = {"accuracy": metrics.accuracy(s, y)}
+        for key, value in recomputed.items():
+            if key in stored and abs(stored[key] - value) > METRIC_TOLERANCE:
+                raise CorruptResultError(
+                    f"{path}: metrics.{split}.{key} = {stored[key]:.6f} but its scores.npz gives {value:.6f}"
+                )
+
+
 def run_status(run_dir: Path) -> tuple[RunStatus, str | None]:
-    """``complete`` (valid result), ``corrupt`` (result present, invalid: reason given), ``partial`` (a
+    """``complete`` (valid result whose scores agree with it), ``newer`` (a record of a newer harness that this one
+    cannot read: skipped, never moved), ``corrupt`` (result present, invalid: reason given), ``partial`` (a
     checkpoint, no result) or ``new``."""
     if (run_dir / RESULT).exists():
         try:
-            read_result(run_dir)
-            read_scores(run_dir)
+            result = read_result(run_dir)
+            check_scores(result, read_scores(run_dir), run_dir / SCORES)
+        except NewerRecordError as err:
+            return "newer", str(err)
         except CorruptResultError as err:
             return "corrupt", str(err)
         return "complete", None

@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from bench.engine import RunContext
 
 
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Probabilities from :meth:`Method.predict_logits`' output, computed in the logits' dtype (float64 where the
+    engine passes float64): sigmoid for multilabel, softmax over classes for multiclass."""
+    return logits.softmax(dim=-1) if task == "multiclass" else torch.sigmoid(logits)
+
+
 class MethodConfig(BaseModel):
     """Settings every method has; subclasses add theirs. Unknown keys are rejected.
 
@@ -81,6 +87,9 @@ class Method(ABC):
     trainer: ClassVar[Literal["engine", "fit", "none"]] = "engine"
     supported_backbones: ClassVar[tuple[str, ...]] = ("*",)
     version: ClassVar[str] = "1"  # bump when the method's math changes: it is part of every run id
+    # True when the method draws no random numbers of its own (no init, data order, augmentation or dropout): on a
+    # fixed backbone its scores do not depend on the seed, so a suite runs it once (seed None), not once per seed
+    deterministic: ClassVar[bool] = False
     scheduler_interval: ClassVar[Literal["epoch", "step"]] = "epoch"  # when the engine steps the scheduler
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {}  # named config changes, run as "<name>:<variant>"
 
@@ -200,11 +209,19 @@ class Method(ABC):
         )
 
     @abstractmethod
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-class real-valued scores ``[B, C]`` for prepared images (called under no_grad, eval mode): log-odds
+        (multilabel; the prompt methods' margin logit+ - logit-) or logits (multiclass). They rank without
+        saturating: mAP/AP are computed on them, F1 thresholds on :meth:`predict`'s probabilities."""
+
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-class scores in [0, 1], ``[B, C]``, for prepared images (called under no_grad, eval mode)."""
+        """Per-class probabilities in [0, 1], ``[B, C]``: sigmoid (multilabel) or softmax (multiclass) of
+        :meth:`predict_logits`."""
+        return probabilities(self.predict_logits(images), self.task)
 
     def split_scores(self, split: str, data: DatasetData, ctx: RunContext) -> np.ndarray | None:
-        """Scores of a whole split without a pass over its images, when the method can (else None)."""
+        """Logits (as :meth:`predict_logits`) of a whole split without a pass over its images, when the method
+        can (else None)."""
         return None
 
     def start_eval(self) -> None:

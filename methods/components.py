@@ -153,7 +153,8 @@ def region_aggregation(
 class PromptScoring:
     """Eval of the prompt methods (DualCoOp, IntCLIP), mixed in before ``Method``: the prompt features are constant
     while evaluating, so ``start_eval`` computes them once per pass (``train()`` drops them again), and a score is
-    sigmoid(logit+ - logit-). The class provides ``text_features()`` and ``logits(images, text)``."""
+    sigmoid(logit+ - logit-), and what ranks is the margin logit+ - logit- itself (float64: the sigmoid saturates to
+    exactly 1.0 in float32 for margins above ~17). The class provides ``text_features()`` and ``logits(images, text)``."""
 
     _eval_text: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -162,11 +163,11 @@ class PromptScoring:
         self._eval_text = self.text_features()
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         if self._eval_text is None:
             self.start_eval()
         logit_pos, logit_neg = self.logits(images, self._eval_text)
-        return torch.sigmoid(logit_pos.float() - logit_neg.float())
+        return logit_pos.double() - logit_neg.double()
 
 
 def asymmetric_loss_terms(

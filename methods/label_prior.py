@@ -16,6 +16,7 @@ from bench.methods.base import Method
 class LabelPrior(Method):
     name = "label-prior"
     trainer = "fit"
+    deterministic = True
 
     def __init__(self, config, backbone, data, device) -> None:
         super().__init__(config, backbone, data, device)
@@ -39,7 +40,11 @@ class LabelPrior(Method):
         self.prior = torch.as_tensor(freq, dtype=torch.float32)
         return {"prior": [round(float(f), 6) for f in freq]}
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The prior as log-odds (multilabel) or log-frequencies (multiclass), clipped away from 0 and 1 so a class
+        never seen in train gets a finite, lowest score."""
         if self.prior is None:
             raise RuntimeError("label-prior: predict() before fit()")
-        return self.prior.expand(images.shape[0], -1).clone()
+        p = self.prior.double().clamp(1e-6, 1 - 1e-6)
+        logits = p.log() if self.task == "multiclass" else p.log() - torch.log1p(-p)
+        return logits.expand(images.shape[0], -1).clone()

@@ -31,11 +31,13 @@ class LinearProbe(Method):
     name = "linear-probe"
     Config = LinearProbeConfig
     trainer = "fit"
+    deterministic = True  # frozen features, L-BFGS from zero: no random numbers
 
     def __init__(self, config, backbone, data, device) -> None:
         super().__init__(config, backbone, data, device)
         self.model.requires_grad_(False)
         self.apply_memory_format()
+        self._iterations = 0  # the most L-BFGS iterations any fit needed (max_iter: it stopped unconverged)
         self.weight: np.ndarray | None = None  # [C, D]
         self.bias: np.ndarray | None = None  # [C]
 
@@ -86,6 +88,7 @@ class LinearProbe(Method):
         if self.task == "multiclass":
             clf = LogisticRegression(C=c, max_iter=self.config.max_iter)
             clf.fit(x, y)
+            self._iterations = max(self._iterations, int(clf.n_iter_.max()))
             weight = np.zeros((self.num_classes, x.shape[1]))
             bias = np.full(self.num_classes, -1e4)  # classes absent from train are never predicted
             weight[clf.classes_] = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_, clf.coef_])
@@ -101,16 +104,20 @@ class LinearProbe(Method):
                 continue
             clf = LogisticRegression(C=c, max_iter=self.config.max_iter)
             clf.fit(x, yk)
+            self._iterations = max(self._iterations, int(clf.n_iter_.max()))
             weight[k], bias[k] = clf.coef_[0], clf.intercept_[0]
         return weight, bias
 
+    def _logits(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """float64 logits ``x W^T + b``."""
+        return np.asarray(x, dtype=np.float64) @ weight.T + bias
+
     def _scores(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        logits = x @ weight.T + bias
-        if self.task == "multiclass":
-            logits = logits - logits.max(axis=1, keepdims=True)
-            e = np.exp(logits)
-            return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        """Probabilities (a numerically stable sigmoid/softmax: no overflow for large logits)."""
+        from scipy.special import expit, softmax
+
+        logits = self._logits(x, weight, bias)
+        return (softmax(logits, axis=1) if self.task == "multiclass" else expit(logits)).astype(np.float32)
 
     def fit(self, data, ctx) -> dict[str, Any]:
         from bench.engine import selection_metric
@@ -137,18 +144,24 @@ class LinearProbe(Method):
             best = max([best, left, right], key=lambda g: (score(g), -g))
             lo, hi = max(lo, best - (hi - lo) / 4), min(hi, best + (hi - lo) / 4)
         self.weight, self.bias = self._fit_c(feats["train"], y_train, 10.0**best)
-        return {"C": 10.0**best, "val_selection_metric": tried[best], "c_tried": len(tried)}
+        return {
+            "C": 10.0**best,
+            "val_selection_metric": tried[best],
+            "c_tried": len(tried),
+            "max_lbfgs_iterations": self._iterations,
+            "converged": self._iterations < self.config.max_iter,
+        }
 
     def split_scores(self, split, data, ctx) -> np.ndarray | None:
         """Val/test scores from the cached frozen features: the images are encoded once per split."""
         if self.weight is None:
             return None
         feats = self.features(split, data.splits[split].images, data.manifest_sha256, ctx.cache_dir, ctx.eval_batch_size)
-        return self._scores(feats, self.weight, self.bias)
+        return self._logits(feats, self.weight, self.bias)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         if self.weight is None:
             raise RuntimeError("linear-probe: predict() before fit()")
         x = self.model.encode_image(images).float().cpu().numpy()
-        return torch.from_numpy(self._scores(x, self.weight, self.bias))
+        return torch.from_numpy(self._logits(x, self.weight, self.bias))

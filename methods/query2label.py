@@ -490,8 +490,8 @@ class Query2Label(Method):
 
     # -- inference ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self._forward(images).float())
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self._forward(images).double()
 
     # -- state -------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class ZeroShot(Method):
     name = "zeroshot"
     Config = ZeroShotConfig
     trainer = "none"
+    deterministic = True
 
     def __init__(self, config, backbone, data, device) -> None:
         super().__init__(config, backbone, data, device)
@@ -44,10 +45,10 @@ class ZeroShot(Method):
             self._text_features = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         self.start_eval()
         image_features = F.normalize(self.model.encode_image(images).float(), dim=-1)
-        logits = self.model.logit_scale.exp().float() * image_features @ self._text_features.T
+        logits = (self.model.logit_scale.exp().float() * image_features @ self._text_features.T).double()
         if self.task == "multiclass":
-            return logits.softmax(dim=-1)
-        return torch.sigmoid(logits - logits.mean(dim=-1, keepdim=True))
+            return logits
+        return logits - logits.mean(dim=-1, keepdim=True)

@@ -122,7 +122,7 @@ def curves_plot(group_info: dict, records: list[RunResult], run_methods: dict[st
 
 def _run_rows(records: list[RunResult], run_methods: dict[str, str]) -> list[dict]:
     rows = []
-    for r in sorted(records, key=lambda r: (r.dataset.name, r.backbone["name"], run_methods.get(r.run_id, r.method.name), r.seed)):
+    for r in sorted(records, key=lambda r: (r.dataset.name, r.backbone["name"], run_methods.get(r.run_id, r.method.name), -1 if r.seed is None else r.seed)):
         env = r.env
         rows.append(
             {

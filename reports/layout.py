@@ -106,10 +106,12 @@ class Row:
     reference: bool = False
     method: str | None = None  # the summary's method label (reproduced rows)
     n: int | None = None
-    p_value: float | None = None  # paired bootstrap vs the best of its group, primary metric
+    p_value: float | None = None  # hierarchical bootstrap vs the group's reference (best on val), Holm-corrected
+    deterministic: bool = False  # a method without randomness, run once (n = 1)
+    experiment_id: str | None = None  # the summary row's identity (method, version, config, weights)
     deltas: dict[int, float] = field(default_factory=dict)  # column -> reproduced minus paper (points)
     run_ids: list[str] = field(default_factory=list)
-    bootstrap_best: bool = False  # the row every other row's p-value compares against
+    bootstrap_reference: bool = False  # the row every other row's p-value compares against
     change: float | None = None  # leaderboard: primary metric now minus at the previous regeneration (points)
     regression: bool = False  # leaderboard: a drop larger than the configured tolerance
 
@@ -179,12 +181,11 @@ def _cell(row: pd.Series, split: str, metric: str) -> Cell:
 
 
 def _p_value(row: pd.Series, metric: str) -> float | None:
-    p = row.get(f"test_{metric}_p_vs_best", math.nan)
+    p = row.get(f"test_{metric}_p_vs_ref", math.nan)
     return None if p is None or pd.isna(p) else float(p)
 
 
 def _reproduced_row(r: pd.Series, label: str, family: str, columns: list[tuple[str, str]], primary: str) -> Row:
-    p_column = f"test_{primary}_p_vs_best"
     return Row(
         label=label,
         family=family,
@@ -192,8 +193,10 @@ def _reproduced_row(r: pd.Series, label: str, family: str, columns: list[tuple[s
         cells=[_cell(r, split, metric) for split, metric in columns],
         method=r["method"],
         n=int(r["n"]),
+        deterministic=bool(r.get("deterministic", False)),
+        experiment_id=r.get("experiment_id"),
         p_value=_p_value(r, primary),
-        bootstrap_best=p_column in r.index and pd.isna(r[p_column]),
+        bootstrap_reference=bool(r.get("reference", False)),
         run_ids=str(r.get("run_ids", "")).split(",") if r.get("run_ids") else [],
     )
 
@@ -247,12 +250,15 @@ def _protocol_note(info: dict) -> str:
 
 
 def _seed_note(rows: list[Row]) -> str:
-    ns = sorted({r.n for r in rows if not r.reference and r.n})
+    seeded = [r for r in rows if not r.reference and r.n and not r.deterministic]
+    note = " Deterministic methods (no randomness of their own) run once, without std." if any(r.deterministic for r in rows if not r.reference) else ""
+    ns = sorted({r.n for r in seeded})
     if not ns:
-        return ""
+        return note
     if ns == [1]:
-        return " One seed per row (no std)."
-    return f" Mean $\\pm$ std over {ns[0]} seeds." if len(ns) == 1 else f" Mean $\\pm$ std over {ns[0]}-{ns[-1]} seeds (n per row in the HTML report)."
+        return " One seed per row (no std)." + note
+    seeds = f" Mean $\\pm$ std over {ns[0]} seeds." if len(ns) == 1 else f" Mean $\\pm$ std over {ns[0]}-{ns[-1]} seeds (n per row in the HTML report)."
+    return seeds + note
 
 
 def table1(group: pd.DataFrame, info: dict, reference: bool) -> PaperTable:
@@ -304,7 +310,8 @@ def _caption(table: PaperTable, first: str, delta_metric: str = "test Macro F1")
     if info.get("reference_note"):
         text += " " + info["reference_note"]
     if any(r.p_value is not None and r.p_value >= 0.05 for r in table.rows):
-        text += " $\\dagger$: not significantly below the best (paired bootstrap over test images, $p \\ge 0.05$)."
+        text += (" $\\dagger$: not significantly below the reference row (best on val): one-sided hierarchical bootstrap over"
+                 " seeds and test images, Holm-corrected, $p \\ge 0.05$.")
     return text
 
 
@@ -324,7 +331,7 @@ def ablation_tables(group: pd.DataFrame, info: dict, reference: bool) -> list[Pa
                 continue
             row = _reproduced_row(by_method[present], label, ablation.title, columns, "macro_f1")
             row.method = present
-            row.p_value, row.bootstrap_best = None, False  # the bootstrap compares against the best of the whole group
+            row.p_value, row.bootstrap_reference = None, False  # the bootstrap compares against the best of the whole group
             if reference and paper_label and info["dataset"] == "intentonomy":
                 value = _paper_value(ablation.key, paper_label, "test", "macro_f1")
                 if value is not None and row.cells[0].mean is not None:
@@ -368,7 +375,9 @@ def emotion_table(summary: pd.DataFrame, reference: bool) -> list[PaperTable]:
             row.n = int(r["n"])
             if len(keys) == 1:  # the bootstrap compares within one dataset
                 row.p_value = _p_value(r, "accuracy")
-                row.bootstrap_best = "test_accuracy_p_vs_best" in r.index and pd.isna(r["test_accuracy_p_vs_best"])
+                row.bootstrap_reference = bool(r.get("reference", False))
+            row.deterministic = bool(r.get("deterministic", False))
+            row.experiment_id = r.get("experiment_id")
         family_order = [f for f, _ in FAMILIES]
         body = sorted(rows.values(), key=lambda row: family_order.index(row.family) if row.family in family_order else len(family_order))
         table = PaperTable(

@@ -33,8 +33,10 @@ class SiteOutcome:
     pages: list[Path] = field(default_factory=list)
 
 
-def entry_key(dataset: str, manifest: str, backbone: str, protocol: str, method: str) -> str:
-    return f"{dataset}@{str(manifest)[:12]} / {backbone} / {protocol} / {method}"
+def entry_key(dataset: str, manifest: str, backbone: str, protocol: str, method: str, experiment: str | None = None) -> str:
+    """One leaderboard entry: a table (dataset version, backbone, protocol) and one experiment in it (method,
+    version, config, weights: ``experiment_id``), so history compares a row only with the same experiment."""
+    return f"{dataset}@{str(manifest)[:12]} / {backbone} / {protocol} / {method} #{experiment or '?'}"
 
 
 def primary_metric(task: str, metric: str) -> str:
@@ -51,7 +53,7 @@ def snapshot(summary: pd.DataFrame, metric: str, split: str) -> dict[str, dict]:
         value = r.get(f"{split}_{name}_mean")
         if value is None or pd.isna(value):
             continue
-        key = entry_key(r["dataset"], r["manifest_sha256"], r["backbone"], r["protocol"], r["method"])
+        key = entry_key(r["dataset"], r["manifest_sha256"], r["backbone"], r["protocol"], r["method"], r.get("experiment_id"))
         entries[key] = {"value": round(100 * float(value), 4), "n": int(r["n"]), "metric": f"{split} {name}", "dataset": r["dataset"], "method": r["method"]}
     return entries
 
@@ -103,7 +105,7 @@ def _annotate(tables: list[layout.PaperTable], changes: dict[str, float], regres
         for row in table.rows:
             if row.reference or row.method is None:
                 continue
-            key = entry_key(info["dataset"], info["manifest_sha256"], info["backbone"], info["protocol"], row.method)
+            key = entry_key(info["dataset"], info["manifest_sha256"], info["backbone"], info["protocol"], row.method, row.experiment_id)
             row.change = changes.get(key)
             row.regression = key in regressed
 

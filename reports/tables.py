@@ -1,7 +1,10 @@
 """Result records -> summary tables: mean +- std (ddof=1) over seeds, 95% t-interval, n; Markdown and CSV.
 
-Runs are grouped by dataset *and* manifest hash *and* protocol *and* backbone, so results of different dataset
-versions or protocols are never averaged together. Reads result files only; never imports torch.
+A table is one dataset version (name *and* manifest hash) x protocol x backbone; a row within it averages only
+runs of one experiment: the same method name, method version, method config and backbone weights (checkpoint hash
+or open_clip tag). Where two rows of a table would share a method label, each label says what differs
+(``zeroshot [weights: none]``, ``dualcoop [v2]``, ``dualcoop [config 1a2b3c4d]``). A deterministic method (run once,
+seed None) shows n = 1, marked "deterministic". Reads result files only; never imports torch.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ METRIC_LABELS = {
     "mean_class_accuracy": "Mean-class Acc",
 }
 GROUP_KEYS = ["dataset", "manifest_sha256", "protocol", "backbone", "task"]
+IDENTITY_KEYS = ["method_name", "method_version", "config_id", "weights_id", "tuned"]  # one row = one experiment
 
 
 def load_results(results: Path) -> tuple[list[RunResult], list[CorruptResultError]]:
@@ -43,7 +47,11 @@ def results_frame(records: list[RunResult]) -> pd.DataFrame:
         row = {
             "run_id": r.run_id,
             "method": r.method.name + (" (tuned)" if "tuning" in r.extra else ""),
+            "method_name": r.method.name,
+            "method_version": r.method.version,
             "config_id": store.compute_run_id(r.method.config)[:8],
+            "weights_id": r.weights_id,
+            "tuned": "tuning" in r.extra,
             "backbone": r.backbone["name"],
             "dataset": r.dataset.name,
             "manifest_sha256": r.dataset.manifest_sha256,
@@ -68,14 +76,15 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     metric_cols = [c for c in frame.columns if c.startswith(("val_", "test_"))]
     out = []
-    # runs of one method with different configs (a tuned refit, an edited bench.toml) are never averaged together
-    frame = frame.copy()
-    configs = frame.groupby(GROUP_KEYS + ["method"], dropna=False)["config_id"].transform("nunique")
-    frame.loc[configs > 1, "method"] = frame["method"] + " [" + frame["config_id"] + "]"
-    for keys, group in frame.groupby(GROUP_KEYS + ["method"], sort=False, dropna=False):
-        row = dict(zip(GROUP_KEYS + ["method"], keys))
+    frame = _label_experiments(frame)
+    for keys, group in frame.groupby(GROUP_KEYS + IDENTITY_KEYS, sort=False, dropna=False):
+        row = dict(zip(GROUP_KEYS + IDENTITY_KEYS, keys))
+        row["method"] = group["method"].iloc[0]
+        row["experiment_id"] = store.compute_run_id({k: str(row[k]) for k in IDENTITY_KEYS})[:12]
         row["n"] = len(group)
-        row["seeds"] = ",".join(str(s) for s in sorted(group["seed"]))
+        seeds = group["seed"]
+        row["deterministic"] = bool(seeds.isna().all())
+        row["seeds"] = "deterministic" if row["deterministic"] else ",".join(str(int(s)) for s in sorted(seeds.dropna()))
         row["run_ids"] = ",".join(group["run_id"])
         row["params_learnable"] = int(group["params_learnable"].iloc[0])
         row["params_total"] = int(group["params_total"].iloc[0])
@@ -90,6 +99,33 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _label_experiments(frame: pd.DataFrame) -> pd.DataFrame:
+    """Method labels that tell apart the experiments of one method in one table: each label gets the parts of its
+    identity (weights, version, config) in which the method's experiments differ, e.g. ``zeroshot [weights: none]``."""
+    frame = frame.copy()
+    labels = frame["method"].astype(object).copy()
+    for _, group in frame.groupby(GROUP_KEYS + ["method"], sort=False, dropna=False):
+        if len(group.drop_duplicates(IDENTITY_KEYS)) == 1:
+            continue
+        for index, r in group.iterrows():
+            parts = []
+            if group["weights_id"].nunique() > 1:
+                parts.append(f"weights: {_short_weights(r['weights_id'])}")
+            if group["method_version"].nunique() > 1:
+                parts.append(f"v{r['method_version']}")
+            if group["config_id"].nunique() > 1:
+                parts.append(f"config {r['config_id']}")
+            labels[index] = f"{r['method']} [{', '.join(parts)}]"
+    frame["method"] = labels
+    return frame
+
+
+def _short_weights(weights_id: str) -> str:
+    """``sha256:<64 hex>`` -> ``sha256:1a2b3c4d``; tags and ``none`` as they are."""
+    kind, _, value = str(weights_id).partition(":")
+    return f"{kind}:{value[:8]}" if kind == "sha256" else (value if kind == "tag" else str(weights_id))
+
+
 def _cell(mean: float, std: float) -> str:
     if math.isnan(mean):
         return "-"
@@ -102,18 +138,19 @@ def table_rows(summary: pd.DataFrame) -> list[tuple[dict, list[str], list[list[s
     for keys, group in summary.groupby(GROUP_KEYS, sort=False, dropna=False):
         info = dict(zip(GROUP_KEYS, keys))
         metric_keys = TABLE_METRICS[info["task"]]
-        p_column = f"test_{metric_keys[0]}_p_vs_best"
+        p_column = f"test_{metric_keys[0]}_p_vs_ref"
         header = ["Method", "#P (M)", "n"] + [
             f"{split} {METRIC_LABELS[m]}" for split in ("test", "val") for m in metric_keys
-        ] + ([f"p vs best ({METRIC_LABELS[metric_keys[0]]})"] if p_column in group else [])
+        ] + ([f"p vs ref ({METRIC_LABELS[metric_keys[0]]})"] if "reference" in group else [])
         rows = []
         for _, r in group.iterrows():
-            cells = [r["method"], f"{r['params_learnable'] / 1e6:.3f}", str(r["n"])]
+            n = f"{r['n']} (deterministic)" if r.get("deterministic", False) else str(r["n"])
+            cells = [r["method"], f"{r['params_learnable'] / 1e6:.3f}", n]
             for split in ("test", "val"):
                 cells += [_cell(r.get(f"{split}_{m}_mean", math.nan), r.get(f"{split}_{m}_std", math.nan)) for m in metric_keys]
-            if p_column in group:
+            if "reference" in group:
                 p = r.get(p_column, math.nan)
-                cells.append("best" if pd.isna(p) else f"{p:.3f}")
+                cells.append("ref" if r["reference"] else format_p(p))
             rows.append(cells)
         tables.append((info, header, rows))
     return tables
@@ -124,17 +161,27 @@ def _title(info: dict) -> str:
     return f"{info['dataset']} (manifest {info['manifest_sha256'][:12]}), backbone {info['backbone']}, protocol {protocol}"
 
 
+def format_p(p: float) -> str:
+    """``< 0.001`` below 0.001 (a bootstrap p is never exactly 0), else three decimals; ``-`` when missing."""
+    if p is None or pd.isna(p):
+        return "-"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def to_markdown(summary: pd.DataFrame) -> str:
     """One Markdown table per group; mean ± std over seeds in percent."""
     if summary.empty:
         return "No results.\n"
     parts = []
+    note = significance_note(summary)
     for info, header, rows in table_rows(summary):
         parts.append(f"### {_title(info)}\n")
         parts.append("| " + " | ".join(header) + " |")
         parts.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
         parts.extend("| " + " | ".join(r) + " |" for r in rows)
         parts.append("")
+    if note:
+        parts.append(note + "\n")
     return "\n".join(parts) + "\n"
 
 
@@ -160,32 +207,109 @@ def rich_tables(summary: pd.DataFrame) -> list:
     return tables
 
 
-def add_significance(summary: pd.DataFrame, records: list[RunResult], results: Path, n_boot: int = 1000) -> pd.DataFrame:
-    """Add ``test_<metric>_p_vs_best`` (macro F1 and mAP, or accuracy): a paired bootstrap over test images of
-    every method against the best one of its group (by the mean test macro F1, or accuracy), from the stored
-    scores; each resample recomputes the metric."""
-    from bench.reports.significance import RunScores, paired_bootstrap
+SIGNIFICANCE_NOTE = (
+    "p vs ref: one-sided hierarchical bootstrap (seeds and test images resampled together) of each method against "
+    "the reference method of its table (the best mean val {metric}; never chosen on test), Holm-corrected over the "
+    "compared methods; {n_boot} resamples, seed {seed}."
+)
 
-    if summary.empty:
+
+def add_significance(
+    summary: pd.DataFrame, records: list[RunResult], results: Path, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Add, per table, ``reference`` (the row with the best mean val primary metric: macro F1, or accuracy) and for
+    every other row ``test_<metric>_p_vs_ref`` (Holm-adjusted), ``test_<metric>_p_raw`` and ``test_<metric>_diff``
+    (reference minus row, test) for macro F1 and mAP (or accuracy): a hierarchical bootstrap from the stored scores
+    (mAP on the stored logits where the store has them). Also ``bootstrap_n`` and ``bootstrap_seed``. Results are
+    cached per store state under ``<results>/.cache/`` (keyed by the runs' score files, resamples and seed)."""
+    from bench.reports.significance import RunScores, compare_to_reference
+
+    if summary.empty or n_boot <= 0:
         return summary
     summary = summary.copy()
     by_id = {r.run_id: r for r in records}
+    cache_path, cached = _significance_cache(summary, results, n_boot, seed)
+    fresh: dict[str, dict[str, float]] = {}
 
     def runs_of(row: pd.Series) -> list[RunScores]:
         out = []
         for run_id in row["run_ids"].split(","):
             scores = store.read_scores(store.runs_dir(results) / run_id)
-            out.append(RunScores(scores["test_scores"], scores["test_labels"], by_id[run_id].protocol.threshold))
+            out.append(
+                RunScores(scores["test_scores"], scores["test_labels"], by_id[run_id].protocol.threshold, scores.get("test_logits"))
+            )
         return out
 
+    summary["reference"] = False
     for _, group in summary.groupby(GROUP_KEYS, sort=False, dropna=False):
         primary = "macro_f1" if group["task"].iloc[0] == "multilabel" else "accuracy"
-        best_index = group[f"test_{primary}_mean"].idxmax()
-        best = runs_of(group.loc[best_index])
+        metric_names = ("macro_f1", "mAP") if primary == "macro_f1" else ("accuracy",)
+        ref_index = group[f"val_{primary}_mean"].idxmax()
+        summary.loc[ref_index, "reference"] = True
+        if len(group) < 2:
+            continue
+        key = "|".join(sorted(group["run_ids"])) + f"|ref={group.loc[ref_index, 'run_ids']}"
+        values = cached.get(key)
+        if values is None:
+            labels = {index: str(index) for index in group.index}
+            methods = {labels[index]: runs_of(row) for index, row in group.iterrows()}
+            compared = compare_to_reference(methods, labels[ref_index], metric_names, n_boot=n_boot, seed=seed)
+            values = {
+                labels_index: {
+                    f"test_{m}_{field}": float(compared[labels_index][m][source])
+                    for m in metric_names
+                    for field, source in (("p_vs_ref", "p_holm"), ("p_raw", "p_value"), ("diff", "diff"))
+                }
+                for labels_index in compared
+            }
+            values = {group.loc[int(k), "run_ids"]: v for k, v in values.items()}
+            fresh[key] = values
         for index, row in group.iterrows():
-            if index == best_index:
-                continue
-            other = runs_of(row)
-            for metric in ("macro_f1", "mAP") if primary == "macro_f1" else ("accuracy",):
-                summary.loc[index, f"test_{metric}_p_vs_best"] = paired_bootstrap(best, other, metric, n_boot)["p_value"]
+            for column, value in values.get(row["run_ids"], {}).items():
+                summary.loc[index, column] = value
+    summary["bootstrap_n"] = n_boot
+    summary["bootstrap_seed"] = seed
+    if fresh and cache_path is not None:
+        _write_cache(cache_path, {**cached, **fresh})
     return summary
+
+
+def _significance_cache(summary: pd.DataFrame, results: Path, n_boot: int, seed: int) -> tuple[Path | None, dict]:
+    """The cache file for this store state (every listed run's scores.npz size and mtime, resamples, seed) and what
+    it holds. The store is the key: a new, removed or rewritten score file gives a new file."""
+    import hashlib
+    import json
+
+    from bench.reports import significance
+
+    version = getattr(significance, "VERSION", 1)
+    digest = hashlib.sha256(f"{n_boot}|{seed}|{version}".encode())
+    for run_id in sorted(r for ids in summary["run_ids"] for r in ids.split(",")):
+        try:
+            st = (store.runs_dir(results) / run_id / store.SCORES).stat()
+        except OSError:
+            return None, {}
+        digest.update(f"{run_id}:{st.st_size}:{st.st_mtime_ns};".encode())
+    path = Path(results) / ".cache" / f"significance-{digest.hexdigest()[:20]}.json"
+    try:
+        return path, json.loads(path.read_text())
+    except (OSError, ValueError):
+        return path, {}
+
+
+def _write_cache(path: Path, payload: dict) -> None:
+    import json
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store.atomic_write_bytes(path, json.dumps(payload).encode())
+    except OSError:
+        pass  # a read-only store: no cache, same numbers
+
+
+def significance_note(summary: pd.DataFrame) -> str:
+    """The sentence that says how the p-values were computed (empty when there are none)."""
+    if summary.empty or "bootstrap_n" not in summary:
+        return ""
+    metric = "accuracy" if (summary["task"] == "multiclass").all() else "macro F1 (accuracy for single-label datasets)"
+    return SIGNIFICANCE_NOTE.format(metric=metric, n_boot=int(summary["bootstrap_n"].iloc[0]), seed=int(summary["bootstrap_seed"].iloc[0]))
