@@ -101,6 +101,9 @@ class RayConfig(_Strict):
     num_gpus: int | None = Field(default=None, ge=0)
     max_failures: int = Field(default=1, ge=0)
     max_concurrent_trials: int | None = Field(default=None, gt=0)
+    # run the next trial in a finished trial's worker (no new process, no second torch import): runs are seeded and
+    # threaded the same either way, so the scores do not change (tests/test_determinism.py)
+    reuse_actors: bool = True
     resources: dict[str, TrialResources] = Field(default_factory=lambda: {"default": TrialResources()})
 
     def trial_resources(self, method: str) -> TrialResources:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import socket
 import subprocess
@@ -63,6 +64,7 @@ def environment(device: str) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
+        "pid": os.getpid(),
         "device": device_name(device),
         "torch_threads": torch.get_num_threads(),
     }

@@ -193,7 +193,7 @@ def run_trials(
     tuner = tune.Tuner(
         trainable,
         param_space={"plan": tune.grid_search(space)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trials),
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trials, reuse_actors=cfg.ray.reuse_actors),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,

@@ -108,7 +108,8 @@ def test_report_md_and_csv(finished_suite, tmp_path):
     assert row["test_macro_f1_std"] == pytest.approx(np.std(values, ddof=1))
     listing = bench("ls", "runs", "--config", str(finished_suite))
     assert listing.output.count("seed") == 2 and listing.output.count("deterministic") == 3
-    assert md.output.count("| best |") == 1 and "p vs best (Macro F1)" in md.output
+    assert md.output.count("| ref |") == 1 and "p vs ref (Macro F1)" in md.output
+    assert "hierarchical bootstrap" in md.output and "1000 resamples, seed 0" in md.output
     # another config of the same method is a separate row, never averaged with the first
     assert bench("run", "--config", str(finished_suite), "--methods", "dualcoop", "--seeds", "0", "--set", "methods.dualcoop.lr=0.01").exit_code == 0
     assert bench("report", "--config", str(finished_suite), "--format", "csv", "--out", str(out), "--bootstrap", "50").exit_code == 0

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,3 +62,15 @@ def test_sigkill_then_rerun_resumes_from_checkpoint(write_config, tmp_path: Path
     assert dualcoop["training"]["resumed_from_epoch"] >= interrupted_at
     assert dualcoop["training"]["epochs_run"] == 12 and [h["epoch"] for h in dualcoop["training"]["history"]] == list(range(12))
     assert not list(runs.glob("*/checkpoint.pt"))  # removed once the result landed
+
+    # the resumed run's scores are bit-identical to an uninterrupted run's (a fresh results folder, in this process)
+    from bench import store
+    from bench.config import load_config
+    from bench.executor import execute_run, plan_suite
+
+    fresh = load_config(cfg, {"paths.results": str(tmp_path / "uninterrupted")})
+    plans, data = plan_suite(fresh)
+    plan = next(p for p in plans if p.method == "dualcoop")
+    execute_run(plan, data[plan.dataset], fresh, log=lambda *_: None)
+    resumed, uninterrupted = store.read_scores(runs / plan.run_id), store.read_scores(plan.run_dir)
+    assert all(np.array_equal(resumed[k], uninterrupted[k]) for k in uninterrupted), "resume changed the scores"
