@@ -35,8 +35,10 @@ class SiteOutcome:
 
 def entry_key(dataset: str, manifest: str, backbone: str, protocol: str, method: str, experiment: str | None = None) -> str:
     """One leaderboard entry: a table (dataset version, backbone, protocol) and one experiment in it (method,
-    version, config, weights: ``experiment_id``), so history compares a row only with the same experiment."""
-    return f"{dataset}@{str(manifest)[:12]} / {backbone} / {protocol} / {method} #{experiment or '?'}"
+    version, config, weights: ``experiment_id``), so history compares a row only with the same experiment. The method
+    part is the registry name, not the row label: a label grows ``[weights: ...]`` when another experiment of the
+    method joins the table, and the entry must stay the same."""
+    return f"{dataset}@{str(manifest)[:12]} / {backbone} / {protocol} / {layout.base_method(method)} #{experiment or '?'}"
 
 
 def primary_metric(task: str, metric: str) -> str:

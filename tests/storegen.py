@@ -67,7 +67,7 @@ def make_run(
         run_id=run_id,
         executor="serial",
         method={"name": method, "version": "1", "config": config},
-        backbone={"name": backbone, "pretrained": "openai", "weights_sha256": "b" * 64},
+        backbone={"name": backbone, "pretrained": "openai", "weights_sha256": "b" * 64, "weights_id": "sha256:" + "b" * 64},
         dataset={
             "name": dataset,
             "task": task,

@@ -52,14 +52,14 @@ def test_two_regenerations_with_a_planted_drop(tmp_path):
     _plant_drop(results, "linear-probe", 0.5)  # 30 -> 29.5: within it
     second = _regenerate(results, site)
     assert second.exit_code == 3, second.output
-    assert "regression: intentonomy@aaaaaaaaaaaa / RN101 / val-threshold / dualcoop: 38.00 -> 33.00 (-5.00 points)" in second.output
+    assert re.search(r"regression: intentonomy@aaaaaaaaaaaa / RN101 / val-threshold / dualcoop #[0-9a-f]{12}: 38.00 -> 33.00 \(-5.00 points\)", second.output)
 
     history = sorted((site / "history").glob("*.json"))
     assert len(history) == 2
     record = json.loads(history[-1].read_text())
     assert record["previous"] == json.loads(history[0].read_text())["stamp"]
-    assert [r["key"].split(" / ")[-1] for r in record["regressions"]] == ["dualcoop"]
-    assert {k.split(" / ")[-1]: v for k, v in record["changes"].items()} == {"dualcoop": -5.0, "intclip": 0.0, "linear-probe": -0.5}
+    assert [r["key"].split(" / ")[-1].split(" #")[0] for r in record["regressions"]] == ["dualcoop"]
+    assert {k.split(" / ")[-1].split(" #")[0]: v for k, v in record["changes"].items()} == {"dualcoop": -5.0, "intclip": 0.0, "linear-probe": -0.5}
     assert "zeroshot" not in json.dumps(record["entries"])
 
     for page in ("index.html", "intentonomy.html"):
@@ -74,6 +74,29 @@ def test_two_regenerations_with_a_planted_drop(tmp_path):
     assert third.exit_code == 0, third.output
     assert len(list((site / "history").glob("*.json"))) == 3
     assert "No regression beyond 1.0 points" in (site / "index.html").read_text()
+
+
+def test_history_compares_a_row_only_with_the_same_experiment(tmp_path):
+    """Runs on other weights join the store between regenerations: they are a new row, not a change of the old."""
+    results, site = tmp_path / "results", tmp_path / "site"
+    for seed in (0, 1):
+        make_run(results, "dualcoop", seed, test={"macro_f1": 0.38})
+    assert _regenerate(results, site).exit_code == 0
+    for seed in (0, 1):  # the same method on random weights, 10 points lower
+        rec = make_run(results, "dualcoop", seed + 10, test={"macro_f1": 0.28})
+        data = json.loads(rec.model_dump_json())
+        data["backbone"].update(pretrained="none", weights_id="none")
+        data["seed"] = seed
+        data["run_id"] = store.compute_run_id(data)
+        src = store.runs_dir(results) / rec.run_id
+        src.rename(store.runs_dir(results) / data["run_id"])
+        (store.runs_dir(results) / data["run_id"] / "result.json").write_text(json.dumps(data))
+    second = _regenerate(results, site)
+    assert second.exit_code == 0, second.output  # no regression: nothing of the first experiment changed
+    record = json.loads(sorted((site / "history").glob("*.json"))[-1].read_text())
+    labels = sorted((v["method"], v["value"], v["n"]) for v in record["entries"].values())
+    assert labels == [("dualcoop [weights: none]", 28.0, 2), ("dualcoop [weights: sha256:bbbbbbbb]", 38.0, 2)]
+    assert list(record["changes"].values()) == [0.0]  # the pretrained row, compared with itself
 
 
 def test_a_damaged_history_record_is_named(tmp_path):

@@ -82,7 +82,7 @@ def test_an_older_record_is_migrated_in_memory(tmp_path):
     data["backbone"].pop("weights_id", None)
     (run_dir / store.RESULT).write_text(json.dumps(data))
     read = store.read_result(run_dir)
-    assert read.schema_version == SCHEMA_VERSION and read.weights_id == "b" * 64
+    assert read.schema_version == SCHEMA_VERSION and read.weights_id == "b" * 64  # from weights_sha256
     assert migrate({"schema_version": 1, "backbone": {"pretrained": "openai"}})["backbone"]["weights_id"] == "openai"
 
 
