@@ -140,9 +140,7 @@ def execute_run(
     """Do one run: load the backbone, build the method, train/fit, evaluate, write the result."""
     import torch
 
-    from bench import metrics, provenance
-    from bench.backbones import load_backbone
-    from bench.engine import CHECKPOINT, RunContext, resolve_device, run_method, seed_everything, set_threads
+    from bench.engine import resolve_device, set_threads
 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -150,7 +148,22 @@ def execute_run(
     device = resolve_device(cfg.engine.device)
     # Same thread count under every executor (float reduction order), and every generator seeded before anything
     # random is built (random backbone init, prompt contexts, heads): a run never depends on what ran before it.
+    previous_threads = torch.get_num_threads()
     threads = set_threads(cfg.ray.trial_resources(plan.method).cpu)
+    try:
+        return _execute(plan, data, cfg, device, threads, executor, trial_id, progress, report, log, started, t0)
+    finally:
+        torch.set_num_threads(previous_threads)  # a caller's (a notebook's, a test's) setting is left as it was
+
+
+def _execute(plan, data, cfg, device, threads, executor, trial_id, progress, report, log, started, t0) -> RunResult:
+    """:func:`execute_run` once the thread count is set: seed, build, run, record, store."""
+    import torch
+
+    from bench import metrics, provenance
+    from bench.backbones import load_backbone
+    from bench.engine import CHECKPOINT, RunContext, run_method, seed_everything
+
     seed_everything(plan.torch_seed)
     backbone = load_backbone(
         BACKBONES.get(plan.backbone), cfg.backbone_pretrained(plan.backbone), cfg.paths.weights, str(device)

@@ -215,9 +215,9 @@ class Method(ABC):
         saturating: mAP/AP are computed on them, F1 thresholds on :meth:`predict`'s probabilities."""
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-class probabilities in [0, 1], ``[B, C]``: sigmoid (multilabel) or softmax (multiclass) of
+        """Per-class float32 probabilities in [0, 1], ``[B, C]``: sigmoid (multilabel) or softmax (multiclass) of
         :meth:`predict_logits`."""
-        return probabilities(self.predict_logits(images), self.task)
+        return probabilities(self.predict_logits(images), self.task).float()
 
     def split_scores(self, split: str, data: DatasetData, ctx: RunContext) -> np.ndarray | None:
         """Logits (as :meth:`predict_logits`) of a whole split without a pass over its images, when the method
