@@ -1,7 +1,9 @@
 """bench.toml: typed, validated once at the edge, overridable from the CLI.
 
-The defaults below are the embedded default suite; the repository's ``bench.toml`` spells them out (a test keeps
-the two equal). Relative paths resolve against the config file's folder. Per-method and per-dataset sections are
+Without a config file the built-in defaults are ``bench/default.toml``, the repository's ``bench.toml`` shipped in
+the package (tests keep the two identical, whole); the pydantic defaults below are what a section a config file
+leaves out gets. Relative paths resolve against the config file's folder (the current folder for the built-in
+defaults). Per-method and per-dataset sections are
 validated by the registered method's / adapter's own ``Config`` class, so an unknown key anywhere fails with its
 dotted path, e.g. ``bench.toml: methods.linear-probe.c_gird: unknown key``.
 """

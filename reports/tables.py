@@ -29,6 +29,8 @@ METRIC_LABELS = {
     "mean_class_accuracy": "Mean-class Acc",
 }
 GROUP_KEYS = ["dataset", "manifest_sha256", "protocol", "backbone", "task"]
+# Rows in the order of the paper's Table 1 (reference points, multi-label methods, IntCLIP); others after, by name.
+METHOD_ORDER = ("label-prior", "zeroshot", "linear-probe", "dualcoop", "query2label", "intclip", "intclip-official")
 IDENTITY_KEYS = ["method_name", "method_version", "config_id", "weights_id", "tuned"]  # one row = one experiment
 
 
@@ -77,6 +79,9 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     metric_cols = [c for c in frame.columns if c.startswith(("val_", "test_"))]
     out = []
     frame = _label_experiments(frame)
+    order = {name: i for i, name in enumerate(METHOD_ORDER)}
+    frame = frame.assign(_order=[order.get(m, len(order)) for m in frame["method_name"]])
+    frame = frame.sort_values(["_order", "method", "seed"], kind="stable", na_position="first").drop(columns="_order")
     for keys, group in frame.groupby(GROUP_KEYS + IDENTITY_KEYS, sort=False, dropna=False):
         row = dict(zip(GROUP_KEYS + IDENTITY_KEYS, keys))
         row["method"] = group["method"].iloc[0]
@@ -202,7 +207,9 @@ def rich_tables(summary: pd.DataFrame) -> list:
         for i, h in enumerate(header):
             table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for r in rows:
-            table.add_row(*r)
+            table.add_row(*[c.replace(" (deterministic)", " (det.)") if i == 2 else c for i, c in enumerate(r)])
+        if any("(deterministic)" in r[2] for r in rows):
+            table.caption, table.caption_justify = "det.: a deterministic method (no randomness of its own), run once", "left"
         tables.append(table)
     return tables
 

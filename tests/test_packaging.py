@@ -17,7 +17,7 @@ def test_non_editable_install_layout(tmp_path: Path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    for rel in ("bench/methods/dualcoop.py", "bench/datasets/synthetic.py", "bench/reports/tables.py", "bench/assets/bench-tiny-clip.pt"):
+    for rel in ("bench/methods/dualcoop.py", "bench/datasets/synthetic.py", "bench/reports/tables.py", "bench/assets/bench-tiny-clip.pt", "bench/default.toml"):
         assert (target / rel).is_file(), rel
     assert not (target / "datasets").exists() and not (target / "methods").exists()
     check = "import bench.methods.linear_probe, bench.datasets.base, bench.reports.tables; print(bench.__file__)"
