@@ -34,12 +34,39 @@ class BackboneSpec:
     model_name: str
     default_pretrained: str
     setup: str | None = None  # "module:function" run before create_model (e.g. registering a custom config)
+    # named after an OpenAI CLIP model: OpenAI's architecture (QuickGELU) unless an open_clip tag's own training used
+    # another (e.g. LAION weights, trained with nn.GELU)
+    openai: bool = False
 
 
 TINY_CLIP = BackboneSpec("tiny-clip", "bench-tiny-clip", "package:bench-tiny-clip.pt", setup="bench.tiny_clip:register")
-RN50 = BackboneSpec("RN50", "RN50", "openai")
-RN101 = BackboneSpec("RN101", "RN101", "openai")
-VIT_B_32 = BackboneSpec("ViT-B-32", "ViT-B-32", "openai")
+RN50 = BackboneSpec("RN50", "RN50", "openai", openai=True)
+RN101 = BackboneSpec("RN101", "RN101", "openai", openai=True)
+VIT_B_32 = BackboneSpec("ViT-B-32", "ViT-B-32", "openai", openai=True)
+QUICKGELU_SUFFIX = "-quickgelu"
+
+
+def architecture(spec: BackboneSpec, pretrained: str | None) -> str:
+    """The open_clip model config a backbone is built from. A backbone named after an OpenAI CLIP model is OpenAI's
+    architecture, QuickGELU (x sigmoid(1.702 x)) included, for random, file and OpenAI/YFCC/CC12M-tag weights
+    alike; only an open_clip tag whose weights were trained with nn.GELU (LAION, DataComp, ...) uses open_clip's
+    GELU config, as those weights need. Other backbones use their own config."""
+    import open_clip
+
+    value = pretrained or spec.default_pretrained
+    if not spec.openai or value.startswith("local-dir:"):
+        return spec.model_name
+    is_tag = value != "none" and not value.startswith(PACKAGE_PREFIX) and "/" not in value and Path(value).suffix not in {".pt", ".pth", ".bin", ".safetensors"}
+    if is_tag and not (open_clip.get_pretrained_cfg(spec.model_name, value) or {}).get("quick_gelu", False):
+        return spec.model_name
+    return spec.model_name + QUICKGELU_SUFFIX
+
+
+def activation(model: torch.nn.Module) -> str:
+    """``quick_gelu`` or ``gelu``: the activation of the text tower's MLPs (what the architecture choice decides)."""
+    from open_clip.transformer import QuickGELU
+
+    return "quick_gelu" if any(isinstance(m, QuickGELU) for m in model.modules()) else "gelu"
 
 
 @dataclass
@@ -53,6 +80,8 @@ class Backbone:
     weights_sha256: str | None
     image_size: int
     weights_id: str = ""
+    architecture: str = ""  # the open_clip model config built (e.g. "RN101-quickgelu")
+    activation: str = ""  # "quick_gelu" or "gelu"
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
     info: dict[str, Any] = field(default_factory=dict)
@@ -65,6 +94,8 @@ class Backbone:
             "pretrained": self.pretrained,
             "weights_sha256": self.weights_sha256,
             "weights_id": self.weights_id,
+            "architecture": self.architecture,
+            "activation": self.activation,
             "image_size": self.image_size,
         }
 
@@ -152,21 +183,22 @@ def load_backbone(
 
     _run_setup(spec)
     value, local = resolve_pretrained(spec, pretrained, weights_dir)
+    arch = architecture(spec, value)
     sha = None
     try:
         if value == "none":
             logging.disable(logging.WARNING)  # open_clip warns that random init is random: asked for here
             try:
-                model = open_clip.create_model(spec.model_name, pretrained=None, device=device)
+                model = open_clip.create_model(arch, pretrained=None, device=device)
             finally:
                 logging.disable(logging.NOTSET)
         elif value.startswith("local-dir:"):
             model = open_clip.create_model(f"local-dir:{local}", device=device)
         elif local is not None:
             sha = _sha256(local)
-            model = open_clip.create_model(spec.model_name, pretrained=str(local), device=device)
+            model = open_clip.create_model(arch, pretrained=str(local), device=device)
         else:
-            model = open_clip.create_model(spec.model_name, pretrained=value, device=device, require_pretrained=True)
+            model = open_clip.create_model(arch, pretrained=value, device=device, require_pretrained=True)
     except WeightsNotFoundError:
         raise
     except Exception as err:  # open_clip/HF raise many types for a missing or offline download
@@ -184,7 +216,8 @@ def load_backbone(
     mean = tuple(pre.get("mean", OPENAI_MEAN))
     std = tuple(pre.get("std", OPENAI_STD))
     ident = "none" if value == "none" else f"sha256:{sha}" if sha else weights_identity(spec, pretrained, weights_dir)
-    return Backbone(spec, model, tokenizer, value, sha, size, ident, mean, std)  # type: ignore[arg-type]
+    built = f"local-dir:{local}" if value.startswith("local-dir:") else arch
+    return Backbone(spec, model, tokenizer, value, sha, size, ident, built, activation(model), mean, std)  # type: ignore[arg-type]
 
 
 def count_parameters(module: torch.nn.Module) -> int:

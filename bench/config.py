@@ -154,9 +154,12 @@ class LeaderboardConfig(_Strict):
 
 
 class BackboneConfig(_Strict):
-    """Weights of one backbone: an open_clip pretrained tag, a local checkpoint path, or ``"none"`` (random)."""
+    """Weights of one backbone: an open_clip pretrained tag, a local checkpoint path, or ``"none"`` (random); and
+    method settings that apply only on this backbone (``[backbones.<name>.methods.<method>]``, over
+    ``[methods.<method>]``), e.g. a preprocessing that only these weights need."""
 
     pretrained: str | None = None
+    methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class BenchConfig(_Strict):
@@ -188,12 +191,23 @@ class BenchConfig(_Strict):
         path = f"package:bench/{DEFAULT_CONFIG.name}" if self.builtin else str(self.source)
         return {"path": path, "sha256": digest, "overrides": {k: v for k, v in self.overrides.items()}}
 
-    def method_config(self, name: str) -> BaseModel:
-        """The validated config of method ``name`` (its defaults overridden by ``[methods.<name>]``)."""
+    def method_config(self, name: str, backbone: str | None = None) -> BaseModel:
+        """The validated config of method ``name`` on ``backbone`` (default: the suite's): its defaults, overridden by
+        ``[methods.<name>]``, overridden by ``[backbones.<backbone>.methods.<name>]``."""
         from bench.registry import METHODS
 
         cls = METHODS.get(name)
-        return _validate_section(cls.Config, self.methods.get(name, {}), f"methods.{name}", self.source)
+        backbone = backbone or self.suite.backbone
+        on_backbone = self.backbones[backbone].methods.get(name, {}) if backbone in self.backbones else {}
+        where = f"backbones.{backbone}.methods.{name}+methods.{name}" if on_backbone else f"methods.{name}"
+        return _validate_section(cls.Config, self.method_section(name, backbone), where, self.source)
+
+    def method_section(self, name: str, backbone: str | None = None) -> dict[str, Any]:
+        """The raw settings of method ``name`` on ``backbone``: ``[methods.<name>]`` updated by
+        ``[backbones.<backbone>.methods.<name>]``."""
+        backbone = backbone or self.suite.backbone
+        on_backbone = self.backbones[backbone].methods.get(name, {}) if backbone in self.backbones else {}
+        return {**self.methods.get(name, {}), **on_backbone}
 
     def dataset_config(self, name: str) -> BaseModel:
         from bench.registry import DATASETS
@@ -270,6 +284,7 @@ def _check_names(cfg: BenchConfig, sections: bool = True) -> None:
         ("methods", METHODS, list(cfg.methods)),
         ("datasets", DATASETS, list(cfg.datasets)),
         ("backbones", BACKBONES, list(cfg.backbones)),
+        *((f"backbones.{b}.methods", METHODS, list(section.methods)) for b, section in cfg.backbones.items()),
     ):
         for name in names:
             try:
@@ -280,6 +295,9 @@ def _check_names(cfg: BenchConfig, sections: bool = True) -> None:
         return
     for name in cfg.methods:
         cfg.method_config(name)
+    for backbone, section in cfg.backbones.items():
+        for name in section.methods:
+            cfg.method_config(name, backbone)
     for name in cfg.datasets:
         cfg.dataset_config(name)
 

@@ -56,6 +56,7 @@ class RunContext:
     check_every: int | None = None  # steps between loss finiteness checks; None: every step on CPU, 25 on a GPU
     cudnn_benchmark: bool = True  # on CUDA, let cuDNN time its algorithms once per shape and keep the fastest
     deterministic: bool = False  # deterministic algorithms on CUDA (see configure_determinism)
+    autocast_dtype: torch.dtype | None = None  # set by the engine from the method's config (see precision)
 
 
 @dataclass
@@ -118,11 +119,23 @@ def _amp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when the GPU supports it, else fp16; nothing on CPU."""
+def autocast(device: torch.device, enabled: bool, dtype: torch.dtype | None = None) -> contextlib.AbstractContextManager:
+    """Autocast on CUDA in ``dtype`` (default: bf16 when the GPU supports it, else fp16); nothing on CPU."""
     if not enabled or device.type != "cuda":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=_amp_dtype(device))
+    return torch.autocast("cuda", dtype=dtype or _amp_dtype(device))
+
+
+def precision(device: torch.device, amp: bool, config: Any) -> tuple[torch.dtype | None, bool]:
+    """``(autocast dtype or None, loss scaling)`` of a run: nothing on CPU or with ``engine.amp = false``; else the
+    method config's ``autocast`` (``auto``: bf16 where the GPU has it, else fp16; ``fp16``; ``bf16``; ``off``) and
+    ``loss_scaling`` (``auto``: a GradScaler for fp16 only; ``on``; ``off``, as the released IntCLIP code trains)."""
+    choice = getattr(config, "autocast", "auto")
+    if device.type != "cuda" or not amp or choice == "off":
+        return None, False
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(choice) or _amp_dtype(device)
+    scaling = getattr(config, "loss_scaling", "auto")
+    return dtype, (dtype == torch.float16) if scaling == "auto" else scaling == "on"
 
 
 def split_batches(split: Split, batches: Iterator[np.ndarray], ctx: RunContext, labels: bool = True):
@@ -150,7 +163,7 @@ def score_split(method: Method, split: Split, ctx: RunContext) -> tuple[np.ndarr
     method.start_eval()
     out = []
     for images, _ in split_batches(split, batch_indices(len(split), ctx.eval_batch_size), ctx, labels=False):
-        with autocast(ctx.device, ctx.amp):
+        with autocast(ctx.device, ctx.amp, ctx.autocast_dtype):
             logits = method.predict_logits(method.prepare(images))
         out.append(logits.double())
     logits = torch.cat(out).cpu().numpy()
@@ -207,7 +220,7 @@ def train_step(
     method: Method, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ctx: RunContext
 ) -> torch.Tensor:
     """One optimizer step on a prepared batch; returns the loss (on the device: reading it would wait for the GPU)."""
-    with autocast(ctx.device, ctx.amp):
+    with autocast(ctx.device, ctx.amp, ctx.autocast_dtype):
         loss = method.training_loss(images, labels)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -264,7 +277,8 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     optimizer, scheduler = method.configure_optimizers(steps_per_epoch)
     _check_optimizer_covers_learnable(method, optimizer)
-    scaler = torch.amp.GradScaler("cuda", enabled=ctx.amp and ctx.device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    ctx.autocast_dtype, loss_scaling = precision(ctx.device, ctx.amp, cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=loss_scaling)
 
     start_epoch, history = 0, []
     best: dict[str, Any] = {"epoch": None, "variant": None, "metric": -math.inf, "state": None}
@@ -358,6 +372,7 @@ def run_method(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     """Train (engine), fit, or just evaluate ``method``, then score val and test."""
     seed_everything(ctx.seed)
     configure_determinism(ctx.device, ctx.deterministic, ctx.cudnn_benchmark)
+    ctx.autocast_dtype = precision(ctx.device, ctx.amp, method.config)[0]
     if method.trainer == "engine":
         return train(method, data, ctx)
     fit_info = method.fit(data, ctx) if method.trainer == "fit" else {}

@@ -93,9 +93,11 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
     for name in suite.datasets:
         if name not in datasets:
             datasets[name] = load_dataset(cfg, name, size)
-    from bench.backbones import weights_identity
+    from bench.backbones import architecture, weights_identity
 
-    weights = weights_identity(BACKBONES.get(suite.backbone), cfg.backbone_pretrained(suite.backbone), cfg.paths.weights)
+    spec = BACKBONES.get(suite.backbone)
+    weights = weights_identity(spec, cfg.backbone_pretrained(suite.backbone), cfg.paths.weights)
+    arch = architecture(spec, cfg.backbone_pretrained(suite.backbone))
     plans = []
     for dataset in suite.datasets:
         data = datasets[dataset]
@@ -110,6 +112,7 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
                         "name": suite.backbone,
                         "pretrained": cfg.backbone_pretrained(suite.backbone),
                         "weights": weights,
+                        "architecture": arch,
                     },
                     "dataset": {
                         "name": dataset,
@@ -162,7 +165,7 @@ def _execute(plan, data, cfg, device, threads, executor, trial_id, progress, rep
 
     from bench import metrics, provenance
     from bench.backbones import load_backbone
-    from bench.engine import CHECKPOINT, RunContext, run_method, seed_everything
+    from bench.engine import CHECKPOINT, RunContext, precision, run_method, seed_everything
 
     seed_everything(plan.torch_seed)
     backbone = load_backbone(
@@ -171,6 +174,7 @@ def _execute(plan, data, cfg, device, threads, executor, trial_id, progress, rep
     method_cls = METHODS.get(plan.method)
     method_cfg = cfg.method_config(plan.method)
     method = method_cls(method_cfg, backbone, data, device)
+    autocast_dtype, loss_scaling = precision(device, cfg.engine.amp, method_cfg)
     ctx = RunContext(
         run_dir=plan.run_dir,
         seed=plan.torch_seed,
@@ -250,7 +254,13 @@ def _execute(plan, data, cfg, device, threads, executor, trial_id, progress, rep
             "seconds_setup": t_setup - t0,
             "seconds_train_and_eval": t_trained - t_setup,
         },
-        env={**provenance.environment(str(device)), "torch_threads": threads, "deterministic_algorithms": cfg.engine.deterministic},
+        env={
+            **provenance.environment(str(device)),
+            "torch_threads": threads,
+            "deterministic_algorithms": cfg.engine.deterministic,
+            "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).removeprefix("torch."),
+            "loss_scaling": loss_scaling,
+        },
         artifacts=artifacts,
         config_file=cfg.config_file(),
         extra=plan.extra,

@@ -244,7 +244,7 @@ def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: s
     set_threads(cfg.ray.trial_resources(method).cpu)
     seed_everything(cfg.tune.search_seed)  # before the backbone and the method are built
     cls = METHODS.get(method)
-    method_cfg = cls.Config.model_validate({**cfg.methods.get(method, {}), **params})
+    method_cfg = cls.Config.model_validate({**cfg.method_section(method), **params})
     device = resolve_device(cfg.engine.device)
     backbone = load_backbone(BACKBONES.get(cfg.suite.backbone), cfg.backbone_pretrained(cfg.suite.backbone), cfg.paths.weights, str(device))
     run_dir = Path(trials_dir) / tune.get_context().get_trial_id()

@@ -77,6 +77,10 @@ class TrainConfig(MethodConfig):
     optimizer_impl: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    # precision on CUDA (engine.amp = true): autocast dtype (auto = bf16 where the GPU has it, else fp16) and loss
+    # scaling (auto = a GradScaler for fp16 only); see bench.engine.precision
+    autocast: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    loss_scaling: Literal["auto", "on", "off"] = "auto"
 
 
 class Method(ABC):

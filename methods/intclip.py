@@ -52,6 +52,9 @@ class IntCLIPConfig(PromptTrainingConfig):
             "semantic_layers": ["layer3", "layer4"],
             "global_token": "semantic-top-left",
             "preprocessing": "official",
+            # torch.cuda.amp.autocast() (fp16) without a GradScaler, as utils/trainers.py trains
+            "autocast": "fp16",
+            "loss_scaling": "off",
         },
     }
 

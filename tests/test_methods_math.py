@@ -73,17 +73,46 @@ def test_truncated_text_tower_equals_the_full_77_token_pass():
     torch.testing.assert_close(full, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_warmup_cosine_schedule():
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([{"params": [p], "lr": 0.002}], lr=0.002)
-    sched = warmup_cosine(opt, epochs=10, warmup_epochs=1, warmup_lr=1e-5)
+def _dassl_lrs(base_lrs: list[float], epochs: int, warmup_epochs: int, warmup_lr: float) -> list[list[float]]:
+    """What the released code's optimizer sees each epoch: torch's own CosineAnnealingLR(T_max=epochs), driven the way
+    Dassl's ConstantWarmupScheduler drives it (warmup recounted): during the warmup epochs every group runs at
+    ``warmup_lr`` and the cosine is not stepped; at the first epoch after warmup the lrs are the cosine's current
+    (base) lrs; from then on every epoch steps the cosine once."""
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in base_lrs], lr=base_lrs[0])
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, float(epochs))
+    out = []
+    for epoch in range(epochs):
+        if epoch < warmup_epochs:
+            lrs = [warmup_lr] * len(base_lrs)
+        else:
+            if epoch > warmup_epochs:
+                cosine.step()
+            lrs = cosine.get_last_lr()
+        for group, lr in zip(opt.param_groups, lrs):
+            group["lr"] = lr
+        out.append([g["lr"] for g in opt.param_groups])
+    return out
+
+
+def test_warmup_cosine_is_dassls_constant_warmup_around_cosine_annealing():
+    p1, p2 = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [p1], "lr": 4e-4}, {"params": [p2], "lr": 4e-5}], lr=4e-4)
+    sched = warmup_cosine(opt, epochs=60, warmup_epochs=1, warmup_lr=1e-5)
     lrs = []
-    for _ in range(10):
-        lrs.append(opt.param_groups[0]["lr"])
+    for _ in range(60):
+        lrs.append([g["lr"] for g in opt.param_groups])
         opt.step()
         sched.step()
-    assert lrs[0] == pytest.approx(1e-5)
-    assert lrs[1:] == pytest.approx([0.002 * 0.5 * (1 + math.cos(math.pi * e / 10)) for e in range(1, 10)])
+    reference = _dassl_lrs([4e-4, 4e-5], 60, 1, 1e-5)
+    for epoch, (ours, theirs) in enumerate(zip(lrs, reference)):
+        assert ours == pytest.approx(theirs, rel=0, abs=1e-9), epoch
+    assert lrs[0] == [1e-5, 1e-5]
+    # the issue's numbers for the prompt group (base 4e-4)
+    assert lrs[1][0] == pytest.approx(4.000e-4, rel=1e-4)
+    assert lrs[30][0] == pytest.approx(2.105e-4, rel=1e-3)
+    assert lrs[59][0] == pytest.approx(1.096e-6, rel=1e-3)
+    closed = [b * 0.5 * (1 + math.cos(math.pi * (e - 1) / 60)) for e in range(1, 60) for b in (4e-4, 4e-5)]
+    assert [lr for row in lrs[1:] for lr in row] == pytest.approx(closed, rel=1e-12)
 
 
 def test_linear_probe_cached_feature_scores_equal_a_pass_over_the_images(tmp_path):
