@@ -64,3 +64,37 @@ class BatchedRandAugment:
                     out[idx], key, magnitude, interpolation=self.reference.interpolation, fill=self.reference._fill
                 )
         return out
+
+
+class BatchedCutout:
+    """The DualCoOp/IntCLIP code's ``CutoutPIL(cutout_factor)`` on a uint8 batch ``[B, 3, H, W]`` on its device: per
+    image a rectangle of about ``factor`` x the side, centred at a uniformly drawn pixel and clipped to the image,
+    filled with one uniformly drawn colour (PIL's rectangle includes both corners). Draws come from torch's global
+    generator (seeded by the engine), the centres first, then the colours."""
+
+    def __init__(self, factor: float = 0.5) -> None:
+        self.factor = factor
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        half_h, half_w = int(self.factor * h + 0.5) // 2, int(self.factor * w + 0.5) // 2
+        centre_y, centre_x = torch.randint(h, (b,)), torch.randint(w, (b,))
+        colour = torch.randint(256, (b, 3), dtype=torch.uint8)
+        y1, y2 = (centre_y - half_h).clamp(0, h), (centre_y + half_h).clamp(0, h)
+        x1, x2 = (centre_x - half_w).clamp(0, w), (centre_x + half_w).clamp(0, w)
+        rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+        inside = (rows >= y1[:, None, None]) & (rows <= y2[:, None, None]) & (cols >= x1[:, None, None]) & (cols <= x2[:, None, None])
+        inside, colour = to_device(inside, images.device), to_device(colour, images.device)
+        return torch.where(inside[:, None], colour[:, :, None, None], images)
+
+
+class TrainAugment:
+    """Cutout then RandAugment, per image, on a uint8 batch ``[B, 3, H, W]`` (the DualCoOp and released IntCLIP
+    training transform after the resize; RandAugment is torchvision's, see README for the difference)."""
+
+    def __init__(self, cutout_factor: float = 0.5, num_ops: int = 2, magnitude: int = 9) -> None:
+        self.cutout = BatchedCutout(cutout_factor)
+        self.randaugment = BatchedRandAugment(num_ops=num_ops, magnitude=magnitude)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.randaugment(self.cutout(images))

@@ -12,12 +12,15 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from bench.data import to_device
+from bench.methods.augment import TrainAugment
 from bench.methods.base import TrainConfig
 
 PROMPT_FILLER = "X"
@@ -40,6 +43,12 @@ class PromptTrainingConfig(TrainConfig):
     asl_clip: float = 0.05
     asl_eps: float = 1e-6
     loss_weight: float = 0.03
+    # training augmentation on the device: none, or the DualCoOp / released IntCLIP train transform (Cutout at half
+    # the side with a random colour, then RandAugment with ``randaugment_ops`` operations at ``randaugment_magnitude``)
+    augment: Literal["none", "cutout-randaugment"] = "none"
+    cutout_factor: float = Field(default=0.5, gt=0, le=1)
+    randaugment_ops: int = Field(default=2, ge=0)
+    randaugment_magnitude: int = Field(default=9, ge=0, le=30)
 
     def loss(self, logit_pos: torch.Tensor, logit_neg: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``loss_weight`` x ASL with these settings."""
@@ -157,6 +166,21 @@ class PromptScoring:
     exactly 1.0 in float32 for margins above ~17). The class provides ``text_features()`` and ``logits(images, text)``."""
 
     _eval_text: tuple[torch.Tensor, torch.Tensor] | None = None
+    _augment: TrainAugment | None = None
+    _augmenting: bool = False  # set by train(): augmentation only on training batches
+
+    def setup_augment(self, config: PromptTrainingConfig) -> None:
+        self._augment = None
+        if config.augment == "cutout-randaugment":
+            self._augment = TrainAugment(config.cutout_factor, config.randaugment_ops, config.randaugment_magnitude)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, H, W, 3]`` -> model input; training batches first get the configured augmentation, on the
+        device, one draw per image."""
+        if self._augment is not None and self._augmenting:
+            batch = to_device(torch.as_tensor(images), self.device).permute(0, 3, 1, 2)
+            images = self._augment(batch).permute(0, 2, 3, 1)
+        return super().prepare(images)
 
     @torch.no_grad()
     def start_eval(self) -> None:

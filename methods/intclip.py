@@ -55,6 +55,8 @@ class IntCLIPConfig(PromptTrainingConfig):
             # torch.cuda.amp.autocast() (fp16) without a GradScaler, as utils/trainers.py trains
             "autocast": "fp16",
             "loss_scaling": "off",
+            # dataloaders/intenton.py trains on Resize, CutoutPIL(0.5), RandAugment
+            "augment": "cutout-randaugment",
         },
     }
 
@@ -255,6 +257,7 @@ class IntCLIP(PromptScoring, Method):
             raise ValueError(f"intclip: class_text='hci' needs a sentence for every class; missing for {missing[:5]}")
         self.net = IntCLIPNet(backbone.model, backbone.tokenizer, class_texts(data.classes, config.class_text), config).to(device)
         self.model = self.net
+        self.setup_augment(config)
         self.apply_memory_format()
         self._forward = self.maybe_compile(self.net)  # the net itself unless `compile` is on
         self._eval_text: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -277,6 +280,7 @@ class IntCLIP(PromptScoring, Method):
 
     def train(self, mode: bool = True) -> None:
         self.net.train(mode)
+        self._augmenting = mode
         for module in self.net.modules():  # BatchNorm running statistics stay frozen
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()

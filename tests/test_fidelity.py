@@ -56,3 +56,43 @@ def test_backbone_specific_method_settings_apply_on_that_backbone_only(tmp_path)
 
     with pytest.raises(ConfigError, match=r"backbones.RN101.methods.intclip-official\+methods.intclip-official.epochs"):
         load_config(bad)
+
+
+def test_batched_cutout_draws_what_pil_cutout_draws_with_the_same_centres_and_colours():
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from bench.methods.augment import BatchedCutout
+
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (6, 3, 13, 13), dtype=np.uint8))
+    torch.manual_seed(3)
+    out = BatchedCutout(0.5)(images)
+    torch.manual_seed(3)  # the same draws, in the same order: centres y, centres x, colours
+    ys, xs, colours = torch.randint(13, (6,)), torch.randint(13, (6,)), torch.randint(256, (6, 3), dtype=torch.uint8)
+    side = int(0.5 * 13 + 0.5)
+    for i in range(6):
+        pil = Image.fromarray(images[i].permute(1, 2, 0).numpy())
+        y, x = int(ys[i]), int(xs[i])
+        box = [np.clip(x - side // 2, 0, 13), np.clip(y - side // 2, 0, 13), np.clip(x + side // 2, 0, 13), np.clip(y + side // 2, 0, 13)]
+        ImageDraw.Draw(pil).rectangle([int(v) for v in box], fill=tuple(int(c) for c in colours[i]))
+        assert np.array_equal(out[i].permute(1, 2, 0).numpy(), np.asarray(pil)), i
+
+
+def test_prompt_methods_augment_training_batches_only():
+    from bench.params import placeholder_task
+
+    data = placeholder_task(3)
+    torch.manual_seed(0)
+    backbone = load_backbone(TINY_CLIP, "none")
+    method = METHODS.get("dualcoop")(METHODS.get("dualcoop").Config(n_ctx=2), backbone, data, torch.device("cpu"))
+    images = torch.randint(0, 256, (4, 96, 96, 3), dtype=torch.uint8)
+    method.train(False)
+    assert torch.equal(method.prepare(images), method.prepare(images))  # eval: no augmentation
+    method.train(True)
+    assert not torch.equal(method.prepare(images), method.prepare(images))  # training: a new draw per batch
+    plain = METHODS.get("dualcoop")(METHODS.get("dualcoop").Config(n_ctx=2, augment="none"), backbone, data, torch.device("cpu"))
+    plain.train(True)
+    assert torch.equal(plain.prepare(images), method.train(False) or method.prepare(images))
+    assert METHODS.get("intclip-official").Config().augment == "cutout-randaugment"
+    assert METHODS.get("dualcoop").Config(preset="repository").loss_weight == 1.0
