@@ -167,7 +167,11 @@ class PromptScoring:
 
     _eval_text: tuple[torch.Tensor, torch.Tensor] | None = None
     _augment: TrainAugment | None = None
-    _augmenting: bool = False  # set by train(): augmentation only on training batches
+
+    @property
+    def augmenting(self) -> bool:
+        """Whether the trained part is in training mode (then batches are augmented)."""
+        return self.model.training
 
     def setup_augment(self, config: PromptTrainingConfig) -> None:
         self._augment = None
@@ -177,7 +181,7 @@ class PromptScoring:
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, H, W, 3]`` -> model input; training batches first get the configured augmentation, on the
         device, one draw per image."""
-        if self._augment is not None and self._augmenting:
+        if self._augment is not None and self.augmenting:
             batch = to_device(torch.as_tensor(images), self.device).permute(0, 3, 1, 2)
             images = self._augment(batch).permute(0, 2, 3, 1)
         return super().prepare(images)

@@ -75,8 +75,11 @@ class DualCoOp(PromptScoring, Method):
     def train(self, mode: bool = True) -> None:
         self.clip.eval()  # frozen CLIP: BN statistics never change
         self.prompts.train(mode)
-        self._augmenting = mode
         self._eval_text = None
+
+    @property
+    def augmenting(self) -> bool:
+        return self.prompts.training
 
     def text_features(self) -> tuple[torch.Tensor, torch.Tensor]:
         return prompt_features(self.clip, self.prompts, self.config.truncate_text)

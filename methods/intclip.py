@@ -280,7 +280,6 @@ class IntCLIP(PromptScoring, Method):
 
     def train(self, mode: bool = True) -> None:
         self.net.train(mode)
-        self._augmenting = mode
         for module in self.net.modules():  # BatchNorm running statistics stay frozen
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()

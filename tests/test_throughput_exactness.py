@@ -165,9 +165,10 @@ Q2L = {"hidden_dim": 32, "dim_feedforward": 64, "augment": False, "dropout": 0.0
 @pytest.mark.parametrize(
     "name, config, param_atol",
     [
-        ("intclip-official", {"n_ctx": 4, **FAST}, 1e-5),
+        # (no training augmentation: the two paths would draw different crops; tests/test_fidelity.py checks it)
+        ("intclip-official", {"n_ctx": 4, "augment": "none", **FAST}, 1e-5),
         ("intclip", {"n_ctx": 4, **FAST}, 1e-5),
-        ("dualcoop", {"n_ctx": 4, **FAST}, 1e-5),
+        ("dualcoop", {"n_ctx": 4, "augment": "none", **FAST}, 1e-5),
         ("query2label", {**Q2L, "optimizer_impl": "foreach"}, 1e-6),
         # AdamW normalises each gradient by its own scale, so weights whose gradient is float noise (exactly zero
         # in exact arithmetic: attention key biases, which the softmax ignores; near zero for others at random
