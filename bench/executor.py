@@ -40,6 +40,11 @@ class PlannedRun:
     identity: dict[str, Any]
     run_dir: Path
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the result (e.g. how a config was tuned)
+    data_key: str | None = None  # which decoded copy of the dataset the run reads (see input_decode); None: the dataset
+
+    @property
+    def data(self) -> str:
+        return self.data_key or self.dataset
 
     @property
     def label(self) -> str:
@@ -75,9 +80,34 @@ def backbone_image_size(backbone: str) -> int:
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
-def load_dataset(cfg: BenchConfig, name: str, image_size: int):
+# torchvision's Resize((S, S)) on a fully decoded PIL image, as the released IntCLIP / Query2Label code resizes: PIL's
+# bilinear resize (antialiased: its filter widens with the downscale factor), no JPEG draft decoding
+OFFICIAL_DECODE = {"resample": "bilinear", "draft": False}
+
+
+def input_decode(cfg: BenchConfig, method: str, dataset: str) -> dict[str, Any]:
+    """Dataset settings a method's input needs on top of ``[datasets.<dataset>]``: a method with ``preprocessing =
+    "official"`` gets the released code's resize (:data:`OFFICIAL_DECODE`) on file-based datasets."""
+    fields = DATASETS.get(dataset).Config.model_fields
+    if getattr(cfg.method_config(method), "preprocessing", None) == "official" and set(OFFICIAL_DECODE) <= set(fields):
+        return dict(OFFICIAL_DECODE)
+    return {}
+
+
+def data_key(dataset: str, overrides: dict[str, Any]) -> str:
+    """Which decoded copy of ``dataset`` a run reads: the dataset name, plus the settings a method changed."""
+    return dataset + "".join(f"@{k}={v}" for k, v in sorted(overrides.items()))
+
+
+def dataset_config(cfg: BenchConfig, name: str, overrides: dict[str, Any] | None = None):
+    if not overrides:
+        return cfg.dataset_config(name)
+    return DATASETS.get(name).Config.model_validate({**cfg.datasets.get(name, {}), **overrides})
+
+
+def load_dataset(cfg: BenchConfig, name: str, image_size: int, overrides: dict[str, Any] | None = None):
     adapter_cls = DATASETS.get(name)
-    adapter = adapter_cls(cfg.dataset_config(name), cfg.data_root(name), cfg.paths.cache / "datasets")
+    adapter = adapter_cls(dataset_config(cfg, name, overrides), cfg.data_root(name), cfg.paths.cache / "datasets")
     return adapter.load(image_size)
 
 
@@ -91,8 +121,10 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
     datasets = dict(datasets or {})
     size = backbone_image_size(suite.backbone)
     for name in suite.datasets:
-        if name not in datasets:
-            datasets[name] = load_dataset(cfg, name, size)
+        for method in suite.methods:
+            overrides = input_decode(cfg, method, name)
+            if data_key(name, overrides) not in datasets:
+                datasets[data_key(name, overrides)] = load_dataset(cfg, name, size, overrides)
     from bench.backbones import architecture, weights_identity
 
     spec = BACKBONES.get(suite.backbone)
@@ -100,8 +132,10 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
     arch = architecture(spec, cfg.backbone_pretrained(suite.backbone))
     plans = []
     for dataset in suite.datasets:
-        data = datasets[dataset]
         for method in suite.methods:
+            overrides = input_decode(cfg, method, dataset)
+            key = data_key(dataset, overrides)
+            data = datasets[key]
             # a method without randomness of its own, on fixed weights, gives the same scores for every seed: one run
             seeds = [None] if METHODS.get(method).deterministic and weights != "none" else suite.seeds
             for seed in seeds:
@@ -116,7 +150,7 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
                     },
                     "dataset": {
                         "name": dataset,
-                        "config": cfg.dataset_config(dataset).model_dump(mode="json"),
+                        "config": dataset_config(cfg, dataset, overrides).model_dump(mode="json"),
                         "manifest_sha256": data.manifest_sha256,
                     },
                     "seed": seed,
@@ -124,7 +158,10 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
                 }
                 run_id = store.compute_run_id(identity)
                 plans.append(
-                    PlannedRun(run_id, method, dataset, seed, suite.backbone, identity, store.runs_dir(cfg.paths.results) / run_id)
+                    PlannedRun(
+                        run_id, method, dataset, seed, suite.backbone, identity, store.runs_dir(cfg.paths.results) / run_id,
+                        data_key=key,
+                    )
                 )
     return plans, datasets
 
@@ -348,7 +385,7 @@ def run_suite(
         for plan in todo:
             progress.update(suite_task, description=f"suite: {plan.label}")
             try:
-                execute_run(plan, datasets[plan.dataset], cfg, progress=progress, log=progress.console.print)
+                execute_run(plan, datasets[plan.data], cfg, progress=progress, log=progress.console.print)
                 outcome.completed.append(plan.run_id)
             except Exception as err:  # one failed run must not stop the suite
                 record_failure(plan, err, outcome)

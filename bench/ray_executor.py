@@ -97,7 +97,7 @@ def _trial(config: dict[str, Any], cfg: BenchConfig, datasets: dict[str, Any]) -
         _report_epoch({**metrics, "done": False}, plan.run_dir, record["epoch"] + 1)
 
     result = execute_run(
-        plan, datasets[plan.dataset], cfg, executor="ray", trial_id=trial_id, report=report, log=lambda *_: None
+        plan, datasets[plan.data], cfg, executor="ray", trial_id=trial_id, report=report, log=lambda *_: None
     )
     key = "macro_f1" if result.dataset.task == "multilabel" else "accuracy"
     tune.report({"done": True, "epoch": result.training.epochs_run, "val_" + key: result.metrics.val[key]})
@@ -271,7 +271,7 @@ def run_tune(cfg: BenchConfig, method: str, dataset: str, console: Console, ray_
     experiment beside it is restored when the command is rerun after a crash; ``summary.json`` records the choice.
     """
     from bench import store
-    from bench.executor import backbone_image_size, load_dataset, run_suite
+    from bench.executor import backbone_image_size, input_decode, load_dataset, run_suite
     from bench.registry import METHODS
 
     if cfg.protocol.name != "val-threshold":
@@ -284,7 +284,7 @@ def run_tune(cfg: BenchConfig, method: str, dataset: str, console: Console, ray_
     if unknown:
         raise ConfigError(f"tune.search_space.{method}: {sorted(unknown)} are not keys of {method}'s config")
     base = cfg.method_config(method)
-    data = load_dataset(cfg, dataset, backbone_image_size(cfg.suite.backbone))
+    data = load_dataset(cfg, dataset, backbone_image_size(cfg.suite.backbone), input_decode(cfg, method, dataset))
     identity = {"method": method, "base": base.model_dump(mode="json"), "space": {k: list(v) for k, v in spec.items()},
                 "dataset": data.manifest_sha256, "backbone": cfg.suite.backbone, "seed": cfg.tune.seed, "n": cfg.tune.num_samples}
     study = f"{method.replace(':', '_')}-{dataset}-{cfg.suite.backbone}-{store.compute_run_id(identity)[:8]}"

@@ -223,3 +223,29 @@ def test_bench_run_end_to_end(tmp_path):
         assert ds["split_sizes"] == {"train": N_TRAIN - 1, "val": 120, "test": 120}
         assert ds["info"]["skipped"] == {"train": {"missing": 1, "corrupt": 0}}
         assert len(r["metrics"]["per_class"]["test"]["f1"]) == 28
+
+
+def test_official_preprocessing_reads_the_released_codes_resize(tmp_path):
+    """A method with preprocessing = "official" reads a copy decoded as torchvision's Resize((S, S)) does (PIL
+    bilinear on the full decode); the other methods keep the configured decode; each copy is its own cache and the
+    run ids say which one."""
+    from bench.config import load_config
+    from bench.executor import plan_suite
+    from bench.datasets.images import decode_image
+
+    root = build_root(tmp_path / "data", n_train=8, keep=8)
+    over = {
+        "suite.methods": ["intclip-official", "dualcoop"], "suite.datasets": ["intentonomy"], "suite.seeds": [0],
+        "paths.data": {"intentonomy": str(root)}, "paths.cache": str(tmp_path / "cache"), "paths.results": str(tmp_path / "r"),
+        "backbones.tiny-clip.methods.intclip-official.preprocessing": "official",
+    }
+    plans, datasets = plan_suite(load_config(None, over))
+    official, dual = (next(p for p in plans if p.method == m) for m in ("intclip-official", "dualcoop"))
+    assert official.identity["dataset"]["config"]["resample"] == "bilinear" and not official.identity["dataset"]["config"]["draft"]
+    assert dual.identity["dataset"]["config"]["resample"] == "bicubic" and dual.identity["dataset"]["config"]["draft"]
+    assert official.data != dual.data and set(datasets) == {official.data, dual.data}
+    first = json.loads((root / "annotations" / "intentonomy_val2020.json").read_text())["images"][0]
+    raw = (root / first["filename"]).read_bytes()
+    expected = np.asarray(Image.open(root / first["filename"]).convert("RGB").resize((96, 96), Image.Resampling.BILINEAR))
+    assert np.array_equal(datasets[official.data].splits["val"].images[0], expected)
+    assert np.array_equal(datasets[dual.data].splits["val"].images[0], decode_image(raw, 96, "bicubic", True)[2])

@@ -49,7 +49,7 @@ def _run_in_process(cfg_path: Path, results: Path) -> None:
     for plan in plans:
         torch.rand(17)  # unrelated random work in the same process before every run: must not matter
         np.random.rand(3)
-        execute_run(plan, data[plan.dataset], cfg, log=lambda *_: None)
+        execute_run(plan, data[plan.data], cfg, log=lambda *_: None)
 
 
 def test_two_builds_with_one_seed_give_the_same_weights_and_scores(write_config, tmp_path: Path):

@@ -71,6 +71,6 @@ def test_sigkill_then_rerun_resumes_from_checkpoint(write_config, tmp_path: Path
     fresh = load_config(cfg, {"paths.results": str(tmp_path / "uninterrupted")})
     plans, data = plan_suite(fresh)
     plan = next(p for p in plans if p.method == "dualcoop")
-    execute_run(plan, data[plan.dataset], fresh, log=lambda *_: None)
+    execute_run(plan, data[plan.data], fresh, log=lambda *_: None)
     resumed, uninterrupted = store.read_scores(runs / plan.run_id), store.read_scores(plan.run_dir)
     assert all(np.array_equal(resumed[k], uninterrupted[k]) for k in uninterrupted), "resume changed the scores"
