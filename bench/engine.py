@@ -186,13 +186,15 @@ def predict_split(method: Method, split: Split, ctx: RunContext) -> np.ndarray:
 
 def selection_metric(task: str, scores: np.ndarray, labels: np.ndarray, protocol: str, logits: np.ndarray | None = None) -> float:
     """The number epochs (and searches) are selected by: val macro F1 at the val-chosen threshold (multilabel),
-    accuracy (multiclass); under ``intclip-code`` the mean of macro/micro/samples F1 at 0.5 and mAP (on ``logits``
-    when given)."""
+    accuracy (multiclass); under ``intclip-code`` the released code's ``avg_scores``: the mean of macro/micro/samples
+    F1 at 0.5 and its own AP (:func:`bench.metrics.official_average_precision`, on the probabilities). ``logits`` are
+    accepted for symmetry with the standard metrics; no selection metric ranks on them."""
     if task == "multiclass":
         return metrics.accuracy(scores, labels)
-    if protocol == "intclip-code":
-        m = metrics.multilabel_metrics(scores, labels, 0.5, ranking=logits)
-        return (m["macro_f1"] + m["micro_f1"] + m["samples_f1"] + m["mAP"]) / 4
+    if protocol == "intclip-code":  # the released code's avg_scores, with its own (tie-ignoring) AP
+        m = metrics.multilabel_metrics(scores, labels, 0.5)
+        official_map = float(np.mean(metrics.official_average_precision(scores, labels)))
+        return (m["macro_f1"] + m["micro_f1"] + m["samples_f1"] + official_map) / 4
     thr = metrics.choose_threshold(scores, labels)
     return metrics.macro_f1(scores, labels, thr)
 

@@ -234,6 +234,7 @@ def _execute(plan, data, cfg, device, threads, executor, trial_id, progress, rep
     val_m, test_m = metrics.evaluate(
         data.task, outcome.val_scores, val.labels, outcome.test_scores, test.labels, threshold,
         val_ranking=outcome.val_logits, test_ranking=outcome.test_logits,
+        official_ap=cfg.protocol.name == "intclip-code" and data.task == "multilabel",
     )
     per_class = {}
     for split, m in (("val", val_m), ("test", test_m)):

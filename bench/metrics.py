@@ -105,6 +105,21 @@ def per_class_average_precision(scores: ArrayLike, labels: ArrayLike) -> np.ndar
     return np.divide(total, n_pos, out=np.zeros(s.shape[1]), where=n_pos > 0)
 
 
+def official_average_precision(scores: ArrayLike, labels: ArrayLike) -> np.ndarray:
+    """Per-class AP [C] as the released IntCLIP/DualCoOp code computes it (``utils/helper.py``): images ranked by
+    numpy's default (unstable) ``argsort`` reversed, precision taken at every positive's own rank with no tie groups,
+    summed and divided by (positives + 1e-8). Tied scores (saturated probabilities) are ordered by the sort, not
+    grouped, so this reads higher or lower than :func:`per_class_average_precision`; only the ``intclip-code``
+    protocol uses it (to select epochs as that code does), reported beside the standard mAP as ``mAP_official``."""
+    s, y = np.asarray(scores), np.asarray(labels)
+    out = np.zeros(s.shape[1])
+    ranks = np.arange(1, s.shape[0] + 1)
+    for k in range(s.shape[1]):
+        hits = y[np.argsort(s[:, k])[::-1], k] == 1
+        out[k] = np.sum(np.cumsum(hits)[hits] / ranks[hits]) / (hits.sum() + 1e-8)
+    return out
+
+
 def mean_average_precision(scores: ArrayLike, labels: ArrayLike) -> float:
     """Mean over all classes of :func:`per_class_average_precision` (no-positive classes count 0)."""
     return float(np.mean(per_class_average_precision(scores, labels)))
@@ -210,6 +225,7 @@ def evaluate(
     threshold: float | None = None,
     val_ranking: ArrayLike | None = None,
     test_ranking: ArrayLike | None = None,
+    official_ap: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate both splits and compute their metrics.
 
@@ -221,6 +237,8 @@ def evaluate(
         test_labels: Test labels, as ``val_labels``.
         threshold: Multilabel only: fixed threshold; ``None`` picks it on val with :func:`choose_threshold`.
         val_ranking, test_ranking: Multilabel only: unsaturated ranking scores (logits) for AP/mAP.
+        official_ap: Multilabel only: also ``mAP_official``, the released code's AP (:func:`official_average_precision`)
+            on the probabilities.
 
     Returns:
         ``(val_metrics, test_metrics)``; for multilabel both at the same threshold.
@@ -240,4 +258,8 @@ def evaluate(
         threshold = choose_threshold(vs, vy)
     elif not np.isfinite(threshold):
         raise ValueError(f"threshold must be finite; got {threshold}")
-    return multilabel_metrics(vs, vy, threshold, val_ranking), multilabel_metrics(ts, ty, threshold, test_ranking)
+    val_m, test_m = multilabel_metrics(vs, vy, threshold, val_ranking), multilabel_metrics(ts, ty, threshold, test_ranking)
+    if official_ap:
+        val_m["mAP_official"] = float(np.mean(official_average_precision(vs, vy)))
+        test_m["mAP_official"] = float(np.mean(official_average_precision(ts, ty)))
+    return val_m, test_m

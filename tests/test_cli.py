@@ -162,3 +162,14 @@ def test_cli_exit_code_and_message_for_bad_config(tmp_path):
     assert proc.returncode == 2
     assert "suite.seeds.1: Input should be a valid integer" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_intclip_code_protocol_reports_the_codes_own_ap_beside_the_standard_map(write_config, tmp_path):
+    cfg = write_config(methods=("label-prior", "zeroshot"), extra='[protocol]\nname = "intclip-code"\n')
+    assert bench("run", "--config", str(cfg)).exit_code == 0
+    for r in _results(tmp_path).values():
+        assert r["protocol"]["threshold"] == 0.5 and {"mAP", "mAP_official"} <= set(r["metrics"]["test"])
+        scores = store.read_scores(tmp_path / "results" / "runs" / r["run_id"])
+        assert r["metrics"]["test"]["mAP_official"] == pytest.approx(metrics.official_average_precision(scores["test_scores"], scores["test_labels"]).mean())
+    md = bench("report", "--config", str(cfg), "--format", "md", "--bootstrap", "0")
+    assert "test mAP (code's AP)" in md.output and "epoch selected on TEST" in md.output

@@ -232,3 +232,17 @@ def test_metrics_functions_validate_too():
         M.multilabel_metrics(GOOD_S, GOOD_Y[:3], 0.5)
     with pytest.raises(ValueError, match=r"threshold must be finite"):
         M.evaluate("multilabel", GOOD_S, GOOD_Y, GOOD_S, GOOD_Y, threshold=float("nan"))
+
+
+def test_official_code_ap_orders_ties_by_the_sort_instead_of_grouping_them():
+    scores = np.array([[0.9], [0.8], [0.8], [0.1]], dtype=np.float32)
+    labels = np.array([[1], [0], [1], [0]])
+    # numpy's argsort of [0.9, 0.8, 0.8, 0.1] is [3, 1, 2, 0]; reversed, the positive at index 2 ranks second: P = 2/2
+    assert M.official_average_precision(scores, labels)[0] == pytest.approx(1.0)
+    # scikit-learn's AP groups the tie: the second positive gets the precision at the group's end, 2/3
+    assert M.per_class_average_precision(scores, labels)[0] == pytest.approx((1 + 2 / 3) / 2)
+    rng = np.random.default_rng(1)
+    distinct, y = rng.random((300, 6)), (rng.random((300, 6)) < 0.3).astype(int)
+    np.testing.assert_allclose(M.official_average_precision(distinct, y), M.per_class_average_precision(distinct, y), atol=1e-7)
+    val, test = M.evaluate("multilabel", distinct, y, distinct, y, 0.5, official_ap=True)
+    assert "mAP_official" in val and test["mAP_official"] == pytest.approx(test["mAP"], abs=1e-7)
