@@ -86,6 +86,7 @@ def _dassl_lrs(base_lrs: list[float], epochs: int, warmup_epochs: int, warmup_lr
             lrs = [warmup_lr] * len(base_lrs)
         else:
             if epoch > warmup_epochs:
+                opt.step()  # (no gradients: no update; keeps torch's step-order check quiet)
                 cosine.step()
             lrs = cosine.get_last_lr()
         for group, lr in zip(opt.param_groups, lrs):
