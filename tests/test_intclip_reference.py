@@ -134,7 +134,7 @@ def test_intclip_official_equals_an_independent_reference_of_the_released_code(t
     assert _relative(lp.double(), lp_ref) < 1e-5 and _relative(ln.double(), ln_ref) < 1e-5
     ref_loss = reference_loss(lp_ref, ln_ref, labels64)
     loss = method.training_loss(x, labels)
-    assert abs(float(loss) - float(ref_loss)) / abs(float(ref_loss)) < 1e-5
+    assert abs(loss.item() - ref_loss.item()) / abs(ref_loss.item()) < 1e-5
     ref_loss.backward()
     loss.backward()
     pairs = [(net.prompts.ctx_pos, ctx_pos), (net.prompts.ctx_neg, ctx_neg)]
