@@ -134,11 +134,24 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     data = dict(data)
     if version == 1:  # v2 added the weights identity, the config file and seed None (deterministic methods)
         backbone = dict(data.get("backbone") or {})
-        backbone.setdefault("weights_id", backbone.get("weights_sha256") or backbone.get("pretrained"))
+        backbone.setdefault("weights_id", _weights_id_v1(backbone))
         data["backbone"] = backbone
         data.setdefault("config_file", None)
         data["schema_version"] = 2
     return data
+
+
+def _weights_id_v1(backbone: dict[str, Any]) -> str | None:
+    """The weights identity a v1 record implies, in the form the current harness writes
+    (:func:`bench.backbones.weights_identity`), so migrated and new records of the same weights share a row."""
+    pretrained, sha = backbone.get("pretrained"), backbone.get("weights_sha256")
+    if pretrained == "none":
+        return "none"
+    if sha:
+        return f"sha256:{sha}"
+    if pretrained is None or str(pretrained).startswith("local-dir:"):
+        return pretrained
+    return f"tag:{pretrained}"
 
 
 def unknown_keys(model: BaseModel, prefix: str = "") -> list[str]:

@@ -82,8 +82,9 @@ def test_an_older_record_is_migrated_in_memory(tmp_path):
     data["backbone"].pop("weights_id", None)
     (run_dir / store.RESULT).write_text(json.dumps(data))
     read = store.read_result(run_dir)
-    assert read.schema_version == SCHEMA_VERSION and read.weights_id == "b" * 64  # from weights_sha256
-    assert migrate({"schema_version": 1, "backbone": {"pretrained": "openai"}})["backbone"]["weights_id"] == "openai"
+    assert read.schema_version == SCHEMA_VERSION and read.weights_id == "sha256:" + "b" * 64  # from weights_sha256
+    assert migrate({"schema_version": 1, "backbone": {"pretrained": "openai"}})["backbone"]["weights_id"] == "tag:openai"
+    assert migrate({"schema_version": 1, "backbone": {"pretrained": "none"}})["backbone"]["weights_id"] == "none"
 
 
 def test_a_newer_record_this_version_cannot_read_is_left_alone(tmp_path):
