@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from bench.errors import WeightsNotFoundError
+from bench.io import sha256_file
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -107,11 +108,7 @@ def _sha256(path: Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a replaced file is hashed again
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _folder_sha256(folder: Path) -> str:

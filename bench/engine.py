@@ -28,6 +28,7 @@ from bench import metrics
 from bench.data import batch_indices, prefetch_batches, to_device
 from bench.datasets.base import DatasetData, Split
 from bench.errors import TrainingDivergedError
+from bench.io import atomic_save
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -199,15 +200,6 @@ def selection_metric(task: str, scores: np.ndarray, labels: np.ndarray, protocol
     return metrics.macro_f1(scores, labels, thr)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -328,7 +320,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
             "seconds": time.perf_counter() - t0,
         }
         history.append(record)
-        _atomic_save(
+        atomic_save(
             {
                 "epoch": epoch + 1,
                 "method": method.state_dict(),

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from bench.config import BenchConfig
 from bench.errors import ConfigError
+from bench.io import atomic_write_text
 from bench.executor import PlannedRun, SuiteOutcome, execute_run, record_failure
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress view replaces Ray's tables
@@ -297,9 +298,7 @@ def run_tune(cfg: BenchConfig, method: str, dataset: str, console: Console, ray_
         console.print(f"study {study} already searched ({summary['num_trials']} trials); refitting what is missing")
     else:
         summary = _search(cfg, cls, method, spec, base, data, study, folder, address, console)
-        tmp = summary_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, summary_path)
+        atomic_write_text(summary_path, json.dumps(summary, indent=2))
     refit = cfg.model_copy(deep=True)
     refit.methods[method] = {**cfg.methods.get(method, {}), **summary["best_params"]}
     refit.suite.methods, refit.suite.datasets = [method], [dataset]
@@ -307,7 +306,7 @@ def run_tune(cfg: BenchConfig, method: str, dataset: str, console: Console, ray_
     outcome = run_suite(refit, console, ray_address, extra={"tuning": tuning})
     summary["refit_run_ids"] = [p.run_id for p in outcome.planned]
     summary["refit_failed"] = outcome.failed
-    summary_path.write_text(json.dumps(summary, indent=2))
+    atomic_write_text(summary_path, json.dumps(summary, indent=2))
     return summary
 
 

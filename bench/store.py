@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from bench.errors import ConfigError, CorruptResultError, NewerRecordError
+from bench.io import atomic_write_bytes  # noqa: F401  (re-exported: reports write through it)
 from bench.schema import SCHEMA_VERSION, RunResult, migrate
 
 RESULT = "result.json"
@@ -50,16 +51,6 @@ def ensure_writable(results: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"paths.results: {results} is not writable ({err.strerror or err})") from None
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that readers see the old file or the whole new one (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_result(run_dir: Path, result: RunResult, scores: dict[str, np.ndarray]) -> None:

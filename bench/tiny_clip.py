@@ -22,12 +22,9 @@ change the result).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -36,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from bench.io import atomic_save, sha256_file
 import torch.nn.functional as F
 
 MODEL_NAME = "bench-tiny-clip"
@@ -260,24 +259,11 @@ def save_fp16(model: torch.nn.Module, out: Path) -> None:
     """Write the state dict with floating tensors in fp16 (the shipped format), atomically."""
     state = {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu())
              for k, v in model.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a shipped file must be readable by all
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save(state, out)
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def pretrain(

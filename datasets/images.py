@@ -46,7 +46,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
@@ -61,6 +60,7 @@ from PIL import Image
 from pydantic import Field
 
 from bench.errors import BenchError
+from bench.io import atomic_write_bytes
 
 from .base import SPLITS, ClassInfo, DatasetAdapter, DatasetConfig, DatasetData, Split
 
@@ -104,22 +104,6 @@ def default_workers() -> int:
 def root_tag(root: Path) -> str:
     """A short stable tag of a data root's resolved path (names its manifest file)."""
     return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are shareable data files
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_relative(path: str, where: str) -> str:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 from pydantic import NonNegativeInt, PositiveInt
+
+from bench.io import atomic_write
 
 from .base import SPLITS, ClassInfo, DatasetAdapter, DatasetConfig, DatasetData, Split
 
@@ -529,22 +529,8 @@ class SyntheticIntentions(DatasetAdapter):
         return arrays
 
     def _write_cache(self, path: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                flat = {f"{s}_{kind}": a for s, (imgs, labs) in arrays.items() for kind, a in
-                        (("images", imgs), ("labels", labs))}
-                np.savez_compressed(fh, **flat)
-                fh.flush()
-                os.fsync(fh.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a shared cache should follow the umask
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        flat = {f"{s}_{kind}": a for s, (imgs, labs) in arrays.items() for kind, a in (("images", imgs), ("labels", labs))}
+        atomic_write(path, lambda fh: np.savez_compressed(fh, **flat))
 
     def manifest_sha256(self, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
         digest = hashlib.sha256()

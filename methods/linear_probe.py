@@ -9,7 +9,6 @@ bisection in log space around the best grid point. Test is never looked at. Lear
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from pydantic import Field
 
 from bench.data import batch_indices, prefetch_batches
+from bench.io import atomic_write
 from bench.methods.base import Method, MethodConfig
 
 
@@ -75,10 +75,7 @@ class LinearProbe(Method):
         if path.is_file():
             return np.load(path)
         feats = self._encode(images, batch_size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, feats)
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: np.save(fh, feats))
         return feats
 
     # -- fitting -----------------------------------------------------------------------------------------------

@@ -46,7 +46,6 @@ trainable BN affine), and :meth:`param_counts` reports exactly that as ``learnab
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +57,7 @@ from torch import nn
 
 from bench.data import to_device, to_model_input
 from bench.errors import WeightsNotFoundError
+from bench.io import sha256_file
 from bench.methods.augment import BatchedRandAugment
 from bench.methods.base import Method, TrainConfig
 from bench.methods.components import asymmetric_loss_terms
@@ -175,11 +175,7 @@ def _load_checkpoint(model: nn.Module, path: Path, name: str) -> str:
             f"query2label: {path} does not fit timm model {name!r}: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def timm_trunk(config: Query2LabelConfig) -> tuple[ResNetTrunk, str]:

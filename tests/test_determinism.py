@@ -4,13 +4,11 @@ worker that ran another trial first. (kill -9 and resume vs an uninterrupted run
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from bench import store
