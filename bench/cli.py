@@ -50,7 +50,7 @@ def run(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train and evaluate every method x dataset x seed that has no result yet, then print the table."""
-    from bench.executor import run_suite
+    from bench.suite import run_suite
     from bench.reports import tables
 
     if data_root is not None:
@@ -97,7 +97,7 @@ def tune(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address")] = None,
 ) -> None:
     """Search hyperparameters on val (Optuna TPE + ASHA on Ray Tune), then refit the best over the seeds."""
-    from bench.ray_executor import run_tune
+    from bench.tune import run_tune
     from bench.registry import DATASETS, METHODS
 
     METHODS.check(method)

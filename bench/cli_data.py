@@ -160,7 +160,7 @@ def prepare(
     with _errors():
         cfg = _config(config, dataset, root, sets)
         if size is None:
-            from bench.executor import backbone_image_size
+            from bench.plan import backbone_image_size
             from bench.registry import BACKBONES
 
             name = backbone or cfg.suite.backbone

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from bench import metrics
 from bench.data import batch_indices, prefetch_batches, to_device
 from bench.datasets.base import DatasetData, Split
 from bench.errors import TrainingDivergedError
 from bench.io import atomic_save
+from bench.protocol import get_protocol
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -186,18 +186,9 @@ def predict_split(method: Method, split: Split, ctx: RunContext) -> np.ndarray:
 
 
 def selection_metric(task: str, scores: np.ndarray, labels: np.ndarray, protocol: str, logits: np.ndarray | None = None) -> float:
-    """The number epochs (and searches) are selected by: val macro F1 at the val-chosen threshold (multilabel),
-    accuracy (multiclass); under ``intclip-code`` the released code's ``avg_scores``: the mean of macro/micro/samples
-    F1 at 0.5 and its own AP (:func:`bench.metrics.official_average_precision`, on the probabilities). ``logits`` are
-    accepted for symmetry with the standard metrics; no selection metric ranks on them."""
-    if task == "multiclass":
-        return metrics.accuracy(scores, labels)
-    if protocol == "intclip-code":  # the released code's avg_scores, with its own (tie-ignoring) AP
-        m = metrics.multilabel_metrics(scores, labels, 0.5)
-        official_map = float(np.mean(metrics.official_average_precision(scores, labels)))
-        return (m["macro_f1"] + m["micro_f1"] + m["samples_f1"] + official_map) / 4
-    thr = metrics.choose_threshold(scores, labels)
-    return metrics.macro_f1(scores, labels, thr)
+    """The protocol's selection metric (:meth:`bench.protocol.Protocol.selection_metric`); ``logits`` are accepted
+    for symmetry with the standard metrics, no selection metric ranks on them."""
+    return get_protocol(protocol).selection_metric(task, scores, labels)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -266,8 +257,9 @@ def train_epoch(
 def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     """Train an engine method with per-epoch validation, checkpointing and best-on-val selection."""
     cfg = method.config
-    train_split, val_split = data.splits["train"], data.splits["val"]
-    selection_split = data.splits["test"] if ctx.protocol == "intclip-code" else val_split
+    train_split = data.splits["train"]
+    protocol = get_protocol(ctx.protocol)
+    selection_split = data.splits[protocol.selection_split]
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     optimizer, scheduler = method.configure_optimizers(steps_per_epoch)
     _check_optimizer_covers_learnable(method, optimizer)
@@ -315,7 +307,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
             "train_loss": float(np.mean(losses)),
             "selection_metric": metric,
             **({"variant_metrics": variant_metrics} if len(variant_metrics) > 1 else {}),
-            "selection_split": "test" if ctx.protocol == "intclip-code" else "val",
+            "selection_split": protocol.selection_split,
             "lr": [g["lr"] for g in optimizer.param_groups],
             "seconds": time.perf_counter() - t0,
         }

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from bench.datasets.base import ClassInfo, DatasetData
-from bench.registry import BACKBONES, METHODS
+from bench.registry import BACKBONES, METHODS, create_method
 
 
 def placeholder_task(num_classes: int, task: str = "multilabel") -> DatasetData:
@@ -25,6 +25,6 @@ def count_params(methods: list[str], backbone: str, num_classes: int) -> list[di
     rows = []
     for name in methods:
         cls = METHODS.get(name)
-        method = cls(cls.random_weights_config(cls.Config()), load_backbone(spec, "none"), data, torch.device("cpu"))
+        method = create_method(name, cls.random_weights_config(cls.Config()), load_backbone(spec, "none"), data, torch.device("cpu"))
         rows.append({"method": name, "backbone": backbone, "num_classes": num_classes, **method.param_counts()})
     return rows

@@ -1,7 +1,7 @@
 """Ray Tune executor: the only module that imports Ray.
 
 Every method x dataset x seed that has no result yet becomes one Tune trial. A trial runs
-:func:`bench.executor.execute_run` in a Ray worker with the resources bench.toml gives its method (CPUs, a GPU or a
+:func:`bench.runner.execute_run` in a Ray worker with the resources bench.toml gives its method (CPUs, a GPU or a
 fraction of one), reports every epoch's val metrics to Tune with a small checkpoint that points at the run's own
 checkpoint in the result store, and writes its result there. Resume is the result store's: a rerun after a crash
 skips complete runs and restarts the others, which continue from their last epoch's checkpoint. Trials that error
@@ -26,8 +26,8 @@ from rich.table import Table
 
 from bench.config import BenchConfig
 from bench.errors import ConfigError
-from bench.io import atomic_write_text
-from bench.executor import PlannedRun, SuiteOutcome, execute_run, record_failure
+from bench.plan import PlannedRun, SuiteOutcome
+from bench.runner import execute_run, record_failure
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress view replaces Ray's tables
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -240,7 +240,7 @@ def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: s
     """One search trial: train on train, score val every epoch (reported to ASHA); test is never scored."""
     from bench.backbones import load_backbone
     from bench.engine import RunContext, resolve_device, run_method, seed_everything, selection_metric, set_threads
-    from bench.registry import BACKBONES, METHODS
+    from bench.registry import BACKBONES, METHODS, create_method
 
     set_threads(cfg.ray.trial_resources(method).cpu)
     seed_everything(cfg.tune.search_seed)  # before the backbone and the method are built
@@ -259,58 +259,13 @@ def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: s
         eval_batch_size=cfg.engine.eval_batch_size, cache_dir=cfg.paths.cache, report=report, score_test=False,
         deterministic=cfg.engine.deterministic, log=lambda *_: None,
     )
-    outcome = run_method(cls(method_cfg, backbone, data, device), data, ctx)
+    outcome = run_method(create_method(method, method_cfg, backbone, data, device), data, ctx)
     if not outcome.history:  # fitted methods: one report at the end
         metric = selection_metric(data.task, outcome.val_scores, data.splits["val"].labels, cfg.protocol.name)
         tune.report({"selection_metric": metric, "epoch": 1})
 
 
-def run_tune(cfg: BenchConfig, method: str, dataset: str, console: Console, ray_address: str | None = None) -> dict[str, Any]:
-    """Search ``method``'s hyperparameters on ``dataset``'s val split, then refit the best over ``suite.seeds``.
-
-    The Optuna study lives in ``<results>/tune/<study>/study.db`` (SQLite: optuna-dashboard opens it); the Tune
-    experiment beside it is restored when the command is rerun after a crash; ``summary.json`` records the choice.
-    """
-    from bench import store
-    from bench.executor import backbone_image_size, input_decode, load_dataset, run_suite
-    from bench.registry import METHODS
-
-    if cfg.protocol.name != "val-threshold":
-        raise ConfigError(f"protocol.name = {cfg.protocol.name!r} selects on test; bench tune searches on val only")
-    cls = METHODS.get(method)
-    spec = {**cls.Config.search_space, **{k: tuple(v) for k, v in cfg.tune.search_space.get(method, {}).items()}}
-    if not spec:
-        raise ConfigError(f"{method} has no search space; set [tune.search_space.{method}] in bench.toml")
-    unknown = set(spec) - set(cls.Config.model_fields)
-    if unknown:
-        raise ConfigError(f"tune.search_space.{method}: {sorted(unknown)} are not keys of {method}'s config")
-    base = cfg.method_config(method)
-    data = load_dataset(cfg, dataset, backbone_image_size(cfg.suite.backbone), input_decode(cfg, method, dataset))
-    identity = {"method": method, "base": base.model_dump(mode="json"), "space": {k: list(v) for k, v in spec.items()},
-                "dataset": data.manifest_sha256, "backbone": cfg.suite.backbone, "seed": cfg.tune.seed, "n": cfg.tune.num_samples}
-    study = f"{method.replace(':', '_')}-{dataset}-{cfg.suite.backbone}-{store.compute_run_id(identity)[:8]}"
-    folder = cfg.paths.results / "tune" / study
-    folder.mkdir(parents=True, exist_ok=True)
-    summary_path = folder / "summary.json"
-    address = resolve_address(cfg, ray_address)
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        console.print(f"study {study} already searched ({summary['num_trials']} trials); refitting what is missing")
-    else:
-        summary = _search(cfg, cls, method, spec, base, data, study, folder, address, console)
-        atomic_write_text(summary_path, json.dumps(summary, indent=2))
-    refit = cfg.model_copy(deep=True)
-    refit.methods[method] = {**cfg.methods.get(method, {}), **summary["best_params"]}
-    refit.suite.methods, refit.suite.datasets = [method], [dataset]
-    tuning = {k: summary[k] for k in ("study", "storage", "num_trials", "stopped_early", "best_params", "best_val_selection_metric")}
-    outcome = run_suite(refit, console, ray_address, extra={"tuning": tuning})
-    summary["refit_run_ids"] = [p.run_id for p in outcome.planned]
-    summary["refit_failed"] = outcome.failed
-    atomic_write_text(summary_path, json.dumps(summary, indent=2))
-    return summary
-
-
-def _search(cfg, cls, method, spec, base, data, study, folder: Path, address, console) -> dict[str, Any]:
+def search(cfg, cls, method, spec, base, data, study, folder: Path, address, console) -> dict[str, Any]:
     import optuna
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch

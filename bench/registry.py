@@ -126,3 +126,9 @@ BACKBONES = Registry(
 )
 
 REGISTRIES = {"methods": METHODS, "datasets": DATASETS, "backbones": BACKBONES}
+
+
+def create_method(name: str, config, backbone, data, device):
+    """The one place a method is built (the runner, Ray search trials and ``bench params`` call it): the registered
+    class of ``name`` (a variant too) with its validated ``config`` on ``backbone`` for ``data``'s task."""
+    return METHODS.get(name)(config, backbone, data, device)

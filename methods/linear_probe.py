@@ -117,7 +117,7 @@ class LinearProbe(Method):
         return (softmax(logits, axis=1) if self.task == "multiclass" else expit(logits)).astype(np.float32)
 
     def fit(self, data, ctx) -> dict[str, Any]:
-        from bench.engine import selection_metric
+        from bench.protocol import VAL_THRESHOLD
 
         feats = {
             s: self.features(s, data.splits[s].images, data.manifest_sha256, ctx.cache_dir, ctx.eval_batch_size)
@@ -129,7 +129,7 @@ class LinearProbe(Method):
         def score(log_c: float) -> float:
             if log_c not in tried:
                 w, b = self._fit_c(feats["train"], y_train, 10.0**log_c)
-                tried[log_c] = selection_metric(self.task, self._scores(feats["val"], w, b), y_val, "val-threshold")
+                tried[log_c] = VAL_THRESHOLD.selection_metric(self.task, self._scores(feats["val"], w, b), y_val)
             return tried[log_c]
 
         grid = sorted(np.log10(self.config.c_grid).tolist())

@@ -246,9 +246,10 @@ def mark_best(table: PaperTable) -> PaperTable:
 
 
 def _protocol_note(info: dict) -> str:
-    if info.get("protocol") == "intclip-code":
-        return " Protocol intclip-code: epoch selected on TEST and threshold 0.5, as the official IntCLIP code does."
-    return " Protocol val-threshold: epoch and threshold selected on val; test scored once."
+    from bench.protocol import PROTOCOLS
+
+    protocol = PROTOCOLS.get(info.get("protocol", ""))
+    return f" {protocol.caption}" if protocol else f" Protocol {info.get('protocol')}."
 
 
 def _seed_note(rows: list[Row]) -> str:

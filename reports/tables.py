@@ -145,7 +145,7 @@ def table_rows(summary: pd.DataFrame) -> list[tuple[dict, list[str], list[list[s
         info = dict(zip(GROUP_KEYS, keys))
         metric_keys = TABLE_METRICS[info["task"]]
         p_column = f"test_{metric_keys[0]}_p_vs_ref"
-        official = info["protocol"] == "intclip-code" and "test_mAP_official_mean" in group and group["test_mAP_official_mean"].notna().any()
+        official = "test_mAP_official_mean" in group and group["test_mAP_official_mean"].notna().any()
         if official:  # the released code's own AP (ties ordered by its sort), which its epoch selection used
             metric_keys = (*metric_keys, "mAP_official")
         header = ["Method", "#P (M)", "n"] + [
@@ -166,7 +166,10 @@ def table_rows(summary: pd.DataFrame) -> list[tuple[dict, list[str], list[list[s
 
 
 def _title(info: dict) -> str:
-    protocol = info["protocol"] + (" (epoch selected on TEST, threshold 0.5: official-code protocol)" if info["protocol"] == "intclip-code" else "")
+    from bench.protocol import PROTOCOLS
+
+    known = PROTOCOLS.get(info["protocol"])
+    protocol = info["protocol"] + (known.title_note if known else "")
     return f"{info['dataset']} (manifest {info['manifest_sha256'][:12]}), backbone {info['backbone']}, protocol {protocol}"
 
 

@@ -1,0 +1,180 @@
+"""What a suite is: every method x dataset x seed resolved into a :class:`PlannedRun` (config, identity, run id,
+the dataset copy it reads), and the triage of those runs against the result store (complete, newer, corrupt,
+partial, new). Nothing here trains; :mod:`bench.runner` runs one plan, :mod:`bench.suite` all of them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+import bench
+from bench import store
+from bench.config import BenchConfig
+from bench.errors import ConfigError
+from bench.registry import BACKBONES, DATASETS, METHODS
+
+
+@dataclass
+class PlannedRun:
+    """One method x dataset x seed with everything that defines it."""
+
+    run_id: str
+    method: str
+    dataset: str
+    seed: int | None  # None: a deterministic method, run once whatever the suite's seeds
+    backbone: str
+    identity: dict[str, Any]
+    run_dir: Path
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in the result (e.g. how a config was tuned)
+    data_key: str | None = None  # which decoded copy of the dataset the run reads (see input_decode); None: the dataset
+
+    @property
+    def data(self) -> str:
+        return self.data_key or self.dataset
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} / {self.dataset} / " + ("deterministic" if self.seed is None else f"seed {self.seed}")
+
+    @property
+    def torch_seed(self) -> int:
+        """The seed generators get (a deterministic method draws nothing, but its code runs seeded all the same)."""
+        return 0 if self.seed is None else self.seed
+
+
+@dataclass
+class SuiteOutcome:
+    planned: list[PlannedRun] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def backbone_image_size(backbone: str) -> int:
+    """The input resolution of a backbone, from its open_clip config (no weights loaded)."""
+    import open_clip
+
+    from bench.backbones import _run_setup
+
+    spec = BACKBONES.get(backbone)
+    _run_setup(spec)
+    size = open_clip.get_model_config(spec.model_name)["vision_cfg"]["image_size"]
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+# torchvision's Resize((S, S)) on a fully decoded PIL image, as the released IntCLIP / Query2Label code resizes: PIL's
+# bilinear resize (antialiased: its filter widens with the downscale factor), no JPEG draft decoding
+OFFICIAL_DECODE = {"resample": "bilinear", "draft": False}
+
+
+def input_decode(cfg: BenchConfig, method: str, dataset: str) -> dict[str, Any]:
+    """Dataset settings a method's input needs on top of ``[datasets.<dataset>]``: a method with ``preprocessing =
+    "official"`` gets the released code's resize (:data:`OFFICIAL_DECODE`) on file-based datasets."""
+    fields = DATASETS.get(dataset).Config.model_fields
+    if getattr(cfg.method_config(method), "preprocessing", None) == "official" and set(OFFICIAL_DECODE) <= set(fields):
+        return dict(OFFICIAL_DECODE)
+    return {}
+
+
+def data_key(dataset: str, overrides: dict[str, Any]) -> str:
+    """Which decoded copy of ``dataset`` a run reads: the dataset name, plus the settings a method changed."""
+    return dataset + "".join(f"@{k}={v}" for k, v in sorted(overrides.items()))
+
+
+def dataset_config(cfg: BenchConfig, name: str, overrides: dict[str, Any] | None = None):
+    if not overrides:
+        return cfg.dataset_config(name)
+    return DATASETS.get(name).Config.model_validate({**cfg.datasets.get(name, {}), **overrides})
+
+
+def load_dataset(cfg: BenchConfig, name: str, image_size: int, overrides: dict[str, Any] | None = None):
+    adapter_cls = DATASETS.get(name)
+    adapter = adapter_cls(dataset_config(cfg, name, overrides), cfg.data_root(name), cfg.paths.cache / "datasets")
+    return adapter.load(image_size)
+
+
+def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tuple[list[PlannedRun], dict[str, Any]]:
+    """Resolve every run of the suite; loads each dataset once (its manifest hash is part of the run id)."""
+    suite = cfg.suite
+    for method in suite.methods:
+        cls = METHODS.get(method)
+        if not any(fnmatch.fnmatchcase(suite.backbone, pat) for pat in cls.supported_backbones):
+            raise ConfigError(f"method {method!r} does not support backbone {suite.backbone!r} (supports {cls.supported_backbones})")
+    datasets = dict(datasets or {})
+    size = backbone_image_size(suite.backbone)
+    for name in suite.datasets:
+        for method in suite.methods:
+            overrides = input_decode(cfg, method, name)
+            if data_key(name, overrides) not in datasets:
+                datasets[data_key(name, overrides)] = load_dataset(cfg, name, size, overrides)
+    from bench.backbones import architecture, weights_identity
+
+    spec = BACKBONES.get(suite.backbone)
+    weights = weights_identity(spec, cfg.backbone_pretrained(suite.backbone), cfg.paths.weights)
+    arch = architecture(spec, cfg.backbone_pretrained(suite.backbone))
+    plans = []
+    for dataset in suite.datasets:
+        for method in suite.methods:
+            overrides = input_decode(cfg, method, dataset)
+            key = data_key(dataset, overrides)
+            data = datasets[key]
+            # a method without randomness of its own, on fixed weights, gives the same scores for every seed: one run
+            seeds = [None] if METHODS.get(method).deterministic and weights != "none" else suite.seeds
+            for seed in seeds:
+                identity = {
+                    "code": {"bench": bench.__version__, "method": METHODS.get(method).version},
+                    "method": {"name": method, "config": cfg.method_config(method).model_dump(mode="json")},
+                    "backbone": {
+                        "name": suite.backbone,
+                        "pretrained": cfg.backbone_pretrained(suite.backbone),
+                        "weights": weights,
+                        "architecture": arch,
+                    },
+                    "dataset": {
+                        "name": dataset,
+                        "config": dataset_config(cfg, dataset, overrides).model_dump(mode="json"),
+                        "manifest_sha256": data.manifest_sha256,
+                    },
+                    "seed": seed,
+                    "protocol": cfg.protocol.name,
+                }
+                run_id = store.compute_run_id(identity)
+                plans.append(
+                    PlannedRun(
+                        run_id, method, dataset, seed, suite.backbone, identity, store.runs_dir(cfg.paths.results) / run_id,
+                        data_key=key,
+                    )
+                )
+    return plans, datasets
+
+
+
+def triage(plans: list[PlannedRun], console: Console) -> tuple[SuiteOutcome, list[PlannedRun]]:
+    """Split planned runs into complete (skipped) and to-run; corrupt results are moved aside and rerun."""
+    outcome = SuiteOutcome(planned=plans)
+    todo = []
+    for plan in plans:
+        status, reason = store.run_status(plan.run_dir)
+        if status == "complete":
+            outcome.skipped.append(plan.run_id)
+            continue
+        if status == "newer":  # a newer harness's record: never rerun, never moved
+            outcome.skipped.append(plan.run_id)
+            console.print(f"[yellow]{plan.label}: {reason}; kept as is[/]")
+            continue
+        if status == "corrupt":
+            moved = store.quarantine(plan.run_dir)
+            console.print(f"[yellow]corrupt result for {plan.label}: {reason}; kept as {moved.name}, rerunning[/]")
+        elif status == "partial":
+            console.print(f"[cyan]{plan.label}: checkpoint found, resuming[/]")
+        todo.append(plan)
+    return outcome, todo

@@ -1,0 +1,136 @@
+"""The package's shape: no import circle, and one contract every registered method keeps (on the tiny CLIP)."""
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.backbones import TINY_CLIP, load_backbone
+from bench.registry import METHODS, create_method
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = {"bench": "bench", "bench.methods": "methods", "bench.datasets": "datasets", "bench.reports": "reports"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for prefix, folder in PACKAGES.items():
+        for path in (REPO / folder).glob("*.py"):
+            out[prefix if path.stem == "__init__" else f"{prefix}.{path.stem}"] = path
+    return out
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Modules of the package that ``name`` imports, at module level or inside functions (``if TYPE_CHECKING:``
+    blocks excluded: they never run)."""
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)}
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
+                for _ in range(node.level - 1):
+                    parent = parent.rsplit(".", 1)[0]
+                base = f"{parent}.{base}" if base else parent
+            candidates = [base] + [f"{base}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        else:
+            continue
+        out |= {c for c in candidates if c in known and c != name}
+    return out
+
+
+def test_no_import_circle_inside_the_package():
+    modules = _modules()
+    graph = {m: _imports(m, p, set(modules)) for m, p in modules.items()}
+    assert "bench.suite" in graph["bench.tune"] and "bench.ray_executor" not in graph["bench.plan"]  # the checker sees edges
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_ray_and_optuna_are_imported_by_the_ray_executor_only():
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
+        if name != "bench.ray_executor":
+            assert not names & {"ray", "optuna"}, name
+
+
+# -- the method contract ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from bench.datasets.synthetic import SyntheticIntentions
+
+    cfg = SyntheticIntentions.Config(n_train=32, n_val=16, n_test=16)
+    return SyntheticIntentions(cfg, None, tmp_path_factory.mktemp("data")).load(96)
+
+
+def _build(name: str, data, seed: int = 0, **overrides):
+    cls = METHODS.get(name)
+    small = {"epochs": 1, "batch_size": 16} if "epochs" in cls.Config.model_fields else {}
+    if name.startswith("query2label"):
+        small |= {"hidden_dim": 32, "dim_feedforward": 64}
+    torch.manual_seed(seed)
+    backbone = load_backbone(TINY_CLIP, "none")
+    return create_method(name, cls.Config(**small, **overrides), backbone, data, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_registered_method_keeps_the_contract(name, synthetic, tmp_path):
+    from bench.engine import RunContext, run_method
+
+    def state(m) -> dict:
+        return {k: v.detach().clone() for k, v in m.state_dict().items() if isinstance(v, torch.Tensor)}
+
+    a, b = _build(name, synthetic), _build(name, synthetic)
+    sa, sb = state(a), state(b)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)  # one seed, one initialisation
+    learnable = a.learnable_parameters()
+    if a.trainer == "engine":
+        optimizer, _ = a.configure_optimizers(steps_per_epoch=2)
+        in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        assert in_optimizer == {id(p) for p in learnable.values()}
+        assert a.param_counts()["learnable"] == sum(p.numel() for p in learnable.values()) > 0
+
+    ctx = RunContext(run_dir=tmp_path / "run", seed=0, device=torch.device("cpu"), cache_dir=tmp_path / "cache", log=lambda *_: None)
+    out = run_method(a, synthetic, ctx)
+    n_val, n_classes = len(synthetic.splits["val"]), synthetic.num_classes
+    assert out.val_scores.shape == (n_val, n_classes) and out.val_scores.dtype == np.float32
+    assert out.val_logits.shape == (n_val, n_classes) and np.isfinite(out.val_logits).all()
+    assert out.val_scores.min() >= 0 and out.val_scores.max() <= 1
+    np.testing.assert_allclose(out.val_scores, 1 / (1 + np.exp(-out.val_logits)), rtol=1e-5, atol=1e-6)
+
+    if a.trainer != "engine":
+        return  # fitted and training-free methods keep their fit outside torch state
+    restored = _build(name, synthetic)  # the same frozen backbone (the state is the learned part only) ...
+    with torch.no_grad():  # ... and learned weights far from the trained ones
+        for p in restored.learnable_parameters().values():
+            p.add_(torch.randn_like(p))
+    restored.load_state_dict(a.state_dict())
+    for m in (a, restored):
+        m.train(False)
+        m.model.eval()
+        m.start_eval()
+    images = synthetic.splits["test"].images[:4]
+    torch.testing.assert_close(restored.predict_logits(restored.prepare(images)), a.predict_logits(a.prepare(images)))
