@@ -38,6 +38,7 @@ def build_record(
     timing: dict[str, Any],
     env: dict[str, Any],
     artifacts: dict[str, str],
+    main_metric: str | None = None,
 ) -> RunResult:
     """The validated :class:`RunResult` of one finished run."""
     scalars, per_class = split_metrics(val_metrics, test_metrics)
@@ -50,6 +51,8 @@ def build_record(
             version=type(method).version,
             config=method.config.model_dump(mode="json"),
             resolved=getattr(method, "resolved", {}),
+            family=type(method).family,
+            display_name=type(method).display_name,
         ),
         backbone=backbone.describe(),
         dataset=DatasetRecord(
@@ -60,6 +63,7 @@ def build_record(
             class_keys=[c.key for c in data.classes],
             split_sizes={k: len(v) for k, v in data.splits.items()},
             info=data.info,
+            main_metric=main_metric,
         ),
         seed=plan.seed,
         protocol=ProtocolRecord(name=cfg.protocol.name, threshold=val_metrics.get("threshold"), selection_split=selection_split),

@@ -19,7 +19,7 @@ from bench.io import atomic_write_text
 from bench.plan import PlannedRun, SuiteOutcome
 from bench.protocol import get_protocol
 from bench.record import build_record
-from bench.registry import BACKBONES, create_method
+from bench.registry import BACKBONES, DATASETS, create_method
 from bench.schema import RunResult
 
 if TYPE_CHECKING:
@@ -109,6 +109,7 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
             "loss_scaling": loss_scaling,
         },
         artifacts=artifacts,
+        main_metric=DATASETS.get(plan.dataset).main_metric,
     )
     scores = {"val_scores": outcome.val_scores, "val_labels": val.labels, "val_logits": outcome.val_logits,
               "test_scores": outcome.test_scores, "test_labels": test.labels, "test_logits": outcome.test_logits}

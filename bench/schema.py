@@ -30,6 +30,8 @@ class MethodRecord(_Record):
     version: str = Field(description="The method's version string: bumped whenever its math changes.")
     config: dict[str, Any] = Field(description="The method's full validated config (defaults, preset and bench.toml keys applied).")
     resolved: dict[str, Any] = Field(default_factory=dict, description="What 'auto' settings became for this run.")
+    family: str | None = Field(default=None, description="The method's group in reports (e.g. 'Multi-label methods').")
+    display_name: str | None = Field(default=None, description="A readable name for reports (e.g. 'DualCoOp').")
 
 
 class DatasetRecord(_Record):
@@ -40,6 +42,7 @@ class DatasetRecord(_Record):
     class_keys: list[str] = Field(description="Class keys in score-column order.")
     split_sizes: dict[str, int] = Field(description="Images per split (train after skipping unreadable files).")
     info: dict[str, Any] = Field(default_factory=dict, description="Adapter facts, e.g. skipped train images.")
+    main_metric: str | None = Field(default=None, description="The score tables rank by (None: macro_f1 for multilabel, accuracy for multiclass).")
 
 
 class ProtocolRecord(_Record):

@@ -79,6 +79,8 @@ class DatasetAdapter(ABC):
     name: ClassVar[str]
     task: ClassVar[TaskType]
     Config: ClassVar[type[DatasetConfig]] = DatasetConfig
+    # the score tables rank by and the leaderboard tracks (None: macro F1 for multi-label, accuracy for single-label)
+    main_metric: ClassVar[str | None] = None
 
     def __init__(self, config: DatasetConfig, root: Path | None, cache_dir: Path) -> None:
         self.config = config

@@ -94,6 +94,9 @@ class Method(ABC):
     # True when the method draws no random numbers of its own (no init, data order, augmentation or dropout): on a
     # fixed backbone its scores do not depend on the seed, so a suite runs it once (seed None), not once per seed
     deterministic: ClassVar[bool] = False
+    # how reports show the method: its group in Table 1 and a readable name (None: the registry name)
+    family: ClassVar[str] = "Other methods"
+    display_name: ClassVar[str | None] = None
     scheduler_interval: ClassVar[Literal["epoch", "step"]] = "epoch"  # when the engine steps the scheduler
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {}  # named config changes, run as "<name>:<variant>"
 

@@ -50,6 +50,7 @@ class DualCoOpConfig(PromptTrainingConfig):
 
 class DualCoOp(PromptScoring, Method):
     name = "dualcoop"
+    family, display_name = "Multi-label methods", "DualCoOp"
     Config = DualCoOpConfig
     supported_backbones = ("RN*", "tiny-clip")
 

@@ -234,6 +234,7 @@ class IntCLIPNet(nn.Module):
 
 class IntCLIP(PromptScoring, Method):
     name = "intclip"
+    family, display_name = "IntCLIP", "IntCLIP"
     Config = IntCLIPConfig
     supported_backbones = ("RN50", "RN101", "ViT-B-32", "tiny-clip")
     VARIANTS = {

@@ -17,6 +17,7 @@ class LabelPrior(Method):
     name = "label-prior"
     trainer = "fit"
     deterministic = True
+    family, display_name = "Reference points", "Label prior"
 
     def __init__(self, config, backbone, data, device) -> None:
         super().__init__(config, backbone, data, device)

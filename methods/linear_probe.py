@@ -32,6 +32,7 @@ class LinearProbe(Method):
     Config = LinearProbeConfig
     trainer = "fit"
     deterministic = True  # frozen features, L-BFGS from zero: no random numbers
+    family, display_name = "Reference points", "CLIP linear probe"
 
     def __init__(self, config, backbone, data, device) -> None:
         super().__init__(config, backbone, data, device)

@@ -366,6 +366,7 @@ def asymmetric_loss(
 # -- the method -----------------------------------------------------------------------------------------------------
 class Query2Label(Method):
     name = "query2label"
+    family, display_name = "Multi-label methods", "Query2Label"
     Config = Query2LabelConfig
     supported_backbones = ("*",)  # the timm trunk ignores the CLIP backbone; trunk="clip" needs a ModifiedResNet
     scheduler_interval = "step"  # OneCycle steps per batch

@@ -26,6 +26,7 @@ class ZeroShot(Method):
     Config = ZeroShotConfig
     trainer = "none"
     deterministic = True
+    family, display_name = "Reference points", "Zero-shot CLIP"
 
     def __init__(self, config, backbone, data, device) -> None:
         super().__init__(config, backbone, data, device)

@@ -158,7 +158,11 @@ def base_method(label: str) -> str:
     return label.split(" ")[0]
 
 
-def family_of(label: str) -> str:
+def family_of(label: str, declared: str | None = None) -> str:
+    """The Table 1 group of a row: what the method declares (``Method.family``, in its records), else the known
+    members of :data:`FAMILIES` (records written before methods declared it), else "Other methods"."""
+    if isinstance(declared, str) and declared:
+        return declared
     name = base_method(label)
     root = name.split(":")[0]
     for family, members in FAMILIES:
@@ -269,12 +273,19 @@ def table1(group: pd.DataFrame, info: dict, reference: bool) -> PaperTable:
     columns = [(split, m) for split in ("test", "val") for m in MULTILABEL_COLUMNS]
     ablation_only = {m for a in ABLATIONS for _, names, _ in a.rows for m in names if ":" in m}
     rows = []
-    order = {name: 100 * i + j for i, (_, members) in enumerate(FAMILIES) for j, name in enumerate(members)}
-    group = group.assign(_order=[order.get(base_method(m), order.get(base_method(m).split(":")[0], 10_000)) for m in group["method"]])
+    family_rank = {family: i for i, (family, _) in enumerate(FAMILIES)}
+    member_rank = {name: j for _, members in FAMILIES for j, name in enumerate(members)}
+
+    def rank(label: str, declared: str | None) -> int:  # family first (declared ones too), then the paper's order
+        name = base_method(label)
+        family = family_of(label, declared)
+        return 100 * family_rank.get(family, len(FAMILIES)) + member_rank.get(name, member_rank.get(name.split(":")[0], 99))
+
+    group = group.assign(_order=[rank(m, f) for m, f in zip(group["method"], group.get("family", [None] * len(group)))])
     for _, r in group.sort_values("_order", kind="stable").iterrows():
         if base_method(r["method"]) in ablation_only:
             continue
-        row = _reproduced_row(r, r["method"], family_of(r["method"]), columns, "macro_f1")
+        row = _reproduced_row(r, r["method"], family_of(r["method"], r.get("family")), columns, "macro_f1")
         if reference and info["dataset"] == "intentonomy":
             paper = TABLE1_REFERENCE.get(base_method(r["method"]), {})
             paper_label = paper.get(info["backbone"], paper.get("*"))
@@ -372,7 +383,7 @@ def emotion_table(summary: pd.DataFrame, reference: bool) -> list[PaperTable]:
         for _, r in group.iterrows():
             row = rows.setdefault(
                 r["method"],
-                Row(label=r["method"], family=family_of(r["method"]), params_m=r["params_learnable"] / 1e6, cells=[Cell(None) for _ in keys], method=r["method"]),
+                Row(label=r["method"], family=family_of(r["method"], r.get("family")), params_m=r["params_learnable"] / 1e6, cells=[Cell(None) for _ in keys], method=r["method"]),
             )
             row.cells[keys.index((r["dataset"], r["manifest_sha256"]))] = _cell(r, "test", "accuracy")
             row.n = int(r["n"])

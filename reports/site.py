@@ -41,17 +41,19 @@ def entry_key(dataset: str, manifest: str, backbone: str, protocol: str, method:
     return f"{dataset}@{str(manifest)[:12]} / {backbone} / {protocol} / {layout.base_method(method)} #{experiment or '?'}"
 
 
-def primary_metric(task: str, metric: str) -> str:
+def primary_metric(row: pd.Series, metric: str) -> str:
+    """The leaderboard's metric for a summary row: ``metric`` unless ``auto``, then the dataset's main metric."""
     if metric != "auto":
         return metric
-    return layout.PRIMARY[task]
+    declared = row.get("main_metric")
+    return str(declared) if isinstance(declared, str) and declared else layout.PRIMARY[row["task"]]
 
 
 def snapshot(summary: pd.DataFrame, metric: str, split: str) -> dict[str, dict]:
     """Every entry's primary metric mean (percent) and n."""
     entries = {}
     for _, r in summary.iterrows():
-        name = primary_metric(r["task"], metric)
+        name = primary_metric(r, metric)
         value = r.get(f"{split}_{name}_mean")
         if value is None or pd.isna(value):
             continue

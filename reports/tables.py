@@ -55,6 +55,8 @@ def results_frame(records: list[RunResult]) -> pd.DataFrame:
             "config_id": store.compute_run_id(r.method.config)[:8],
             "weights_id": r.weights_id,
             "tuned": "tuning" in r.extra,
+            "family": r.method.family,
+            "main_metric": r.dataset.main_metric or ("macro_f1" if r.dataset.task == "multilabel" else "accuracy"),
             "backbone": r.backbone["name"],
             "dataset": r.dataset.name,
             "manifest_sha256": r.dataset.manifest_sha256,
@@ -87,6 +89,8 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(GROUP_KEYS + IDENTITY_KEYS, keys))
         row["method"] = group["method"].iloc[0]
         row["experiment_id"] = store.compute_run_id({k: str(row[k]) for k in IDENTITY_KEYS})[:12]
+        row["family"] = group["family"].iloc[0]
+        row["main_metric"] = group["main_metric"].iloc[0]
         row["n"] = len(group)
         seeds = group["seed"]
         row["deterministic"] = bool(seeds.isna().all())
@@ -256,8 +260,10 @@ def add_significance(
 
     summary["reference"] = False
     for _, group in summary.groupby(GROUP_KEYS, sort=False, dropna=False):
-        primary = "macro_f1" if group["task"].iloc[0] == "multilabel" else "accuracy"
-        metric_names = ("macro_f1", "mAP") if primary == "macro_f1" else ("accuracy",)
+        primary = main_metric(group)
+        metric_names = ("macro_f1", "mAP") if group["task"].iloc[0] == "multilabel" else ("accuracy",)
+        if primary not in metric_names:
+            metric_names = (primary, *metric_names)
         ref_index = group[f"val_{primary}_mean"].idxmax()
         summary.loc[ref_index, "reference"] = True
         if len(group) < 2:
@@ -319,6 +325,14 @@ def _write_cache(path: Path, payload: dict) -> None:
         store.atomic_write_bytes(path, json.dumps(payload).encode())
     except OSError:
         pass  # a read-only store: no cache, same numbers
+
+
+def main_metric(group: pd.DataFrame) -> str:
+    """The score a table ranks by: its dataset's declared main metric, else macro F1 (multi-label) or accuracy."""
+    declared = group["main_metric"].dropna() if "main_metric" in group else pd.Series(dtype=object)
+    if len(declared):
+        return str(declared.iloc[0])
+    return "macro_f1" if group["task"].iloc[0] == "multilabel" else "accuracy"
 
 
 def significance_note(summary: pd.DataFrame) -> str:

@@ -62,6 +62,7 @@ def test_run_writes_complete_records_consistent_with_their_scores(finished_suite
         assert len(r["metrics"]["per_class"]["test"]["f1"]) == 12
     by_method = {r["method"]["name"]: r for r in records.values()}
     assert by_method["zeroshot"]["params"]["learnable"] == 0
+    assert by_method["dualcoop"]["method"]["family"] == "Multi-label methods" and by_method["dualcoop"]["method"]["display_name"] == "DualCoOp"
     prior = by_method["label-prior"]
     scores = store.read_scores(tmp_path / "results" / "runs" / prior["run_id"])
     from bench.config import load_config

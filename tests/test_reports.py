@@ -193,3 +193,38 @@ print(sorted(m for m in ("torch", "open_clip", "timm", "torchvision") if m in sy
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _declare(results: Path, method: str, **fields) -> None:
+    """Rewrite the stored records of ``method`` as a harness that declares ``fields`` would write them."""
+    import json
+
+    for path in (results / "runs").glob("*/result.json"):
+        data = json.loads(path.read_text())
+        if data["method"]["name"] == method:
+            for key, value in fields.items():
+                section, name = key.split(".")
+                data[section][name] = value
+            path.write_text(json.dumps(data))
+
+
+def test_a_new_method_lands_in_the_family_it_declares_and_datasets_choose_their_main_metric(tmp_path):
+    for seed in (0, 1):
+        make_run(tmp_path, "intclip", seed, test={"macro_f1": 0.40}, val={"macro_f1": 0.40, "mAP": 0.30}, quality=0.2)
+        make_run(tmp_path, "prior-knn", seed, test={"macro_f1": 0.30}, val={"macro_f1": 0.30, "mAP": 0.50}, quality=0.6)
+    (table,) = layout.paper_tables(_summary(tmp_path))
+    assert next(r for r in table.rows if r.label == "prior-knn").family == "Other methods"  # an old record: unknown
+    _declare(tmp_path, "prior-knn", **{"method.family": "Multi-label methods", "method.display_name": "Prior kNN"})
+    (table,) = layout.paper_tables(_summary(tmp_path))
+    assert [(r.label, r.family) for r in table.rows] == [("prior-knn", "Multi-label methods"), ("intclip", "IntCLIP")]
+    # the reference row follows the dataset's main metric: macro F1 by default, mAP where the dataset says so
+    summary = _summary(tmp_path, bootstrap=50).set_index("method")
+    assert summary.loc["intclip", "reference"] and not summary.loc["prior-knn", "reference"]
+    for method in ("intclip", "prior-knn"):
+        _declare(tmp_path, method, **{"dataset.main_metric": "mAP"})
+    summary = _summary(tmp_path, bootstrap=50).set_index("method")
+    assert summary.loc["prior-knn", "reference"] and set(summary["main_metric"]) == {"mAP"}
+    from bench.reports.site import snapshot
+
+    entries = snapshot(summary.reset_index(), "auto", "test")
+    assert {e["metric"] for e in entries.values()} == {"test mAP"}
