@@ -2,7 +2,8 @@
 
 Entries are ``"module:attribute"`` strings imported on first use, so ``bench ls`` and config validation stay
 fast and a method's heavy dependencies cost nothing until it runs. Adding a method = one file in ``methods/`` and
-one line below.
+one line below; another package adds its own through the ``bench.methods`` / ``bench.datasets`` entry-point groups
+(``[project.entry-points."bench.methods"] prior-knn = "my_lab.prior_knn:PriorKNN"``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,23 @@ from bench.errors import UnknownNameError
 class Registry:
     """Maps names to lazily imported objects; unknown names fail with "did you mean ...?"."""
 
-    def __init__(self, kind: str, entries: dict[str, str]) -> None:
+    def __init__(self, kind: str, entries: dict[str, str], group: str | None = None) -> None:
         self.kind = kind
         self._targets: dict[str, str] = dict(entries)
         self._loaded: dict[str, Any] = {}
+        self._group = group  # Python entry-point group third-party packages register under
+        self._discovered = group is None
+
+    def _discover(self) -> None:
+        """Add the entries other installed packages declare under the entry-point group (once; a built-in name
+        always wins, so a plugin can add methods but never replace one)."""
+        if self._discovered:
+            return
+        self._discovered = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=self._group):
+            self._targets.setdefault(ep.name, ep.value)
 
     def register(self, name: str, target: str | Any) -> None:
         """Add an entry: a ``"module:attr"`` string or the object itself (for plugins and tests)."""
@@ -38,10 +52,12 @@ class Registry:
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style wildcard, sorted."""
+        self._discover()
         return sorted(n for n in self._targets if fnmatch.fnmatchcase(n, pattern))
 
     def check(self, name: str) -> str:
         """Return ``name`` if registered, else raise :class:`UnknownNameError` with close matches."""
+        self._discover()
         if name in self._targets:
             return name
         close = difflib.get_close_matches(name, list(self._targets), n=3, cutoff=0.5)
@@ -62,6 +78,7 @@ class Registry:
         return self._loaded[name]
 
     def __contains__(self, name: object) -> bool:
+        self._discover()
         return name in self._targets
 
 
@@ -103,6 +120,7 @@ METHODS = MethodRegistry(
         "label-prior": "bench.methods.label_prior:LabelPrior",
         "query2label": "bench.methods.query2label:Query2Label",
     },
+    group="bench.methods",
 )
 
 DATASETS = Registry(
@@ -113,6 +131,7 @@ DATASETS = Registry(
         "emotionroi": "bench.datasets.emotion:EmotionROI",
         "fi": "bench.datasets.emotion:FI",
     },
+    group="bench.datasets",
 )
 
 BACKBONES = Registry(

@@ -227,7 +227,8 @@ def rich_tables(summary: pd.DataFrame) -> list:
 
 SIGNIFICANCE_NOTE = (
     "p vs ref: one-sided hierarchical bootstrap (seeds and test images resampled together) of each method against "
-    "the reference method of its table (the best mean val {metric}; never chosen on test), Holm-corrected over the "
+    "the reference method of its table (the best mean val {metric}, its dataset's main metric; never chosen on "
+    "test), Holm-corrected over the "
     "compared methods; {n_boot} resamples, seed {seed}."
 )
 
@@ -339,5 +340,7 @@ def significance_note(summary: pd.DataFrame) -> str:
     """The sentence that says how the p-values were computed (empty when there are none)."""
     if summary.empty or "bootstrap_n" not in summary:
         return ""
-    metric = "accuracy" if (summary["task"] == "multiclass").all() else "macro F1 (accuracy for single-label datasets)"
+    names = {"macro_f1": "macro F1", "mAP": "mAP", "accuracy": "accuracy"}
+    used = sorted(dict.fromkeys(summary["main_metric"].dropna())) if "main_metric" in summary else []
+    metric = " / ".join(names.get(m, m) for m in used) if used else "macro F1 (accuracy for single-label datasets)"
     return SIGNIFICANCE_NOTE.format(metric=metric, n_boot=int(summary["bootstrap_n"].iloc[0]), seed=int(summary["bootstrap_seed"].iloc[0]))
