@@ -86,17 +86,31 @@ def synthetic(tmp_path_factory):
     return SyntheticIntentions(cfg, None, tmp_path_factory.mktemp("data")).load(96)
 
 
+def _plugin(name: str):
+    """The example plugin's method (tests/plugin), held to the same contract as the built-in ones."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "plugin"))
+    try:
+        from bench_toy_plugin.prior_knn import PriorKNN
+    finally:
+        sys.path.pop(0)
+    return PriorKNN
+
+
 def _build(name: str, data, seed: int = 0, **overrides):
-    cls = METHODS.get(name)
+    cls = _plugin(name) if name == "prior-knn" else METHODS.get(name)
     small = {"epochs": 1, "batch_size": 16} if "epochs" in cls.Config.model_fields else {}
     if name.startswith("query2label"):
         small |= {"hidden_dim": 32, "dim_feedforward": 64}
     torch.manual_seed(seed)
     backbone = load_backbone(TINY_CLIP, "none")
+    if name == "prior-knn":
+        return cls(cls.Config(**small, **overrides), backbone, data, torch.device("cpu"))
     return create_method(name, cls.Config(**small, **overrides), backbone, data, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("name", [*METHODS.names(), "prior-knn"])
 def test_every_registered_method_keeps_the_contract(name, synthetic, tmp_path):
     from bench.engine import RunContext, run_method
 
