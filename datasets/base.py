@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from bench.errors import BenchError
+
 TaskType = Literal["multilabel", "multiclass"]
 SPLITS = ("train", "val", "test")
 
@@ -90,3 +92,15 @@ class DatasetAdapter(ABC):
     @abstractmethod
     def load(self, image_size: int) -> DatasetData:
         """Return every split decoded and resized (squashed) to ``image_size`` x ``image_size``."""
+
+
+class DatasetError(BenchError):
+    """A dataset's files are absent, malformed or incomplete (the message names the file or key)."""
+
+
+class DatasetNotFoundError(DatasetError):
+    """No data root configured, or the root lacks the annotation files."""
+
+
+class SplitIncompleteError(DatasetError):
+    """A val or test image is missing or corrupt: the evaluation splits are never silently reduced."""

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.cli_data import data_app  # noqa: E402
-from bench.datasets import images as images_mod  # noqa: E402
+from bench.datasets import manifest as manifest_mod  # noqa: E402  (scan_file looks decode_image up there)
 from bench.datasets.emotion import FI, EmotionROI  # noqa: E402
 from bench.datasets.images import (  # noqa: E402
     DatasetError,
@@ -78,13 +78,13 @@ def roi_root(tmp_path: Path) -> Path:
 
 
 class DecodeSpy:
-    """Replaces images.decode_image: counts calls, optionally refuses to decode."""
+    """Replaces manifest.decode_image: counts calls, optionally refuses to decode."""
 
     def __init__(self, monkeypatch, forbid: bool = False):
         self.calls = 0
         self.forbid = forbid
-        self.real = images_mod.decode_image
-        monkeypatch.setattr(images_mod, "decode_image", self)
+        self.real = manifest_mod.decode_image
+        monkeypatch.setattr(manifest_mod, "decode_image", self)
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -341,11 +341,11 @@ def test_half_written_cache_is_never_used(roi_root, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     shutil.rmtree(folder)
-    monkeypatch.setattr(images_mod, "decode_image", interrupted)
+    monkeypatch.setattr(manifest_mod, "decode_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         roi(roi_root, cache).load(16)
     assert not folder.exists() and not list((cache / "emotionroi").glob(".build-*"))
-    monkeypatch.setattr(images_mod, "decode_image", spy.real)
+    monkeypatch.setattr(manifest_mod, "decode_image", spy.real)
     assert roi(roi_root, cache).load(16).manifest_sha256 == first.manifest_sha256
 
 
