@@ -192,13 +192,23 @@ def selection_metric(task: str, scores: np.ndarray, labels: np.ndarray, protocol
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors and plain numbers only, so a checkpoint loads with ``weights_only=True``
+    (no pickled objects: a checkpoint in a shared results folder cannot run code)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": python_gauss},
+    }
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
 
 
 def train_step(
@@ -272,7 +282,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = ctx.run_dir / CHECKPOINT
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)  # tensors and plain data only
         method.load_state_dict(ckpt["method"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler") is not None:

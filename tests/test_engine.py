@@ -86,7 +86,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     (tmp_path / "full").mkdir(exist_ok=True)
     with pytest.raises(Stop):
         run_method(make(), toy_data(), ctx(tmp_path / "cut", report=stop_after_two))
-    assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["epoch"] == 2
     resumed = run_method(make(seed=123), toy_data(), ctx(tmp_path / "cut"))  # different init: must be overwritten
     assert resumed.resumed_from_epoch == 2 and full.resumed_from_epoch is None
     assert resumed.epochs_run == full.epochs_run == 4
@@ -136,3 +136,23 @@ def test_predict_split_returns_float32_scores_in_unit_range(tmp_path):
     method = make()
     scores = predict_split(method, toy_data().splits["test"], ctx(tmp_path))
     assert scores.dtype == np.float32 and scores.shape == (48, 3) and scores.min() >= 0 and scores.max() <= 1
+
+
+class _Planted:
+    """A pickle that would create a file when unpickled: what a hostile checkpoint in a shared store could hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_checkpoint_is_refused_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"epoch": 1, "payload": _Planted(marker)}, run_dir / CHECKPOINT)
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl|unsupported global"):
+        run_method(make(), toy_data(), ctx(run_dir))
+    assert not marker.exists()

@@ -35,7 +35,7 @@ def test_sigkill_then_rerun_resumes_from_checkpoint(write_config, tmp_path: Path
     def checkpoint_epoch() -> int:
         for ckpt in runs.glob("*/checkpoint.pt"):
             try:
-                return torch.load(ckpt, weights_only=False)["epoch"]
+                return torch.load(ckpt, weights_only=True)["epoch"]
             except Exception:  # noqa: BLE001 - never a half-written file (atomic rename), but be safe
                 return 0
         return 0

@@ -368,7 +368,7 @@ def test_end_to_end_on_the_tiny_backbone_and_exact_resume(tiny_backbone, tmp_pat
     assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in full.history], abs=1e-6)
     np.testing.assert_allclose(resumed.test_scores, full.test_scores, atol=1e-6)
     # the EMA shadow was restored too: the last checkpoints hold the same raw and EMA weights
-    last = [torch.load(tmp_path / run / CHECKPOINT, weights_only=False)["method"] for run in ("full", "cut")]
+    last = [torch.load(tmp_path / run / CHECKPOINT, weights_only=True)["method"] for run in ("full", "cut")]
     assert last[0]["ema_updates"] == last[1]["ema_updates"] == 4
     for key in ("params", "ema"):
         for name, value in last[0][key].items():
