@@ -25,6 +25,12 @@ from bench.io import sha256_file
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PACKAGE_PREFIX = "package:"
+WEIGHT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors"}
+
+
+def _names_a_file(value: str) -> bool:
+    """Whether a ``pretrained`` value is a checkpoint path (else an open_clip tag, ``none`` or a prefixed form)."""
+    return Path(value).suffix in WEIGHT_SUFFIXES or "/" in value
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ def architecture(spec: BackboneSpec, pretrained: str | None) -> str:
     value = pretrained or spec.default_pretrained
     if not spec.openai or value.startswith("local-dir:"):
         return spec.model_name
-    is_tag = value != "none" and not value.startswith(PACKAGE_PREFIX) and "/" not in value and Path(value).suffix not in {".pt", ".pth", ".bin", ".safetensors"}
+    is_tag = value != "none" and not value.startswith(PACKAGE_PREFIX) and not _names_a_file(value)
     if is_tag and not (open_clip.get_pretrained_cfg(spec.model_name, value) or {}).get("quick_gelu", False):
         return spec.model_name
     return spec.model_name + QUICKGELU_SUFFIX
@@ -160,7 +166,7 @@ def resolve_pretrained(spec: BackboneSpec, pretrained: str | None, weights_dir: 
             raise WeightsNotFoundError(f"{spec.name}: local-dir folder {path} does not exist")
         return value, path
     as_path = Path(value).expanduser()
-    if as_path.suffix in {".pt", ".pth", ".bin", ".safetensors"} or "/" in value:
+    if _names_a_file(value):
         if not as_path.is_file():
             raise WeightsNotFoundError(
                 f"{spec.name}: checkpoint {as_path} does not exist (set backbones.{spec.name}.pretrained in "

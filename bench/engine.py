@@ -185,9 +185,8 @@ def predict_split(method: Method, split: Split, ctx: RunContext) -> np.ndarray:
     return score_split(method, split, ctx)[0]
 
 
-def selection_metric(task: str, scores: np.ndarray, labels: np.ndarray, protocol: str, logits: np.ndarray | None = None) -> float:
-    """The protocol's selection metric (:meth:`bench.protocol.Protocol.selection_metric`); ``logits`` are accepted
-    for symmetry with the standard metrics, no selection metric ranks on them."""
+def selection_metric(task: str, scores: np.ndarray, labels: np.ndarray, protocol: str) -> float:
+    """The protocol's selection metric (:meth:`bench.protocol.Protocol.selection_metric`)."""
     return get_protocol(protocol).selection_metric(task, scores, labels)
 
 
@@ -273,8 +272,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     optimizer, scheduler = method.configure_optimizers(steps_per_epoch)
     _check_optimizer_covers_learnable(method, optimizer)
-    ctx.autocast_dtype, loss_scaling = precision(ctx.device, ctx.amp, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=loss_scaling)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision(ctx.device, ctx.amp, cfg)[1])  # (autocast: run_method)
 
     start_epoch, history = 0, []
     best: dict[str, Any] = {"epoch": None, "variant": None, "metric": -math.inf, "state": None}
@@ -306,8 +304,8 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         variant_metrics = {}
         for variant in method.eval_variants():
             method.use_variant(variant)
-            scores, logits = score_split(method, selection_split, ctx)
-            variant_metrics[variant] = selection_metric(data.task, scores, selection_split.labels, ctx.protocol, logits)
+            scores = predict_split(method, selection_split, ctx)
+            variant_metrics[variant] = protocol.selection_metric(data.task, scores, selection_split.labels)
             if variant_metrics[variant] > best["metric"]:
                 best = {"epoch": epoch, "variant": variant, "metric": variant_metrics[variant], "state": copy.deepcopy(method.variant_state(variant))}
         method.use_variant(method.eval_variants()[0])

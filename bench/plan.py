@@ -76,11 +76,12 @@ def backbone_image_size(backbone: str) -> int:
 OFFICIAL_DECODE = {"resample": "bilinear", "draft": False}
 
 
-def input_decode(cfg: BenchConfig, method: str, dataset: str) -> dict[str, Any]:
+def input_decode(cfg: BenchConfig, method: str, dataset: str, method_config: Any = None) -> dict[str, Any]:
     """Dataset settings a method's input needs on top of ``[datasets.<dataset>]``: a method with ``preprocessing =
     "official"`` gets the released code's resize (:data:`OFFICIAL_DECODE`) on file-based datasets."""
     fields = DATASETS.get(dataset).Config.model_fields
-    if getattr(cfg.method_config(method), "preprocessing", None) == "official" and set(OFFICIAL_DECODE) <= set(fields):
+    method_config = method_config or cfg.method_config(method)
+    if getattr(method_config, "preprocessing", None) == "official" and set(OFFICIAL_DECODE) <= set(fields):
         return dict(OFFICIAL_DECODE)
     return {}
 
@@ -109,53 +110,41 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
         cls = METHODS.get(method)
         if not any(fnmatch.fnmatchcase(suite.backbone, pat) for pat in cls.supported_backbones):
             raise ConfigError(f"method {method!r} does not support backbone {suite.backbone!r} (supports {cls.supported_backbones})")
-    datasets = dict(datasets or {})
-    size = backbone_image_size(suite.backbone)
-    for name in suite.datasets:
-        for method in suite.methods:
-            overrides = input_decode(cfg, method, name)
-            if data_key(name, overrides) not in datasets:
-                datasets[data_key(name, overrides)] = load_dataset(cfg, name, size, overrides)
     from bench.backbones import architecture, weights_identity
 
     spec = BACKBONES.get(suite.backbone)
     weights = weights_identity(spec, cfg.backbone_pretrained(suite.backbone), cfg.paths.weights)
-    arch = architecture(spec, cfg.backbone_pretrained(suite.backbone))
+    backbone = {"name": suite.backbone, "pretrained": cfg.backbone_pretrained(suite.backbone), "weights": weights,
+                "architecture": architecture(spec, cfg.backbone_pretrained(suite.backbone))}
+    datasets = dict(datasets or {})
+    size = backbone_image_size(suite.backbone)
     plans = []
     for dataset in suite.datasets:
         for method in suite.methods:
-            overrides = input_decode(cfg, method, dataset)
+            method_config = cfg.method_config(method)
+            overrides = input_decode(cfg, method, dataset, method_config)
             key = data_key(dataset, overrides)
-            data = datasets[key]
+            if key not in datasets:  # each decoded copy is loaded once
+                datasets[key] = load_dataset(cfg, dataset, size, overrides)
+            common = {
+                "code": {"bench": bench.__version__, "method": METHODS.get(method).version},
+                "method": {"name": method, "config": method_config.model_dump(mode="json")},
+                "backbone": backbone,
+                "dataset": {
+                    "name": dataset,
+                    "config": dataset_config(cfg, dataset, overrides).model_dump(mode="json"),
+                    "manifest_sha256": datasets[key].manifest_sha256,
+                },
+                "protocol": cfg.protocol.name,
+            }
             # a method without randomness of its own, on fixed weights, gives the same scores for every seed: one run
             seeds = [None] if METHODS.get(method).deterministic and weights != "none" else suite.seeds
             for seed in seeds:
-                identity = {
-                    "code": {"bench": bench.__version__, "method": METHODS.get(method).version},
-                    "method": {"name": method, "config": cfg.method_config(method).model_dump(mode="json")},
-                    "backbone": {
-                        "name": suite.backbone,
-                        "pretrained": cfg.backbone_pretrained(suite.backbone),
-                        "weights": weights,
-                        "architecture": arch,
-                    },
-                    "dataset": {
-                        "name": dataset,
-                        "config": dataset_config(cfg, dataset, overrides).model_dump(mode="json"),
-                        "manifest_sha256": data.manifest_sha256,
-                    },
-                    "seed": seed,
-                    "protocol": cfg.protocol.name,
-                }
+                identity = {**common, "seed": seed}
                 run_id = store.compute_run_id(identity)
-                plans.append(
-                    PlannedRun(
-                        run_id, method, dataset, seed, suite.backbone, identity, store.runs_dir(cfg.paths.results) / run_id,
-                        data_key=key,
-                    )
-                )
+                run_dir = store.runs_dir(cfg.paths.results) / run_id
+                plans.append(PlannedRun(run_id, method, dataset, seed, suite.backbone, identity, run_dir, data_key=key))
     return plans, datasets
-
 
 
 def triage(plans: list[PlannedRun], console: Console) -> tuple[SuiteOutcome, list[PlannedRun]]:

@@ -9,11 +9,20 @@ one line below; another package adds its own through the ``bench.methods`` / ``b
 from __future__ import annotations
 
 import difflib
+import functools
 import fnmatch
 import importlib
 from typing import Any
 
 from bench.errors import UnknownNameError
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_entry_points():
+    """Every installed package's entry points, read once per process (the methods and datasets registries share it)."""
+    from importlib.metadata import entry_points
+
+    return entry_points()
 
 
 class Registry:
@@ -32,9 +41,7 @@ class Registry:
         if self._discovered:
             return
         self._discovered = True
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group=self._group):
+        for ep in _installed_entry_points().select(group=self._group):
             self._targets.setdefault(ep.name, ep.value)
 
     def register(self, name: str, target: str | Any) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from bench.errors import ConfigError, CorruptResultError, NewerRecordError
-from bench.io import atomic_write_bytes  # noqa: F401  (re-exported: reports write through it)
+from bench.io import atomic_write_bytes
 from bench.schema import SCHEMA_VERSION, RunResult, migrate
 
 RESULT = "result.json"

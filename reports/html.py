@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from bench.reports.layout import PaperTable
+from bench.reports.significance import format_p
 from bench.reports.tables import GROUP_KEYS
 from bench.schema import RunResult
 
@@ -30,6 +31,7 @@ def _environment() -> jinja2.Environment:
     env.filters["pct"] = lambda v: "-" if v is None else f"{v:.2f}"
     env.filters["signed"] = lambda v: "" if v is None else f"{v:+.2f}"
     env.filters["slug"] = slug
+    env.filters["pvalue"] = lambda v: "" if v is None else format_p(v)
     return env
 
 

@@ -20,18 +20,12 @@ from importlib import resources
 
 import pandas as pd
 
-from bench.reports.tables import GROUP_KEYS, METRIC_LABELS
+from bench.reports.tables import FAMILIES, GROUP_KEYS, METRIC_LABELS
 
 PRIMARY = {"multilabel": "macro_f1", "multiclass": "accuracy"}
 MULTILABEL_COLUMNS = ("macro_f1", "micro_f1", "samples_f1", "mAP")
 PAPER_DATASET = {"intentonomy": "Intentonomy", "emotionroi": "EmotionROI", "fi": "FI", "synthetic": "Synthetic intentions"}  # and their order
 
-# Table 1 families, in the paper's order of presentation (reference points first, the proposed method last).
-FAMILIES = (
-    ("Reference points", ("label-prior", "zeroshot", "linear-probe")),
-    ("Multi-label methods", ("dualcoop", "query2label")),
-    ("IntCLIP", ("intclip", "intclip-official")),
-)
 # Paper rows of Table 1 that a reproduced method corresponds to (dataset intentonomy), by backbone for IntCLIP.
 TABLE1_REFERENCE = {
     "query2label": {"*": "Query2Label"},

@@ -39,6 +39,7 @@ from bench import metrics
 
 METRICS = ("macro_f1", "mAP", "accuracy")
 HIERARCHICAL_TEST = "hierarchical bootstrap (seeds and test images)"
+VERSION = 1  # bump when what the bootstrap computes changes: it keys the report cache
 IMAGE_TEST = "paired bootstrap (test images)"
 
 
@@ -377,9 +378,10 @@ def format_p(p: float, n_boot: int | None = None) -> str:
 
 def seed_welch(reference_values: Sequence[float], other_values: Sequence[float]) -> float:
     """One-sided Welch t-test over seeds that the reference's mean is greater (scipy's
-    ``ttest_ind(equal_var=False, alternative="greater")``); NaN when either side has fewer than 2 values."""
+    ``ttest_ind(equal_var=False, alternative="greater")``); NaN when either side has fewer than 2 values or neither
+    side varies over its seeds (the test is undefined there)."""
     a, b = np.asarray(reference_values, dtype=np.float64), np.asarray(other_values, dtype=np.float64)
-    if a.size < 2 or b.size < 2:
+    if a.size < 2 or b.size < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
         return math.nan
     from scipy import stats
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import store
 from bench.errors import BenchError
+from bench.io import atomic_write_bytes
 from bench.reports import layout
 from bench.reports.html import render_page, slug
 from bench.schema import RunResult
@@ -97,7 +97,7 @@ def _stamp(now: datetime, folder: Path) -> str:
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    store.atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode())
 
 
 def _annotate(tables: list[layout.PaperTable], changes: dict[str, float], regressed: set[str]) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench import store
+from bench.io import atomic_write_bytes
+from bench.reports.significance import format_p
 from bench.errors import CorruptResultError
 from bench.schema import MULTICLASS_METRICS, RunResult
 
@@ -30,8 +32,14 @@ METRIC_LABELS = {
     "mAP_official": "mAP (code's AP)",
 }
 GROUP_KEYS = ["dataset", "manifest_sha256", "protocol", "backbone", "task"]
-# Rows in the order of the paper's Table 1 (reference points, multi-label methods, IntCLIP); others after, by name.
-METHOD_ORDER = ("label-prior", "zeroshot", "linear-probe", "dualcoop", "query2label", "intclip", "intclip-official")
+# Table 1 families in the paper's order of presentation (reference points first, the proposed method last), for
+# records that do not declare their family; rows follow this order, other methods after, by name.
+FAMILIES = (
+    ("Reference points", ("label-prior", "zeroshot", "linear-probe")),
+    ("Multi-label methods", ("dualcoop", "query2label")),
+    ("IntCLIP", ("intclip", "intclip-official")),
+)
+METHOD_ORDER = tuple(name for _, members in FAMILIES for name in members)
 IDENTITY_KEYS = ["method_name", "method_version", "config_id", "weights_id", "tuned"]  # one row = one experiment
 
 
@@ -163,7 +171,7 @@ def table_rows(summary: pd.DataFrame) -> list[tuple[dict, list[str], list[list[s
                 cells += [_cell(r.get(f"{split}_{m}_mean", math.nan), r.get(f"{split}_{m}_std", math.nan)) for m in metric_keys]
             if "reference" in group:
                 p = r.get(p_column, math.nan)
-                cells.append("ref" if r["reference"] else format_p(p))
+                cells.append("ref" if r["reference"] else format_p(p, r.get("bootstrap_n")))
             rows.append(cells)
         tables.append((info, header, rows))
     return tables
@@ -175,13 +183,6 @@ def _title(info: dict) -> str:
     known = PROTOCOLS.get(info["protocol"])
     protocol = info["protocol"] + (known.title_note if known else "")
     return f"{info['dataset']} (manifest {info['manifest_sha256'][:12]}), backbone {info['backbone']}, protocol {protocol}"
-
-
-def format_p(p: float) -> str:
-    """``< 0.001`` below 0.001 (a bootstrap p is never exactly 0), else three decimals; ``-`` when missing."""
-    if p is None or pd.isna(p):
-        return "-"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def to_markdown(summary: pd.DataFrame) -> str:
@@ -236,12 +237,13 @@ SIGNIFICANCE_NOTE = (
 def add_significance(
     summary: pd.DataFrame, records: list[RunResult], results: Path, n_boot: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
-    """Add, per table, ``reference`` (the row with the best mean val primary metric: macro F1, or accuracy) and for
-    every other row ``test_<metric>_p_vs_ref`` (Holm-adjusted), ``test_<metric>_p_raw`` and ``test_<metric>_diff``
-    (reference minus row, test) for macro F1 and mAP (or accuracy): a hierarchical bootstrap from the stored scores
-    (mAP on the stored logits where the store has them). Also ``bootstrap_n`` and ``bootstrap_seed``. Results are
+    """Add, per table, ``reference`` (the row with the best mean val main metric: the dataset's, else macro F1 or
+    accuracy) and for every other row ``test_<metric>_p_vs_ref`` (Holm-adjusted), ``test_<metric>_p_raw`` and
+    ``test_<metric>_diff`` (reference minus row, test) for macro F1 and mAP (or accuracy): a hierarchical bootstrap
+    from the stored scores (mAP on the stored logits where the store has them); beside it the seed-level one-sided
+    Welch test on the main metric, ``test_<main>_p_seed_welch`` (NaN with fewer than 2 runs on a side). Also ``bootstrap_n`` and ``bootstrap_seed``. Results are
     cached per store state under ``<results>/.cache/`` (keyed by the runs' score files, resamples and seed)."""
-    from bench.reports.significance import RunScores, compare_to_reference
+    from bench.reports.significance import RunScores, compare_to_reference, seed_welch
 
     if summary.empty or n_boot <= 0:
         return summary
@@ -269,25 +271,25 @@ def add_significance(
         summary.loc[ref_index, "reference"] = True
         if len(group) < 2:
             continue
-        key = "|".join(sorted(group["run_ids"])) + f"|ref={group.loc[ref_index, 'run_ids']}"
+        ref_ids = group.loc[ref_index, "run_ids"]
+        key = "|".join(sorted(group["run_ids"])) + f"|ref={ref_ids}"
         values = cached.get(key)
-        if values is None:
-            labels = {index: str(index) for index in group.index}
-            methods = {labels[index]: runs_of(row) for index, row in group.iterrows()}
-            compared = compare_to_reference(methods, labels[ref_index], metric_names, n_boot=n_boot, seed=seed)
+        if values is None:  # rows are keyed by their run ids (unique per row, stable across store reads)
+            methods = {row["run_ids"]: runs_of(row) for _, row in group.iterrows()}
+            compared = compare_to_reference(methods, ref_ids, metric_names, n_boot=n_boot, seed=seed)
             values = {
-                labels_index: {
-                    f"test_{m}_{field}": float(compared[labels_index][m][source])
-                    for m in metric_names
-                    for field, source in (("p_vs_ref", "p_holm"), ("p_raw", "p_value"), ("diff", "diff"))
-                }
-                for labels_index in compared
+                ids: {f"test_{m}_{field}": float(out[m][source]) for m in metric_names
+                      for field, source in (("p_vs_ref", "p_holm"), ("p_raw", "p_value"), ("diff", "diff"))}
+                for ids, out in compared.items()
             }
-            values = {group.loc[int(k), "run_ids"]: v for k, v in values.items()}
             fresh[key] = values
+        ref_values = [by_id[r].metrics.test[primary] for r in ref_ids.split(",")]
         for index, row in group.iterrows():
             for column, value in values.get(row["run_ids"], {}).items():
                 summary.loc[index, column] = value
+            if index != ref_index:  # the seed-level test beside it: one-sided Welch over the runs' test scores
+                row_values = [by_id[r].metrics.test[primary] for r in row["run_ids"].split(",")]
+                summary.loc[index, f"test_{primary}_p_seed_welch"] = seed_welch(ref_values, row_values)
     summary["bootstrap_n"] = n_boot
     summary["bootstrap_seed"] = seed
     if fresh and cache_path is not None:
@@ -303,8 +305,7 @@ def _significance_cache(summary: pd.DataFrame, results: Path, n_boot: int, seed:
 
     from bench.reports import significance
 
-    version = getattr(significance, "VERSION", 1)
-    digest = hashlib.sha256(f"{n_boot}|{seed}|{version}".encode())
+    digest = hashlib.sha256(f"{n_boot}|{seed}|{significance.VERSION}".encode())
     for run_id in sorted(r for ids in summary["run_ids"] for r in ids.split(",")):
         try:
             st = (store.runs_dir(results) / run_id / store.SCORES).stat()
@@ -323,7 +324,7 @@ def _write_cache(path: Path, payload: dict) -> None:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        store.atomic_write_bytes(path, json.dumps(payload).encode())
+        atomic_write_bytes(path, json.dumps(payload).encode())
     except OSError:
         pass  # a read-only store: no cache, same numbers
 

@@ -33,13 +33,12 @@ def test_a_method_and_a_dataset_from_another_package_run_end_to_end(tmp_path):
 
 
 def test_a_plugin_cannot_replace_a_built_in_method(tmp_path, monkeypatch):
-    from importlib import metadata
+    from importlib.metadata import EntryPoint, EntryPoints
 
+    from bench import registry as registry_mod
     from bench.registry import MethodRegistry
 
-    class Fake:
-        name, value = "dualcoop", "somewhere:Else"
-
-    monkeypatch.setattr(metadata, "entry_points", lambda group: [Fake()] if group == "bench.methods" else [])
+    fake = EntryPoints([EntryPoint(name="dualcoop", value="somewhere:Else", group="bench.methods")])
+    monkeypatch.setattr(registry_mod, "_installed_entry_points", lambda: fake)
     registry = MethodRegistry("method", {"dualcoop": "bench.methods.dualcoop:DualCoOp"}, group="bench.methods")
     assert registry.get("dualcoop").__name__ == "DualCoOp"

@@ -143,6 +143,13 @@ def test_identical_methods_are_not_significantly_different(tmp_path):
         assert summary.loc["label-prior", f"test_{metric}_p_vs_ref"] == pytest.approx(2 * summary.loc["label-prior", f"test_{metric}_p_raw"])
         assert pd.isna(summary.loc[reference, f"test_{metric}_p_vs_ref"])
     assert set(summary["bootstrap_n"]) == {200} and set(summary["bootstrap_seed"]) == {0}
+    # the seed-level test beside it, from the records' test macro F1 (scipy's Welch, one-sided)
+    from scipy import stats
+
+    values = {m: [r.metrics.test["macro_f1"] for r in tables.load_results(tmp_path)[0] if r.method.name == m] for m in (reference, "label-prior")}
+    expected = stats.ttest_ind(values[reference], values["label-prior"], equal_var=False, alternative="greater").pvalue
+    assert summary.loc["label-prior", "test_macro_f1_p_seed_welch"] == pytest.approx(expected)
+    assert pd.isna(summary.loc[reference, "test_macro_f1_p_seed_welch"])
 
 
 def test_escape():
