@@ -196,18 +196,18 @@ class BenchConfig(_Strict):
         ``[methods.<name>]``, overridden by ``[backbones.<backbone>.methods.<name>]``."""
         from bench.registry import METHODS
 
-        cls = METHODS.get(name)
         backbone = backbone or self.suite.backbone
-        on_backbone = self.backbones[backbone].methods.get(name, {}) if backbone in self.backbones else {}
-        where = f"backbones.{backbone}.methods.{name}+methods.{name}" if on_backbone else f"methods.{name}"
-        return _validate_section(cls.Config, self.method_section(name, backbone), where, self.source)
+        where = f"backbones.{backbone}.methods.{name}+methods.{name}" if self._on_backbone(name, backbone) else f"methods.{name}"
+        return _validate_section(METHODS.get(name).Config, self.method_section(name, backbone), where, self.source)
 
     def method_section(self, name: str, backbone: str | None = None) -> dict[str, Any]:
         """The raw settings of method ``name`` on ``backbone``: ``[methods.<name>]`` updated by
         ``[backbones.<backbone>.methods.<name>]``."""
-        backbone = backbone or self.suite.backbone
-        on_backbone = self.backbones[backbone].methods.get(name, {}) if backbone in self.backbones else {}
-        return {**self.methods.get(name, {}), **on_backbone}
+        return {**self.methods.get(name, {}), **self._on_backbone(name, backbone or self.suite.backbone)}
+
+    def _on_backbone(self, name: str, backbone: str) -> dict[str, Any]:
+        section = self.backbones.get(backbone)
+        return section.methods.get(name, {}) if section else {}
 
     def dataset_config(self, name: str) -> BaseModel:
         from bench.registry import DATASETS
