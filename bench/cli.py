@@ -334,12 +334,15 @@ def pretrain_tiny_clip(
     output: Annotated[Path, typer.Option("--out", help="Where to write the fp16 state dict.")] = Path("bench/assets/bench-tiny-clip.pt"),
     seed: Annotated[int, typer.Option("--seed")] = 0,
     steps: Annotated[Optional[int], typer.Option("--steps")] = None,
+    eval_only: Annotated[bool, typer.Option("--eval", help="Only print the zero-shot sight table of the shipped weights.")] = False,
 ) -> None:
     """Reproduce the shipped tiny CLIP weights (contrastive pretraining on synthetic scene captions)."""
-    from bench import tiny_clip
+    from bench.tools import pretrain_tiny_clip as program
 
+    if eval_only:
+        raise typer.Exit(program.main(["--eval"]))
     argv = ["--out", str(output), "--seed", str(seed)] + (["--steps", str(steps)] if steps else [])
-    tiny_clip.main(argv)
+    raise typer.Exit(program.main(argv))
 
 
 from bench.cli_data import data_app  # noqa: E402

@@ -28,7 +28,7 @@ from bench.data import batch_indices, prefetch_batches, to_device
 from bench.datasets.base import DatasetData, Split
 from bench.errors import TrainingDivergedError
 from bench.io import atomic_save
-from bench.protocol import get_protocol
+from bench.protocol import Protocol, get_protocol
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -280,16 +280,8 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = ctx.run_dir / CHECKPOINT
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)  # tensors and plain data only
-        method.load_state_dict(ckpt["method"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, history, best = ckpt["epoch"], ckpt["history"], ckpt["best"]
-        _set_rng_state(ckpt["rng"])
+        start_epoch, history, best = _resume(ckpt_path, method, optimizer, scheduler, scaler, ctx)
         resumed_from = start_epoch
-        ctx.log(f"resumed {method.name} from its checkpoint after epoch {start_epoch}")
 
     patience = getattr(cfg, "early_stop_patience", None)
     task_id = ctx.progress.add_task(f"  {method.name} epochs", total=cfg.epochs, completed=start_epoch) if ctx.progress else None
@@ -301,14 +293,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         losses = train_epoch(method, train_split, optimizer, scaler, scheduler, ctx, epoch)
         if scheduler is not None and method.scheduler_interval == "epoch":
             scheduler.step()
-        variant_metrics = {}
-        for variant in method.eval_variants():
-            method.use_variant(variant)
-            scores = predict_split(method, selection_split, ctx)
-            variant_metrics[variant] = protocol.selection_metric(data.task, scores, selection_split.labels)
-            if variant_metrics[variant] > best["metric"]:
-                best = {"epoch": epoch, "variant": variant, "metric": variant_metrics[variant], "state": copy.deepcopy(method.variant_state(variant))}
-        method.use_variant(method.eval_variants()[0])
+        variant_metrics, best = _select(method, data.task, selection_split, protocol, ctx, epoch, best)
         metric = max(variant_metrics.values())
         record = {
             "epoch": epoch,
@@ -320,19 +305,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
             "seconds": time.perf_counter() - t0,
         }
         history.append(record)
-        atomic_save(
-            {
-                "epoch": epoch + 1,
-                "method": method.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict(),
-                "best": best,
-                "history": history,
-                "rng": _rng_state(),
-            },
-            ckpt_path,
-        )
+        atomic_save(_checkpoint(epoch + 1, method, optimizer, scheduler, scaler, best, history), ckpt_path)
         if ctx.report:
             ctx.report({**record, "best_metric": best["metric"], "checkpoint": str(ckpt_path)})
         if ctx.progress is not None:
@@ -350,6 +323,57 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         epochs_run=len(history),
         resumed_from_epoch=resumed_from,
     )
+
+
+def _resume(
+    path: Path, method: Method, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
+    ctx: RunContext,
+) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    """Restore the method, optimizer, scheduler, scaler and every random generator from the run's checkpoint;
+    return (the epoch to continue from, the history so far, the best selection so far)."""
+    ckpt = torch.load(path, map_location=ctx.device, weights_only=True)  # tensors and plain data only
+    method.load_state_dict(ckpt["method"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    _set_rng_state(ckpt["rng"])
+    ctx.log(f"resumed {method.name} from its checkpoint after epoch {ckpt['epoch']}")
+    return ckpt["epoch"], ckpt["history"], ckpt["best"]
+
+
+def _checkpoint(
+    next_epoch: int, method: Method, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
+    best: dict[str, Any], history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Everything :func:`_resume` needs to continue bit-identically after an epoch."""
+    return {
+        "epoch": next_epoch,
+        "method": method.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict(),
+        "best": best,
+        "history": history,
+        "rng": _rng_state(),
+    }
+
+
+def _select(
+    method: Method, task: str, split: Split, protocol: Protocol, ctx: RunContext, epoch: int, best: dict[str, Any]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Score every eval variant (e.g. raw and EMA weights) on the selection split; return the variants' metrics
+    and the best selection so far (a copy of the winning variant's state when this epoch beats it)."""
+    variant_metrics = {}
+    for variant in method.eval_variants():
+        method.use_variant(variant)
+        scores = predict_split(method, split, ctx)
+        variant_metrics[variant] = protocol.selection_metric(task, scores, split.labels)
+        if variant_metrics[variant] > best["metric"]:
+            state = copy.deepcopy(method.variant_state(variant))
+            best = {"epoch": epoch, "variant": variant, "metric": variant_metrics[variant], "state": state}
+    method.use_variant(method.eval_variants()[0])
+    return variant_metrics, best
 
 
 def _check_optimizer_covers_learnable(method: Method, optimizer: torch.optim.Optimizer) -> None:

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from torch.utils.data import DataLoader
 
-    from bench import speed
+    from bench.tools import reference_step as speed
     from bench.backbones import load_backbone
     from bench.datasets.base import Split
     from bench.datasets.images import Listing, materialize

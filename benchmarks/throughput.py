@@ -1,4 +1,4 @@
-"""Training and eval throughput: the official code's step vs the project's, measured in one run (bench.speed).
+"""Training and eval throughput: the official code's step vs the project's, measured in one run (bench.tools.reference_step).
 
 For each method (default: ``intclip-official``, the released code's model, and ``dualcoop``) and batch size, on
 one set of random weights (no real weights needed: throughput only), images already on the device:
@@ -56,7 +56,7 @@ def run_method(name: str, args, device, data) -> dict[str, Any]:
 
     import torch
 
-    from bench import speed
+    from bench.tools import reference_step as speed
 
     gc.collect()  # the previous method's models are gone before this one's peak memory is measured
     if device.type == "cuda":
@@ -173,7 +173,7 @@ def run_augment(device, b: int, size: int, steps: int, warmup: int) -> dict[str,
     import torch
     from torchvision.transforms import v2
 
-    from bench import speed
+    from bench.tools import reference_step as speed
     from bench.methods.augment import BatchedRandAugment
 
     images = torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8).to(device)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from bench import speed
+    from bench.tools import reference_step as speed
     from bench.engine import resolve_device
 
     device = resolve_device(args.device)

@@ -187,64 +187,14 @@ def materialize(
     stage = Path(work_dir) / f".build-{os.getpid()}-{secrets.token_hex(4)}"
     stage.mkdir()
     try:
-        staged = {
-            s: np.lib.format.open_memmap(stage / f"{s}.npy", mode="w+", dtype=np.uint8, shape=(len(idx), size, size, 3))
-            for s, idx in rows.items()
-        }
-        tasks, where = [], []
-        for split, idx in rows.items():
-            for j, i in enumerate(idx):
-                prev = None if (split, i) in stale else entries[split][i]
-                tasks.append(
-                    lambda p=listing.paths[split][i], prev=prev, out=staged[split][j]: scan_file(
-                        root, p, previous=prev, size=size, resample=resample, draft=draft, out=out
-                    )
-                )
-                where.append((split, i))
-        if progress_total:
-            progress_total(len(tasks))
-        for (split, i), entry in zip(where, _run_pool(tasks, workers or default_workers(), progress), strict=True):
-            old = entries[split][i]
-            if (split, i) not in stale and entry.status == "ok":
-                entry.check = old.check  # a verified entry keeps its provenance
-            entries[split][i] = entry
+        staged = _decode_staged(listing, entries, stale, rows, stage, size, resample=resample, draft=draft,
+                                workers=workers, progress=progress, progress_total=progress_total)
         manifest = new_manifest(dataset, listing, class_keys, entries)
         manifest.write(manifest_path)  # written before failing, so `verify`-like counts persist and reuse works
         fail_early(entries)
-        for split, idx in rows.items():
-            ok = [j for j, i in enumerate(idx) if entries[split][i].status == "ok"]
-            if not ok:
-                raise DatasetError(f"{dataset}: no usable {split} images under {root} ({len(entries[split])} listed)")
-            if len(ok) < len(idx):  # train images that failed to decode: compact the staged array
-                src = staged[split]
-                dst = np.lib.format.open_memmap(stage / f"{split}.compact.npy", mode="w+", dtype=np.uint8,
-                                                shape=(len(ok), size, size, 3))
-                for start in range(0, len(ok), 256):
-                    dst[start : start + 256] = src[ok[start : start + 256]]
-                dst.flush()
-                del dst
-                staged[split] = None  # type: ignore[assignment]
-                del src
-                os.replace(stage / f"{split}.compact.npy", stage / f"{split}.npy")
-        for arr in staged.values():
-            if arr is not None:
-                arr.flush()
-        staged.clear()
-        digest = manifest.images_sha256()
-        folder = Path(work_dir) / cache_dir_name(digest, size, resample, draft)
-        meta = {
-            "format": CACHE_FORMAT,
-            "dataset": dataset,
-            "images_sha256": digest,
-            "manifest_sha256": manifest.sha256(),
-            "image_size": size,
-            "resample": resample,
-            "draft": draft,
-            "counts": {s: sum(e.status == "ok" for e in entries[s]) for s in entries},
-            "paths": {s: [e.path for e in entries[s] if e.status == "ok"] for s in entries},
-            "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "build_seconds": round(time.perf_counter() - t0, 3),
-        }
+        _compact_staged(dataset, root, stage, staged, rows, entries)
+        folder = Path(work_dir) / cache_dir_name(manifest.images_sha256(), size, resample, draft)
+        meta = _cache_meta(dataset, manifest, entries, size, resample, draft, time.perf_counter() - t0)
         atomic_write_bytes(stage / "meta.json", json.dumps(meta).encode())
         if _open_cache(folder, manifest, size) is None:
             if folder.exists():  # an inconsistent leftover under the same key: move it out of the way
@@ -262,3 +212,88 @@ def materialize(
     return Materialized(manifest, manifest_path, arrays, folder, False, len(stale), time.perf_counter() - t0)
 
 
+def _decode_staged(
+    listing: Listing,
+    entries: dict[str, list[Entry]],
+    stale: set[tuple[str, int]],
+    rows: dict[str, list[int]],
+    stage: Path,
+    size: int,
+    *,
+    resample: str,
+    draft: bool,
+    workers: int | None,
+    progress: Callable[[int], None] | None,
+    progress_total: Callable[[int], None] | None,
+) -> dict[str, np.ndarray]:
+    """Decode the images ``rows`` names into ``stage/<split>.npy`` (one memory-mapped array per split, in row
+    order) on a thread pool, and put each file's new scan into ``entries`` (in place)."""
+    staged = {
+        s: np.lib.format.open_memmap(stage / f"{s}.npy", mode="w+", dtype=np.uint8, shape=(len(idx), size, size, 3))
+        for s, idx in rows.items()
+    }
+    tasks, where = [], []
+    for split, idx in rows.items():
+        for j, i in enumerate(idx):
+            prev = None if (split, i) in stale else entries[split][i]
+            tasks.append(
+                lambda p=listing.paths[split][i], prev=prev, out=staged[split][j]: scan_file(
+                    listing.root, p, previous=prev, size=size, resample=resample, draft=draft, out=out
+                )
+            )
+            where.append((split, i))
+    if progress_total:
+        progress_total(len(tasks))
+    for (split, i), entry in zip(where, _run_pool(tasks, workers or default_workers(), progress), strict=True):
+        old = entries[split][i]
+        if (split, i) not in stale and entry.status == "ok":
+            entry.check = old.check  # a verified entry keeps its provenance
+        entries[split][i] = entry
+    return staged
+
+
+def _compact_staged(
+    dataset: str, root: Path, stage: Path, staged: dict[str, np.ndarray], rows: dict[str, list[int]],
+    entries: dict[str, list[Entry]],
+) -> None:
+    """Drop the rows whose image failed to decode (train only: val/test failures raised before) from the staged
+    arrays, then flush and release them."""
+    for split, idx in rows.items():
+        ok = [j for j, i in enumerate(idx) if entries[split][i].status == "ok"]
+        if not ok:
+            raise DatasetError(f"{dataset}: no usable {split} images under {root} ({len(entries[split])} listed)")
+        if len(ok) < len(idx):
+            src = staged[split]
+            dst = np.lib.format.open_memmap(stage / f"{split}.compact.npy", mode="w+", dtype=np.uint8,
+                                            shape=(len(ok), *src.shape[1:]))
+            for start in range(0, len(ok), 256):
+                dst[start : start + 256] = src[ok[start : start + 256]]
+            dst.flush()
+            del dst
+            staged[split] = None  # type: ignore[assignment]
+            del src
+            os.replace(stage / f"{split}.compact.npy", stage / f"{split}.npy")
+    for arr in staged.values():
+        if arr is not None:
+            arr.flush()
+    staged.clear()
+
+
+def _cache_meta(
+    dataset: str, manifest: Manifest, entries: dict[str, list[Entry]], size: int, resample: str, draft: bool,
+    seconds: float,
+) -> dict:
+    """The cache folder's ``meta.json``: what was decoded, from which files, how."""
+    return {
+        "format": CACHE_FORMAT,
+        "dataset": dataset,
+        "images_sha256": manifest.images_sha256(),
+        "manifest_sha256": manifest.sha256(),
+        "image_size": size,
+        "resample": resample,
+        "draft": draft,
+        "counts": {s: sum(e.status == "ok" for e in entries[s]) for s in entries},
+        "paths": {s: [e.path for e in entries[s] if e.status == "ok"] for s in entries},
+        "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(seconds, 3),
+    }

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from bench.datasets import synthetic as syn
+from bench.datasets import scenes as syn
 from bench.datasets.base import DatasetData
-from bench.datasets.synthetic import SyntheticIntentions, make_scene
+from bench.datasets.scenes import make_scene
+from bench.datasets.synthetic import SyntheticIntentions
+from bench.tools import sight
 
 SMALL = {"n_train": 40, "n_val": 12, "n_test": 16}
 
@@ -276,20 +278,20 @@ def test_captions_describe_what_is_visible():
     rng = np.random.default_rng(0)
     for _ in range(100):
         scene = syn.random_scene(rng)
-        text = syn.caption(scene, rng)
+        text = sight.caption(scene, rng)
         for key in syn.CLASS_KEYS:
             assert key not in text
         if text.count(" ") < 5:
             continue
         words = set(text.replace(",", " ").replace(".", " ").replace(":", " ").split())
         mentioned_colours = {c for c in syn.COLOURS if c in words}
-        mentioned_shapes = {s for s in syn.SHAPES if s in words or syn.PLURAL[s] in words}
+        mentioned_shapes = {s for s in syn.SHAPES if s in words or sight.PLURAL[s] in words}
         assert mentioned_colours <= scene.colours and mentioned_shapes <= scene.shapes, (text, scene)
-        assert mentioned_colours or mentioned_shapes or syn.NUMBER_WORDS[scene.n] in words, text
+        assert mentioned_colours or mentioned_shapes or sight.NUMBER_WORDS[scene.n] in words, text
 
     scene = make_scene([("circle", "red", "large"), ("star", "blue", "small")], layout="row",
                        background="stripes", bg_colour="grey")
-    texts = [syn.caption(scene, np.random.default_rng(i)) for i in range(40)]
+    texts = [sight.caption(scene, np.random.default_rng(i)) for i in range(40)]
     listed = [t for t in texts if "star," in t or "star " in t or "star." in t]  # the object list (not "stars")
     assert listed and all("red circle" in t and "blue star" in t for t in listed)
     assert any("circles and stars" in t or "stars and circles" in t for t in texts)

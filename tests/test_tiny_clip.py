@@ -15,7 +15,9 @@ import torch
 from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
 
 from bench import tiny_clip
-from bench.datasets import synthetic as syn
+from bench.datasets import scenes as syn
+from bench.tools import pretrain_tiny_clip as program
+from bench.tools import sight
 from bench.errors import WeightsNotFoundError
 
 VISUAL_PARAMS = 1_331_928  # stem + layer1..4 (one bottleneck each, width 16) + attnpool (512 -> 64)
@@ -73,7 +75,7 @@ def test_config_is_a_modified_resnet_clip(random_model):
 
 def test_shipped_weights_exist_and_are_small():
     path = tiny_clip.weights_path()
-    assert path.is_file(), f"missing {path}: run `python -m bench.tiny_clip --out {path}`"
+    assert path.is_file(), f"missing {path}: run `bench pretrain-tiny-clip --out {path}`"
     assert path.stat().st_size <= MAX_BYTES
 
 
@@ -101,14 +103,14 @@ def test_weights_load_through_open_clip(shipped):
 def test_missing_weights_fail_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    with pytest.raises(WeightsNotFoundError, match="python -m bench.tiny_clip"):
+    with pytest.raises(WeightsNotFoundError, match="bench pretrain-tiny-clip"):
         tiny_clip.load("cpu", tmp_path / "missing.pt")
     assert time.perf_counter() - start < 1.0
 
 
 def test_shipped_model_knows_sight(shipped):
     model, tokenizer = shipped
-    result = tiny_clip.zero_shot_sight(model, tokenizer, n=60)
+    result = sight.zero_shot_sight(model, tokenizer, n=60)
     assert set(result) == {"colour", "shape", "count"}
     assert result["colour"]["chance"] == pytest.approx(1 / 6) and result["colour"]["n"] == 60
     assert result["colour"]["accuracy"] > 0.6
@@ -117,9 +119,9 @@ def test_shipped_model_knows_sight(shipped):
 
 
 def test_sight_scenes_are_what_they_claim():
-    values = tiny_clip.sight_tasks()
+    values = sight.sight_tasks()
     for attribute in ("colour", "shape", "count"):
-        scenes, targets = tiny_clip.sight_scenes(attribute, 30, seed=3)
+        scenes, targets = sight.sight_scenes(attribute, 30, seed=3)
         for scene, k in zip(scenes, targets, strict=True):
             if attribute == "colour":
                 assert scene.colours == {values["colour"][0][k]}
@@ -133,20 +135,20 @@ def test_shape_twins_differ_only_in_shape():
     rng = np.random.default_rng(0)
     for _ in range(50):
         scene = syn.random_scene(rng)
-        twin = tiny_clip.shape_twin(scene, rng)
+        twin = program.shape_twin(scene, rng)
         assert twin != scene
         assert [(o.colour, o.size, o.x, o.y) for o in twin.objects] == [
             (o.colour, o.size, o.x, o.y) for o in scene.objects]
         assert (twin.layout, twin.background, twin.bg_colour) == (scene.layout, scene.background, scene.bg_colour)
-    images, captions = tiny_clip.sample_batch(np.random.default_rng(1), 8, 96, twins=0.5)
+    images, captions = program.sample_batch(np.random.default_rng(1), 8, 96, twins=0.5)
     assert images.shape == (8, 96, 96, 3) and len(captions) == 8
 
 
 def test_pretrain_is_deterministic(tmp_path):
     kwargs = dict(seed=3, steps=2, batch_size=8, warmup=1, eval_n=6, log=lambda _msg: None)
     threads = torch.get_num_threads()
-    first = tiny_clip.pretrain(tmp_path / "a.pt", **kwargs)
-    second = tiny_clip.pretrain(tmp_path / "b.pt", **kwargs)
+    first = program.pretrain(tmp_path / "a.pt", **kwargs)
+    second = program.pretrain(tmp_path / "b.pt", **kwargs)
     assert torch.get_num_threads() == threads
     assert first["sha256"] == second["sha256"] and first["final_loss"] == second["final_loss"]
     a = torch.load(tmp_path / "a.pt", weights_only=True)
@@ -154,11 +156,11 @@ def test_pretrain_is_deterministic(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a.train.json").is_file()
     assert set(first["zero_shot"]) == {"colour", "shape", "count"}
-    other = tiny_clip.pretrain(tmp_path / "c.pt", **{**kwargs, "seed": 4})
+    other = program.pretrain(tmp_path / "c.pt", **{**kwargs, "seed": 4})
     assert other["sha256"] != first["sha256"]
 
 
 def test_eval_cli(capsys):
-    assert tiny_clip.main(["--eval", "--n", "12"]) == 0
+    assert program.main(["--eval", "--n", "12"]) == 0
     out = capsys.readouterr().out
     assert "colour" in out and "shape" in out and "count" in out
