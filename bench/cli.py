@@ -174,8 +174,10 @@ def report(
     if output is None:
         sys.stdout.write(text)
     else:
+        from bench.io import atomic_write_text
+
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text)
+        atomic_write_text(output, text)
         err.print(f"wrote {output} ({len(records)} runs)")
 
 

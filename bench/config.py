@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from bench.errors import ConfigError
 
@@ -179,6 +179,7 @@ class BenchConfig(_Strict):
     source: Path | None = Field(default=None, exclude=True)
     builtin: bool = Field(default=False, exclude=True)  # loaded from the packaged default.toml
     overrides: dict[str, Any] = Field(default_factory=dict, exclude=True)  # --set / CLI flags applied on top
+    _validated: dict[tuple[str, ...], BaseModel] = PrivateAttr(default_factory=dict)  # see _typed
 
     def config_file(self) -> dict[str, Any]:
         """Where this config came from, for the result record: the file (the packaged defaults are named
@@ -191,14 +192,18 @@ class BenchConfig(_Strict):
         path = f"package:bench/{DEFAULT_CONFIG.name}" if self.builtin else str(self.source)
         return {"path": path, "sha256": digest, "overrides": {k: v for k, v in self.overrides.items()}}
 
-    def method_config(self, name: str, backbone: str | None = None) -> BaseModel:
+    def method_config(self, name: str, backbone: str | None = None, params: dict[str, Any] | None = None) -> BaseModel:
         """The validated config of method ``name`` on ``backbone`` (default: the suite's): its defaults, overridden by
-        ``[methods.<name>]``, overridden by ``[backbones.<backbone>.methods.<name>]``."""
+        ``[methods.<name>]``, overridden by ``[backbones.<backbone>.methods.<name>]``, overridden by ``params`` (a
+        search trial's sample). Each distinct section is validated once (at load for those the file names) and the
+        typed object kept; callers get their own copy. Errors name the dotted key and the file."""
         from bench.registry import METHODS
 
         backbone = backbone or self.suite.backbone
         where = f"backbones.{backbone}.methods.{name}+methods.{name}" if self._on_backbone(name, backbone) else f"methods.{name}"
-        return _validate_section(METHODS.get(name).Config, self.method_section(name, backbone), where, self.source)
+        note = f" (with the search trial's parameters {params})" if params else ""
+        section = {**self.method_section(name, backbone), **(params or {})}
+        return self._typed(("method", name), section, lambda: METHODS.get(name).Config, where, note)
 
     def method_section(self, name: str, backbone: str | None = None) -> dict[str, Any]:
         """The raw settings of method ``name`` on ``backbone``: ``[methods.<name>]`` updated by
@@ -209,11 +214,24 @@ class BenchConfig(_Strict):
         section = self.backbones.get(backbone)
         return section.methods.get(name, {}) if section else {}
 
-    def dataset_config(self, name: str) -> BaseModel:
+    def dataset_config(self, name: str, overrides: dict[str, Any] | None = None) -> BaseModel:
+        """The validated config of dataset ``name``: its defaults, ``[datasets.<name>]``, then ``overrides`` (the
+        decode settings a method asks for, see :func:`bench.plan.input_decode`); validated once per distinct section."""
         from bench.registry import DATASETS
 
-        cls = DATASETS.get(name)
-        return _validate_section(cls.Config, self.datasets.get(name, {}), f"datasets.{name}", self.source)
+        note = f" (with {overrides} set by the method)" if overrides else ""
+        section = {**self.datasets.get(name, {}), **(overrides or {})}
+        return self._typed(("dataset", name), section, lambda: DATASETS.get(name).Config, f"datasets.{name}", note)
+
+    def _typed(self, key: tuple[str, str], section: dict[str, Any], cls: Any, where: str, note: str = "") -> BaseModel:
+        """Validate ``section`` with ``cls()`` once per distinct content (a changed section, e.g. a refit's best
+        parameters, is a new key, never a stale hit) and return a copy of the typed object."""
+        import json
+
+        full = (*key, json.dumps(section, sort_keys=True, default=str))
+        if full not in self._validated:
+            self._validated[full] = _validate_section(cls(), section, where, self.source, note=note)
+        return self._validated[full].model_copy(deep=True)
 
     def backbone_pretrained(self, name: str) -> str | None:
         section = self.backbones.get(name)
@@ -227,7 +245,7 @@ def _where(source: Path | None) -> str:
     return str(source) if source else "config"
 
 
-def _format_errors(err: ValidationError, prefix: str, source: Path | None) -> str:
+def _format_errors(err: ValidationError, prefix: str, source: Path | None, note: str = "") -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
@@ -237,15 +255,15 @@ def _format_errors(err: ValidationError, prefix: str, source: Path | None) -> st
             msg = "required key is missing"
         else:
             msg = f"{e['msg']} (got {e['input']!r})"
-        lines.append(f"{_where(source)}: {loc}: {msg}")
+        lines.append(f"{_where(source)}: {loc}: {msg}{note}")
     return "\n".join(lines)
 
 
-def _validate_section(cls: type[BaseModel], data: dict, prefix: str, source: Path | None) -> BaseModel:
+def _validate_section(cls: type[BaseModel], data: dict, prefix: str, source: Path | None, note: str = "") -> BaseModel:
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, prefix, source)) from None
+        raise ConfigError(_format_errors(err, prefix, source, note)) from None
 
 
 def _resolve_paths(cfg: BenchConfig, base: Path) -> None:
@@ -293,12 +311,12 @@ def _check_names(cfg: BenchConfig, sections: bool = True) -> None:
                 raise ConfigError(f"{where}: {section}: {err}") from None
     if not sections:
         return
-    for name in cfg.methods:
+    for name in dict.fromkeys([*cfg.suite.methods, *cfg.methods]):  # the typed configs the suite will use
         cfg.method_config(name)
     for backbone, section in cfg.backbones.items():
         for name in section.methods:
             cfg.method_config(name, backbone)
-    for name in cfg.datasets:
+    for name in dict.fromkeys([*cfg.suite.datasets, *cfg.datasets]):
         cfg.dataset_config(name)
 
 

@@ -7,7 +7,6 @@ from bench.plan import (  # noqa: F401
     SuiteOutcome,
     backbone_image_size,
     data_key,
-    dataset_config,
     input_decode,
     load_dataset,
     plan_suite,
@@ -15,3 +14,8 @@ from bench.plan import (  # noqa: F401
 )
 from bench.runner import execute_run, record_failure  # noqa: F401
 from bench.suite import run_suite  # noqa: F401
+
+
+def dataset_config(cfg, name, overrides=None):  # noqa: ANN001 - the old signature, kept for one release
+    """Moved to :meth:`bench.config.BenchConfig.dataset_config`."""
+    return cfg.dataset_config(name, overrides)

@@ -91,15 +91,9 @@ def data_key(dataset: str, overrides: dict[str, Any]) -> str:
     return dataset + "".join(f"@{k}={v}" for k, v in sorted(overrides.items()))
 
 
-def dataset_config(cfg: BenchConfig, name: str, overrides: dict[str, Any] | None = None):
-    if not overrides:
-        return cfg.dataset_config(name)
-    return DATASETS.get(name).Config.model_validate({**cfg.datasets.get(name, {}), **overrides})
-
-
 def load_dataset(cfg: BenchConfig, name: str, image_size: int, overrides: dict[str, Any] | None = None):
     adapter_cls = DATASETS.get(name)
-    adapter = adapter_cls(dataset_config(cfg, name, overrides), cfg.data_root(name), cfg.paths.cache / "datasets")
+    adapter = adapter_cls(cfg.dataset_config(name, overrides), cfg.data_root(name), cfg.paths.cache / "datasets")
     return adapter.load(image_size)
 
 
@@ -132,7 +126,7 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
                 "backbone": backbone,
                 "dataset": {
                     "name": dataset,
-                    "config": dataset_config(cfg, dataset, overrides).model_dump(mode="json"),
+                    "config": cfg.dataset_config(dataset, overrides).model_dump(mode="json"),
                     "manifest_sha256": datasets[key].manifest_sha256,
                 },
                 "protocol": cfg.protocol.name,

@@ -240,12 +240,11 @@ def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: s
     """One search trial: train on train, score val every epoch (reported to ASHA); test is never scored."""
     from bench.backbones import load_backbone
     from bench.engine import RunContext, resolve_device, run_method, seed_everything, selection_metric, set_threads
-    from bench.registry import BACKBONES, METHODS, create_method
+    from bench.registry import BACKBONES, create_method
 
     set_threads(cfg.ray.trial_resources(method).cpu)
     seed_everything(cfg.tune.search_seed)  # before the backbone and the method are built
-    cls = METHODS.get(method)
-    method_cfg = cls.Config.model_validate({**cfg.method_section(method), **params})
+    method_cfg = cfg.method_config(method, params=params)
     device = resolve_device(cfg.engine.device)
     backbone = load_backbone(BACKBONES.get(cfg.suite.backbone), cfg.backbone_pretrained(cfg.suite.backbone), cfg.paths.weights, str(device))
     run_dir = Path(trials_dir) / tune.get_context().get_trial_id()

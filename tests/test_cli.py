@@ -66,7 +66,7 @@ def test_run_writes_complete_records_consistent_with_their_scores(finished_suite
     prior = by_method["label-prior"]
     scores = store.read_scores(tmp_path / "results" / "runs" / prior["run_id"])
     from bench.config import load_config
-    from bench.executor import load_dataset
+    from bench.plan import load_dataset
 
     train_labels = load_dataset(load_config(finished_suite), "synthetic", 96).splits["train"].labels
     np.testing.assert_allclose(scores["test_scores"], np.tile(train_labels.mean(0), (48, 1)), atol=1e-6)

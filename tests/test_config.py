@@ -91,3 +91,35 @@ def test_seed_flag_must_be_integers():
         parse_int_list("0,x", "--seeds")
     with pytest.raises(ConfigError, match=r"suite.seeds: .*must not be empty"):
         load_config(None, {"suite.seeds": []})
+
+
+def test_method_and_dataset_configs_are_validated_once_at_load_into_typed_objects(tmp_path: Path, monkeypatch):
+    """Loading validates every section the suite uses; later lookups (planner, runner, search trials) reuse the
+    typed object, hand out copies, and a changed section (a refit's best parameters) is validated afresh."""
+    import bench.config as config_module
+
+    calls: list[str] = []
+    real = config_module._validate_section
+    monkeypatch.setattr(config_module, "_validate_section", lambda cls, data, where, source, **kw: calls.append(where) or real(cls, data, where, source, **kw))
+    path = tmp_path / "bench.toml"
+    path.write_text("[suite]\nmethods = ['dualcoop', 'zeroshot']\ndatasets = ['synthetic']\n[methods.dualcoop]\nepochs = 3\n")
+    cfg = load_config(path)
+    assert sorted(calls) == ["datasets.synthetic", "methods.dualcoop", "methods.zeroshot"]
+    first, second = cfg.method_config("dualcoop"), cfg.method_config("dualcoop")
+    assert first.epochs == 3 and first == second and first is not second  # a copy each time
+    first.epochs = 99
+    assert cfg.method_config("dualcoop").epochs == 3  # callers cannot change the shared typed config
+    cfg.dataset_config("synthetic")
+    assert len(calls) == 3
+    refit = cfg.model_copy(deep=True)
+    refit.methods["dualcoop"] = {"epochs": 5}
+    assert refit.method_config("dualcoop").epochs == 5 and len(calls) == 4  # new content, validated once more
+    assert cfg.method_config("dualcoop", params={"lr": 0.5}).lr == 0.5
+
+
+def test_search_parameters_and_method_decode_overrides_get_dotted_path_errors():
+    cfg = load_config(None)
+    with pytest.raises(ConfigError, match=r"methods\.dualcoop\.epochs: .*search trial"):
+        cfg.method_config("dualcoop", params={"epochs": "many"})
+    with pytest.raises(ConfigError, match=r"datasets\.synthetic\.n_train: .*set by the method"):
+        cfg.dataset_config("synthetic", {"n_train": -1})

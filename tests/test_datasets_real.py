@@ -230,7 +230,7 @@ def test_official_preprocessing_reads_the_released_codes_resize(tmp_path):
     bilinear on the full decode); the other methods keep the configured decode; each copy is its own cache and the
     run ids say which one."""
     from bench.config import load_config
-    from bench.executor import plan_suite
+    from bench.plan import plan_suite
     from bench.datasets.images import decode_image
 
     root = build_root(tmp_path / "data", n_train=8, keep=8)

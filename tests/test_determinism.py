@@ -40,7 +40,8 @@ def _assert_identical(a: dict, b: dict, what: str) -> None:
 
 
 def _run_in_process(cfg_path: Path, results: Path) -> None:
-    from bench.executor import execute_run, plan_suite
+    from bench.plan import plan_suite
+    from bench.runner import execute_run
 
     cfg = load_config(cfg_path, {"paths.results": str(results)})
     plans, data = plan_suite(cfg)
@@ -89,7 +90,7 @@ def test_fresh_process_and_ray_with_a_reused_worker_give_identical_scores(write_
 
 
 def test_a_run_with_a_deterministic_method_is_planned_once_and_its_scores_repeat(write_config, tmp_path: Path):
-    from bench.executor import plan_suite
+    from bench.plan import plan_suite
 
     cfg = load_config(write_config(methods=("zeroshot", "dualcoop"), seeds=(0, 1, 2)))
     plans, _ = plan_suite(cfg)

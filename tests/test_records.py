@@ -36,7 +36,7 @@ def test_builtin_defaults_are_the_repository_bench_toml_whole(tmp_path, monkeypa
 
 
 def test_same_run_id_from_any_folder(tmp_path, monkeypatch):
-    from bench.executor import plan_suite
+    from bench.plan import plan_suite
 
     over = {"suite.methods": ["dualcoop", "intclip-official", "query2label"], "suite.seeds": [0], "paths.cache": str(tmp_path / "cache")}
     monkeypatch.chdir(REPO)
@@ -95,7 +95,7 @@ def test_a_newer_record_this_version_cannot_read_is_left_alone(tmp_path):
     (run_dir / store.RESULT).write_text(raw)
     status, reason = store.run_status(run_dir)
     assert status == "newer" and "newer bench" in reason
-    from bench.executor import PlannedRun, triage
+    from bench.plan import PlannedRun, triage
     from rich.console import Console
 
     plan = PlannedRun(run_dir.name, "intclip", "intentonomy", 0, "RN101", {}, run_dir)

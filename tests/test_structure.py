@@ -1,4 +1,5 @@
-"""The package's shape: no import circle, and one contract every registered method keeps (on the tiny CLIP)."""
+"""The package's shape: no import circle, small modules and functions, tools/ off the run path, and one contract
+every registered method keeps (on the tiny CLIP)."""
 
 import ast
 from pathlib import Path
@@ -11,7 +12,10 @@ from bench.backbones import TINY_CLIP, load_backbone
 from bench.registry import METHODS, create_method
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = {"bench": "bench", "bench.methods": "methods", "bench.datasets": "datasets", "bench.reports": "reports"}
+PACKAGES = {"bench": "bench", "bench.methods": "methods", "bench.datasets": "datasets", "bench.reports": "reports",
+            "bench.tools": "tools"}
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 80
 
 
 def _modules() -> dict[str, Path]:
@@ -75,6 +79,48 @@ def test_ray_and_optuna_are_imported_by_the_ray_executor_only():
         names |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
         if name != "bench.ray_executor":
             assert not names & {"ray", "optuna"}, name
+
+
+def test_no_module_over_450_lines_and_no_function_over_80():
+    too_long = []
+    for name, path in _modules().items():
+        text = path.read_text()
+        if text.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{name}.{node.name}: {length} lines")
+    assert not too_long, too_long
+
+
+def test_the_measuring_is_real():
+    """The size check reads what it claims: the largest module and function it sees are of plausible size."""
+    sizes = {name: path.read_text().count("\n") for name, path in _modules().items()}
+    assert len(sizes) > 40 and max(sizes.values()) > 300
+
+
+def test_tools_are_off_the_run_path():
+    """Nothing the run imports pulls in bench.tools (the tiny CLIP's pretraining, the official reference step); only
+    the CLI's `bench pretrain-tiny-clip` command reaches it, inside the command."""
+    modules = _modules()
+    graph = {m: _imports(m, p, set(modules)) for m, p in modules.items()}
+    assert "bench.tiny_clip" in graph["bench.tools.pretrain_tiny_clip"]  # the checker sees tools' own edges
+    for name, deps in graph.items():
+        if name.startswith("bench.tools") or name == "bench.cli":
+            continue
+        assert not {d for d in deps if d.startswith("bench.tools")}, name
+    cli = ast.parse(modules["bench.cli"].read_text())
+    top_level = {a.name for n in cli.body if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("bench.tools") for a in n.names}
+    assert not top_level
+
+
+def test_old_executor_names_still_import():
+    from bench import executor, plan, runner, suite
+
+    assert executor.plan_suite is plan.plan_suite and executor.execute_run is runner.execute_run
+    assert executor.run_suite is suite.run_suite
 
 
 # -- the method contract ---------------------------------------------------------------------------------------------
