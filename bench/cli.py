@@ -254,8 +254,9 @@ def ls(
 @app.command()
 def validate(config: ConfigOpt = None, results: ResultsOpt = None) -> None:
     """Check bench.toml (every section) and every record in the result store: each record validates, its
-    scores.npz agrees with it (split sizes, classes, headline metrics recomputed), and keys this version does not
-    know are listed as warnings (a newer harness wrote them; they are kept)."""
+    artifacts are present with the sha256 it recorded, its scores.npz agrees with it (split sizes, classes, every
+    metric recomputed), and keys this version does not know are listed as warnings (a newer harness wrote them;
+    they are kept). Exits 1 naming each bad record."""
     from bench import store
     from bench.errors import NewerRecordError
     from bench.schema import unknown_keys
@@ -273,7 +274,7 @@ def validate(config: ConfigOpt = None, results: ResultsOpt = None) -> None:
             err.print(f"[red]{escape(str(rec))}[/]")
             continue
         try:
-            store.check_scores(rec, store.read_scores(run_dir), run_dir / store.SCORES)
+            store.verify_run(run_dir, rec, full=True)  # artifacts present, hashes, every metric recomputed
         except BenchError as e:
             n_bad += 1
             err.print(f"[red]{escape(str(e))}[/]")

@@ -279,8 +279,9 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     resumed_from = None
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = ctx.run_dir / CHECKPOINT
-    if ckpt_path.is_file():
-        start_epoch, history, best = _resume(ckpt_path, method, optimizer, scheduler, scaler, ctx)
+    ckpt = _read_checkpoint(ckpt_path, method.name, ctx) if ckpt_path.is_file() else None
+    if ckpt is not None:
+        start_epoch, history, best = _resume(ckpt, method, optimizer, scheduler, scaler, ctx)
         resumed_from = start_epoch
 
     patience = getattr(cfg, "early_stop_patience", None)
@@ -325,13 +326,34 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     )
 
 
+CHECKPOINT_KEYS = frozenset({"epoch", "method", "optimizer", "scheduler", "scaler", "best", "history", "rng"})
+
+
+def _read_checkpoint(path: Path, name: str, ctx: RunContext) -> dict[str, Any] | None:
+    """The run's checkpoint, read as tensors and plain data only (``weights_only=True``: a pickle that would run code
+    is refused). One that cannot be read (truncated, damaged, hostile, of another layout) is moved aside to
+    ``checkpoint.pt.corrupt-<unix time>`` with a message naming it, and the run starts from scratch (None)."""
+    try:
+        ckpt = torch.load(path, map_location=ctx.device, weights_only=True)
+        missing = CHECKPOINT_KEYS - set(ckpt) if isinstance(ckpt, dict) else CHECKPOINT_KEYS
+        if missing:
+            raise ValueError(f"not a bench checkpoint (lacks {sorted(missing)})")
+    except Exception as err:  # UnpicklingError, RuntimeError (zip reader), EOFError, ValueError, ...
+        moved = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        os.replace(path, moved)
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        ctx.log(f"{name}: checkpoint {path} cannot be read ({type(err).__name__}: {reason}); moved aside to "
+                f"{moved.name}, training from scratch")
+        return None
+    return ckpt
+
+
 def _resume(
-    path: Path, method: Method, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
-    ctx: RunContext,
+    ckpt: dict[str, Any], method: Method, optimizer: torch.optim.Optimizer, scheduler: Any,
+    scaler: torch.amp.GradScaler, ctx: RunContext,
 ) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
     """Restore the method, optimizer, scheduler, scaler and every random generator from the run's checkpoint;
     return (the epoch to continue from, the history so far, the best selection so far)."""
-    ckpt = torch.load(path, map_location=ctx.device, weights_only=True)  # tensors and plain data only
     method.load_state_dict(ckpt["method"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt.get("scheduler") is not None:

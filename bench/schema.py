@@ -103,6 +103,11 @@ class RunResult(_Record):
     timing: dict[str, Any] = Field(description="started_at, finished_at (ISO 8601) and seconds spent.")
     env: dict[str, Any] = Field(description="git commit and dirty flag, package versions, host, device, torch threads, determinism settings.")
     artifacts: dict[str, str] = Field(description="Files beside result.json: scores (scores.npz), weights (weights.pt).")
+    artifact_sha256: dict[str, str] = Field(
+        default_factory=dict,
+        description="sha256 of each artifact file, by file name, taken when the record was written (absent in records "
+        "written before hashes were kept); bench run/report/validate compare them.",
+    )
     config_file: ConfigFileRecord | None = Field(default=None, description="Where the run's settings came from.")
     extra: dict[str, Any] = Field(default_factory=dict, description="e.g. {'tuning': {...}} for a refit of a tuned config.")
 

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from bench.errors import ConfigError, CorruptResultError, NewerRecordError
-from bench.io import atomic_write_bytes
+from bench.io import atomic_write_bytes, sha256_file
 from bench.schema import SCHEMA_VERSION, RunResult, migrate
 
 RESULT = "result.json"
@@ -54,14 +54,19 @@ def ensure_writable(results: Path) -> None:
 
 
 def write_result(run_dir: Path, result: RunResult, scores: dict[str, np.ndarray]) -> None:
-    """Write scores.npz, then result.json (the completion marker), both atomically."""
+    """Write scores.npz, then result.json (the completion marker), both atomically; the record keeps the sha256 of
+    every artifact (scores.npz and the files already in ``result.artifacts``), so damage is found later."""
     run_dir.mkdir(parents=True, exist_ok=True)
     missing = [k for k in SCORE_KEYS if k not in scores]
     if missing:
         raise ValueError(f"scores lack {missing}")
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(scores[k]) for k in (*SCORE_KEYS, *LOGIT_KEYS) if k in scores})
-    atomic_write_bytes(run_dir / SCORES, buf.getvalue())
+    payload = buf.getvalue()
+    atomic_write_bytes(run_dir / SCORES, payload)
+    hashes = {SCORES: hashlib.sha256(payload).hexdigest()}
+    hashes.update({f: sha256_file(run_dir / f) for f in result.artifacts.values() if f != SCORES})
+    result.artifact_sha256 = hashes
     atomic_write_bytes(run_dir / RESULT, (result.model_dump_json(indent=2, exclude_none=False) + "\n").encode())
 
 
@@ -100,7 +105,7 @@ def read_scores(run_dir: Path) -> dict[str, np.ndarray]:
     """Load scores.npz (with the logits when the store has them) and check its keys and shapes."""
     path = run_dir / SCORES
     try:
-        with np.load(path) as npz:
+        with np.load(path, allow_pickle=False) as npz:
             scores = {k: npz[k] for k in SCORE_KEYS}
             scores.update({k: npz[k] for k in LOGIT_KEYS if k in npz.files})
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
@@ -117,7 +122,7 @@ def read_scores(run_dir: Path) -> dict[str, np.ndarray]:
 
 def check_scores(result: RunResult, scores: dict[str, np.ndarray], path: Path) -> None:
     """Raise :class:`CorruptResultError` when scores.npz contradicts the record: other split sizes or class count,
-    or a headline metric that recomputing from the stored scores does not give."""
+    or any metric that recomputing from the stored scores (at the record's threshold) does not give."""
     from bench import metrics
 
     n_classes = len(result.dataset.class_keys)
@@ -129,19 +134,44 @@ def check_scores(result: RunResult, scores: dict[str, np.ndarray], path: Path) -
                 f"{path}: {split}_scores has shape {s.shape} but the record has {expected} {split} images x {n_classes} classes"
             )
         stored = getattr(result.metrics, split)
-        if result.dataset.task == "multilabel":
-            threshold = result.protocol.threshold if result.protocol.threshold is not None else 0.5
-            recomputed = {
-                "macro_f1": metrics.macro_f1(s, y, threshold),
-                "mAP": metrics.mean_average_precision(scores.get(f"{split}_logits", s), y),
-            }
-        else:
-            recomputed = {"accuracy": metrics.accuracy(s, y)}
+        try:
+            if result.dataset.task == "multilabel":
+                threshold = result.protocol.threshold if result.protocol.threshold is not None else 0.5
+                recomputed = metrics.multilabel_metrics(s, y, threshold, scores.get(f"{split}_logits"))
+                if "mAP_official" in stored:
+                    recomputed["mAP_official"] = float(np.mean(metrics.official_average_precision(s, y)))
+            else:
+                recomputed = metrics.multiclass_metrics(s, y)
+        except ValueError as err:
+            raise CorruptResultError(f"{path}: {split}: {err}") from None
         for key, value in recomputed.items():
-            if key in stored and abs(stored[key] - value) > METRIC_TOLERANCE:
+            if key in stored and isinstance(value, float) and abs(stored[key] - value) > METRIC_TOLERANCE:
                 raise CorruptResultError(
-                    f"{path}: metrics.{split}.{key} = {stored[key]:.6f} but its scores.npz gives {value:.6f}"
+                    f"{path}: metrics.{split}.{key} = {stored[key]:.6f} in {RESULT} but its scores.npz gives {value:.6f}"
                 )
+
+
+def check_artifacts(run_dir: Path, result: RunResult, *, full: bool = False) -> None:
+    """Raise :class:`CorruptResultError` naming the file when an artifact the record lists is missing, or when its
+    bytes no longer have the sha256 the record kept (scores.npz always; every artifact with ``full``, which hashes
+    the weights too). Records written before hashes were kept are checked for presence only."""
+    for name, file in result.artifacts.items():
+        path = run_dir / file
+        if not path.is_file():
+            raise CorruptResultError(f"{path}: the record's {name} artifact is missing")
+        expected = result.artifact_sha256.get(file)
+        if expected is not None and (full or file == SCORES) and sha256_file(path) != expected:
+            raise CorruptResultError(f"{path}: damaged: its sha256 differs from the one {RESULT} recorded")
+
+
+def verify_run(run_dir: Path, result: RunResult, *, full: bool = False, recompute: bool = True) -> dict[str, np.ndarray]:
+    """Artifacts present and intact, scores.npz readable with the record's shapes and (``recompute``) every metric
+    recomputed from it; returns the scores."""
+    check_artifacts(run_dir, result, full=full)
+    scores = read_scores(run_dir)
+    if recompute:
+        check_scores(result, scores, run_dir / SCORES)
+    return scores
 
 
 def run_status(run_dir: Path) -> tuple[RunStatus, str | None]:
@@ -150,8 +180,7 @@ def run_status(run_dir: Path) -> tuple[RunStatus, str | None]:
     checkpoint, no result) or ``new``."""
     if (run_dir / RESULT).exists():
         try:
-            result = read_result(run_dir)
-            check_scores(result, read_scores(run_dir), run_dir / SCORES)
+            verify_run(run_dir, read_result(run_dir))
         except NewerRecordError as err:
             return "newer", str(err)
         except CorruptResultError as err:
@@ -169,13 +198,18 @@ def quarantine(run_dir: Path) -> Path:
     return target
 
 
-def iter_results(results: Path) -> Iterator[tuple[Path, RunResult | CorruptResultError]]:
-    """Every run folder with a result.json: the validated record, or the error that says why it is not."""
+def iter_results(results: Path, verify: bool = False) -> Iterator[tuple[Path, RunResult | CorruptResultError]]:
+    """Every run folder with a result.json: the validated record, or the error that says why it is not (with
+    ``verify``, a record whose artifacts are missing, damaged or unreadable is an error; recomputing every metric
+    is ``bench validate``'s and the run triage's job)."""
     root = runs_dir(results)
     if not root.is_dir():
         return
     for run_dir in sorted(p for p in root.iterdir() if (p / RESULT).exists()):
         try:
-            yield run_dir, read_result(run_dir)
+            result = read_result(run_dir)
+            if verify:
+                verify_run(run_dir, result, recompute=False)
+            yield run_dir, result
         except CorruptResultError as err:
             yield run_dir, err

@@ -76,7 +76,7 @@ class CachedImages(np.memmap):
 
 def open_cached_images(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Memory-map a decoded cache file (``uint8 [N, S, S, 3]``) read-only, as :class:`CachedImages`."""
-    arr = np.load(path, mmap_mode="r")
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
     if shape is not None and tuple(arr.shape) != tuple(shape):
         raise DatasetError(f"{path}: decoded cache has shape {arr.shape}, expected {tuple(shape)}; delete it to rebuild")
     out = arr.view(CachedImages)

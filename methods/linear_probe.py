@@ -74,7 +74,12 @@ class LinearProbe(Method):
         ).hexdigest()[:20]
         path = cache_dir / "features" / f"{self.backbone.spec.name}-{split_name}-{key}.npy"
         if path.is_file():
-            return np.load(path)
+            try:
+                feats = np.load(path, allow_pickle=False)  # never unpickles: a planted object array is refused
+                if feats.ndim == 2 and len(feats) == len(images) and feats.dtype == np.float32:
+                    return feats
+            except (OSError, ValueError, EOFError):
+                pass  # damaged or not ours: computed again and replaced below
         feats = self._encode(images, batch_size)
         atomic_write(path, lambda fh: np.save(fh, feats))
         return feats

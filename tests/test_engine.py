@@ -153,6 +153,31 @@ def test_a_planted_checkpoint_is_refused_not_executed(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     torch.save({"epoch": 1, "payload": _Planted(marker)}, run_dir / CHECKPOINT)
-    with pytest.raises(Exception, match="(?i)weights_only|unpickl|unsupported global"):
-        run_method(make(), toy_data(), ctx(run_dir))
-    assert not marker.exists()
+    messages: list[str] = []
+    c = ctx(run_dir)
+    c.log = messages.append
+    out = run_method(make(), toy_data(), c)
+    assert not marker.exists()  # refused, not executed
+    assert out.resumed_from_epoch is None and out.epochs_run == 4  # trained from scratch instead
+    moved = list(run_dir.glob(f"{CHECKPOINT}.corrupt-*"))
+    assert len(moved) == 1 and any(str(run_dir / CHECKPOINT) in m and "moved aside" in m for m in messages), messages
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_a_damaged_checkpoint_is_moved_aside_and_the_run_restarts_with_a_message(tmp_path, damage):
+    """Was: a PyTorch stream error that named no file, on every rerun. Now: the file is kept aside, named, and the
+    run trains from scratch to the same scores as a run that never had a checkpoint."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    reference = run_method(make(), toy_data(), ctx(tmp_path / "clean"))  # leaves its last checkpoint behind
+    blob = (tmp_path / "clean" / CHECKPOINT).read_bytes()
+    path = run_dir / CHECKPOINT
+    path.write_bytes({"truncate": blob[: len(blob) // 2], "garbage": b"\x00not a checkpoint" * 50, "empty": b""}[damage])
+    messages: list[str] = []
+    c = ctx(run_dir)
+    c.log = messages.append
+    out = run_method(make(), toy_data(), c)
+    assert out.resumed_from_epoch is None
+    assert np.array_equal(out.test_scores, reference.test_scores)
+    assert any(str(path) in m and "moved aside" in m for m in messages), messages
+    assert len(list(run_dir.glob(f"{CHECKPOINT}.corrupt-*"))) == 1

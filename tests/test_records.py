@@ -113,11 +113,11 @@ def test_scores_that_contradict_the_record_make_it_corrupt(tmp_path):
     data["metrics"]["test"]["macro_f1"] = 0.99
     (run_dir / store.RESULT).write_text(json.dumps(data))
     status, reason = store.run_status(run_dir)
-    assert status == "corrupt" and "metrics.test.macro_f1 = 0.990000 but its scores.npz gives" in reason
+    assert status == "corrupt" and "metrics.test.macro_f1 = 0.990000 in result.json but its scores.npz gives" in reason
     res = runner.invoke(app, ["validate", "--results", str(tmp_path / "results")])
     assert res.exit_code == 1 and "0 valid, 1 corrupt" in res.output
     (run_dir / store.SCORES).write_bytes((run_dir / store.SCORES).read_bytes()[:100])  # truncated zip
-    assert "unreadable or incomplete" in store.run_status(run_dir)[1]
+    assert "damaged: its sha256 differs" in store.run_status(run_dir)[1]
 
 
 def test_json_schema_documents_every_field():
