@@ -43,7 +43,7 @@ def suite_config(cfg: BenchConfig) -> BenchConfig:
 
 def run_leaderboard(cfg: BenchConfig, console: Console, ray_address: str | None = None, run: bool = True) -> LeaderboardOutcome:
     from bench.reports import tables
-    from bench.reports.site import build_site
+    from bench.reports.site import HISTORY, build_site
 
     suite_cfg = suite_config(cfg)
     failed: dict[str, str] = {}
@@ -62,5 +62,13 @@ def run_leaderboard(cfg: BenchConfig, console: Console, ray_address: str | None 
     lb = cfg.leaderboard
     if lb.bootstrap and not summary.empty:
         summary = tables.add_significance(summary, records, cfg.paths.results, lb.bootstrap)
-    site = build_site(lb.site, records, summary, tolerance=lb.tolerance, metric=lb.metric, split=lb.split, git_sha=git_state().get("git_sha"))
+    from bench import locks
+
+    # one regeneration at a time: each compares with the history record the previous one wrote
+    lock = locks.wait_lock(lb.site / HISTORY, console.print)
+    try:
+        site = build_site(lb.site, records, summary, tolerance=lb.tolerance, metric=lb.metric, split=lb.split,
+                          git_sha=git_state().get("git_sha"))
+    finally:
+        lock.release()
     return LeaderboardOutcome(site, failed)

@@ -9,9 +9,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import store
+from bench import locks, store
 from bench.config import BenchConfig
-from bench.plan import SuiteOutcome, plan_suite, triage
+from bench.plan import PlannedRun, SuiteOutcome, plan_suite, triage
 from bench.runner import execute_run, record_failure
 
 
@@ -19,7 +19,12 @@ def run_suite(
     cfg: BenchConfig, console: Console | None = None, ray_address: str | None = None, extra: dict[str, Any] | None = None
 ) -> SuiteOutcome:
     """Run every missing run of the suite (Ray Tune trials, or in-process with ``executor = "serial"``); never
-    redo or rewrite a complete one."""
+    redo or rewrite a complete one.
+
+    A run is locked while it is trained and written (:mod:`bench.locks`); the serial loop takes each run's lock just
+    before the run, so two suites on one store split the work. A run another bench holds is left to it; once this
+    suite's other runs are done it waits for the holder and takes its result (or does the run, if the holder failed
+    or was killed). Either way each run is trained and written once."""
     console = console or Console(stderr=True)
     store.ensure_writable(cfg.paths.results)
     plans, datasets = plan_suite(cfg)
@@ -31,14 +36,70 @@ def run_suite(
         return outcome
     console.print(f"{len(plans)} runs planned: {len(outcome.skipped)} done already, {len(todo)} to run ({cfg.suite.executor})")
     if cfg.suite.executor == "ray":
+        deferred = _ray_claimed(cfg, todo, datasets, outcome, console, ray_address)
+    else:
+        deferred = _serial(cfg, todo, datasets, outcome, console, wait=False)
+    for plan in deferred:
+        console.print(f"[cyan]{plan.label}: another bench is running it ({locks.owner(plan.run_dir)}); waiting for it[/]")
+    if cfg.suite.executor == "ray":
+        for plan in deferred:
+            lock = locks.wait_lock(plan.run_dir)
+            try:
+                _run_if_missing(plan, outcome, lambda todo: _ray(cfg, todo, datasets, outcome, console, ray_address))
+            finally:
+                lock.release()
+    else:
+        _serial(cfg, deferred, datasets, outcome, console, wait=True)
+    return outcome
+
+
+def _run_if_missing(plan: PlannedRun, outcome: SuiteOutcome, run: Any) -> None:
+    """Under the run's lock: take a result another bench wrote meanwhile, or do the run."""
+    status, _ = store.run_status(plan.run_dir)
+    if status in ("complete", "newer"):
+        outcome.skipped.append(plan.run_id)
+        return
+    if status == "corrupt":
+        store.quarantine(plan.run_dir)
+    run([plan])
+
+
+def _ray_claimed(cfg: BenchConfig, todo: list[PlannedRun], datasets: dict[str, Any], outcome: SuiteOutcome,
+                 console: Console, ray_address: str | None) -> list[PlannedRun]:
+    """Lock every run nobody else holds, run those as Ray trials together, release; return the others."""
+    held = {p.run_id: locks.try_lock(p.run_dir) for p in todo}
+    try:
+        mine = [p for p in todo if held[p.run_id] is not None]
+        ready = [p for p in mine if store.run_status(p.run_dir)[0] not in ("complete", "newer")]
+        outcome.skipped += [p.run_id for p in mine if p not in ready]
+        _ray(cfg, ready, datasets, outcome, console, ray_address)
+    finally:
+        for lock in held.values():
+            if lock is not None:
+                lock.release()
+    return [p for p in todo if held[p.run_id] is None]
+
+
+def _ray(cfg: BenchConfig, todo: list[PlannedRun], datasets: dict[str, Any], outcome: SuiteOutcome, console: Console,
+         ray_address: str | None) -> None:
+    if todo:
         from bench.ray_executor import run_trials  # (Ray imported only when used)
 
         run_trials(cfg, todo, datasets, outcome, console, ray_address)
-        return outcome
+
+
+def _serial(cfg: BenchConfig, todo: list[PlannedRun], datasets: dict[str, Any], outcome: SuiteOutcome,
+            console: Console, *, wait: bool) -> list[PlannedRun]:
+    """Run ``todo`` in-process, each under its lock; a run held elsewhere is waited for (``wait``) or returned."""
+    if not todo:
+        return []
+    deferred: list[PlannedRun] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not cfg.engine.progress, transient=False) as progress:
         suite_task = progress.add_task("suite", total=len(todo))
-        for plan in todo:
+
+        def one(plans: list[PlannedRun]) -> None:
+            (plan,) = plans
             progress.update(suite_task, description=f"suite: {plan.label}")
             try:
                 execute_run(plan, datasets[plan.data], cfg, progress=progress, log=progress.console.print)
@@ -46,5 +107,15 @@ def run_suite(
             except Exception as err:  # one failed run must not stop the suite
                 record_failure(plan, err, outcome)
                 progress.console.print(f"[red]failed {plan.label}: {type(err).__name__}: {err}[/]")
+
+        for plan in todo:
+            lock = locks.wait_lock(plan.run_dir, progress.console.print) if wait else locks.try_lock(plan.run_dir)
+            if lock is None:
+                deferred.append(plan)
+                continue
+            try:
+                _run_if_missing(plan, outcome, one)
+            finally:
+                lock.release()
             progress.advance(suite_task)
-    return outcome
+    return deferred

@@ -17,6 +17,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from bench.reports.escape import PLOT_RC, UNICODE_SYMBOLS, render_caption
 from bench.reports.layout import PaperTable
 from bench.reports.significance import format_p
 from bench.reports.tables import GROUP_KEYS
@@ -32,6 +33,7 @@ def _environment() -> jinja2.Environment:
     env.filters["signed"] = lambda v: "" if v is None else f"{v:+.2f}"
     env.filters["slug"] = slug
     env.filters["pvalue"] = lambda v: "" if v is None else format_p(v)
+    env.filters["caption"] = lambda c: render_caption(c, UNICODE_SYMBOLS)  # plain text: autoescaped like the rest
     return env
 
 
@@ -44,10 +46,24 @@ def svg(fig) -> str:
     import matplotlib
 
     buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": "bench"}):
+    with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": "bench", **PLOT_RC}):
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": "bench"})
     text = buf.getvalue()
     return text[text.index("<svg") :]
+
+
+def _plain_text(plot):
+    """Build the figure with mathtext off: class keys and method names are drawn as written (``$x$`` included)."""
+    import functools
+
+    @functools.wraps(plot)
+    def wrapped(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(PLOT_RC):
+            return plot(*args, **kwargs)
+
+    return wrapped
 
 
 def _records_of(group_info: dict, records: list[RunResult]) -> list[RunResult]:
@@ -61,6 +77,7 @@ def _records_of(group_info: dict, records: list[RunResult]) -> list[RunResult]:
     ]
 
 
+@_plain_text
 def per_class_plot(group_info: dict, records: list[RunResult], run_methods: dict[str, str]) -> str | None:
     """Grouped bars: per-class test F1 (multilabel) or accuracy (multiclass), mean over seeds, one bar per method."""
     from matplotlib.figure import Figure
@@ -92,6 +109,7 @@ def per_class_plot(group_info: dict, records: list[RunResult], run_methods: dict
     return svg(fig)
 
 
+@_plain_text
 def curves_plot(group_info: dict, records: list[RunResult], run_methods: dict[str, str]) -> str | None:
     """Val selection metric per epoch, one line per method (mean over seeds) with the seeds' range shaded."""
     from matplotlib.figure import Figure

@@ -8,26 +8,9 @@ from __future__ import annotations
 
 import re
 
+from bench.reports.escape import latex as escape
+from bench.reports.escape import render_caption
 from bench.reports.layout import PaperTable, Row
-
-_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-
-
-def escape(text: str) -> str:
-    """Escape LaTeX's special characters in plain text (method names, dataset names)."""
-    return re.sub(r"[\\&%$#_{}~^]", lambda m: _SPECIAL[m.group()], text)
-
 
 def _number(value: float, std: float | None, mark: str | None) -> str:
     body = f"{value:.2f}"
@@ -101,9 +84,12 @@ def table_latex(table: PaperTable, env: str = "table*") -> str:
     return "\n".join(lines) + "\n"
 
 
+LATEX_SYMBOLS = {"quote_open": "``", "quote_close": "''", "delta": r"$\Delta$", "dagger": r"$\dagger$", "ge": r"$\ge$"}
+
+
 def _caption_text(table: PaperTable) -> str:
-    # the caption is composed in layout with LaTeX math already in it; escape only the plain-text specials
-    return re.sub(r"(?<!\\)([&%#_])", r"\\\1", table.caption)
+    """The caption with every piece of text escaped (names from records included) and the symbols in LaTeX."""
+    return render_caption(table.caption, LATEX_SYMBOLS, escape)
 
 
 def to_latex(tables: list[PaperTable], standalone: bool = False) -> str:

@@ -20,6 +20,7 @@ from importlib import resources
 
 import pandas as pd
 
+from bench.reports.escape import DAGGER, DELTA, GE, QUOTE_CLOSE, QUOTE_OPEN, Symbol
 from bench.reports.tables import FAMILIES, GROUP_KEYS, METRIC_LABELS
 
 PRIMARY = {"multilabel": "macro_f1", "multiclass": "accuracy"}
@@ -122,7 +123,7 @@ class Column:
 class PaperTable:
     key: str  # table1, table2, ..., table6a
     title: str
-    caption: str
+    caption: list[str | Symbol]
     columns: list[Column]
     rows: list[Row]
     info: dict = field(default_factory=dict)
@@ -290,7 +291,7 @@ def table1(group: pd.DataFrame, info: dict, reference: bool) -> PaperTable:
     table = PaperTable(
         key="table1",
         title=f"Main comparison: {PAPER_DATASET.get(info['dataset'], info['dataset'])}, backbone {info['backbone']}",
-        caption="",
+        caption=[],
         columns=[Column(METRIC_LABELS[m], split.capitalize()) for split, m in columns],
         rows=rows,
         info=info,
@@ -305,22 +306,23 @@ def table1(group: pd.DataFrame, info: dict, reference: bool) -> PaperTable:
     return mark_best(table)
 
 
-def _caption(table: PaperTable, first: str, delta_metric: str = "test Macro F1") -> str:
+def _caption(table: PaperTable, first: str, delta_metric: str = "test Macro F1") -> list[str | Symbol]:
     info = table.info
-    text = (
+    parts: list[str | Symbol] = [
         f"{table.title}. {first}{_seed_note(table.rows)}"
         f" Bold: best, underlined: second best among reproduced rows.{_protocol_note(info)}"
-    )
+    ]
     if info.get("manifest_sha256"):
-        text += f" Dataset manifest {str(info['manifest_sha256'])[:12]}."
+        parts.append(f" Dataset manifest {str(info['manifest_sha256'])[:12]}.")
     if any(r.reference for r in table.rows):
-        text += f" Rows headed ``Paper'' are the numbers printed in the IntCLIP paper (ECCV 2024); $\\Delta$: reproduced minus paper, {delta_metric}."
+        parts += [" Rows headed ", QUOTE_OPEN, "Paper", QUOTE_CLOSE, " are the numbers printed in the IntCLIP paper "
+                  "(ECCV 2024); ", DELTA, f": reproduced minus paper, {delta_metric}."]
     if info.get("reference_note"):
-        text += " " + info["reference_note"]
+        parts.append(" " + info["reference_note"])
     if any(r.p_value is not None and r.p_value >= 0.05 for r in table.rows):
-        text += (" $\\dagger$: not significantly below the reference row (best on val): one-sided hierarchical bootstrap over"
-                 " seeds and test images, Holm-corrected, $p \\ge 0.05$.")
-    return text
+        parts += [" ", DAGGER, ": not significantly below the reference row (best on val): one-sided hierarchical "
+                  "bootstrap over seeds and test images, Holm-corrected, p ", GE, " 0.05."]
+    return parts
 
 
 def ablation_tables(group: pd.DataFrame, info: dict, reference: bool) -> list[PaperTable]:
@@ -348,7 +350,7 @@ def ablation_tables(group: pd.DataFrame, info: dict, reference: bool) -> list[Pa
         table = PaperTable(
             key=ablation.key,
             title=f"{ablation.title}: {PAPER_DATASET.get(info['dataset'], info['dataset'])}, backbone {info['backbone']}",
-            caption="",
+            caption=[],
             columns=[Column(METRIC_LABELS[m], "Test") for _, m in columns],
             rows=rows,
             info=info,
@@ -391,7 +393,7 @@ def emotion_table(summary: pd.DataFrame, reference: bool) -> list[PaperTable]:
         table = PaperTable(
             key="table6a",
             title=f"Image emotion recognition accuracy (Table 6a), backbone {backbone}",
-            caption="",
+            caption=[],
             columns=[Column("Acc", b) for b in blocks],
             rows=list(body),
             info={"backbone": backbone, "protocol": protocol, "dataset": ",".join(datasets), "task": "multiclass", "manifest_sha256": ""},

@@ -19,6 +19,7 @@ from bench import store
 from bench.io import atomic_write_bytes
 from bench.reports.significance import format_p
 from bench.errors import CorruptResultError
+from bench.reports import escape
 from bench.schema import MULTICLASS_METRICS, RunResult
 
 TABLE_METRICS = {"multilabel": ("macro_f1", "micro_f1", "samples_f1", "mAP"), "multiclass": MULTICLASS_METRICS}
@@ -178,12 +179,14 @@ def table_rows(summary: pd.DataFrame) -> list[tuple[dict, list[str], list[list[s
     return tables
 
 
-def _title(info: dict) -> str:
+def _title(info: dict, esc=str) -> str:
+    """A group's heading; ``esc`` escapes the names from the records for the output format."""
     from bench.protocol import PROTOCOLS
 
     known = PROTOCOLS.get(info["protocol"])
-    protocol = info["protocol"] + (known.title_note if known else "")
-    return f"{info['dataset']} (manifest {info['manifest_sha256'][:12]}), backbone {info['backbone']}, protocol {protocol}"
+    protocol = esc(info["protocol"]) + (known.title_note if known else "")
+    return (f"{esc(info['dataset'])} (manifest {esc(str(info['manifest_sha256'])[:12])}), backbone {esc(info['backbone'])}, "
+            f"protocol {protocol}")
 
 
 def to_markdown(summary: pd.DataFrame) -> str:
@@ -193,10 +196,10 @@ def to_markdown(summary: pd.DataFrame) -> str:
     parts = []
     note = significance_note(summary)
     for info, header, rows in table_rows(summary):
-        parts.append(f"### {_title(info)}\n")
+        parts.append(f"### {_title(info, escape.markdown)}\n")
         parts.append("| " + " | ".join(header) + " |")
         parts.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
-        parts.extend("| " + " | ".join(r) + " |" for r in rows)
+        parts.extend("| " + " | ".join([escape.markdown(r[0]), *r[1:]]) + " |" for r in rows)
         parts.append("")
     if note:
         parts.append(note + "\n")
@@ -216,11 +219,11 @@ def rich_tables(summary: pd.DataFrame) -> list:
 
     tables = []
     for info, header, rows in table_rows(summary):
-        table = Table(title=_title(info), title_justify="left")
+        table = Table(title=_title(info, escape.rich_text), title_justify="left")
         for i, h in enumerate(header):
             table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for r in rows:
-            table.add_row(*[c.replace(" (deterministic)", " (det.)") if i == 2 else c for i, c in enumerate(r)])
+            table.add_row(escape.rich_text(r[0]), *[c.replace(" (deterministic)", " (det.)") if i == 1 else c for i, c in enumerate(r[1:])])
         if any("(deterministic)" in r[2] for r in rows):
             table.caption, table.caption_justify = "det.: a deterministic method (no randomness of its own), run once", "left"
         tables.append(table)

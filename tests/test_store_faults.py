@@ -158,3 +158,115 @@ def test_a_planted_pickle_in_the_probe_feature_cache_is_replaced(tmp_path):
     again = probe.features("val", images, data.manifest_sha256, tmp_path / "feat", 4)
     assert np.array_equal(again, clean) and not marker.exists()
     assert np.array_equal(np.load(cached, allow_pickle=False), clean)  # the planted file was replaced
+
+
+# -- locks: two writers on one store -----------------------------------------------------------------------------------
+def _suite_in_a_process(config: str, queue) -> None:
+    import os as _os
+
+    from rich.console import Console
+
+    from bench.config import load_config
+    from bench.suite import run_suite
+
+    _os.chdir(Path(config).parent)
+    outcome = run_suite(load_config(config), Console(stderr=True, quiet=True))
+    queue.put((sorted(outcome.completed), sorted(outcome.skipped), dict(outcome.failed)))
+
+
+def test_two_suites_on_one_store_train_each_run_exactly_once(write_config):
+    """Was: both trained everything and overwrote each other's complete records."""
+    import multiprocessing
+
+    config = write_config(methods=("dualcoop", "linear-probe"), seeds=(0, 1, 2, 3, 4), epochs=12)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_suite_in_a_process, args=(str(config), queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    (done_a, skip_a, fail_a), (done_b, skip_b, fail_b) = queue.get(timeout=600), queue.get(timeout=600)
+    for p in procs:
+        p.join(60)
+    assert not fail_a and not fail_b
+    assert not set(done_a) & set(done_b)  # nobody trained a run the other trained
+    assert len(done_a) + len(done_b) == 6 and sorted(done_a + done_b) == sorted(skip_a + done_a) == sorted(skip_b + done_b)
+    assert done_a and done_b  # the two suites split the work (each takes a run's lock just before the run)
+    runs = store.runs_dir(config.parent / "results")
+    assert not list(runs.glob("*/result.json.corrupt-*"))
+    for run_id in done_a + done_b:  # each record was written once: by the suite that trained it
+        assert store.run_status(runs / run_id)[0] == "complete"
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(write_config, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from rich.console import Console
+
+    from bench.config import load_config
+    from bench.plan import plan_suite
+    from bench.suite import run_suite
+
+    config = write_config(methods=("label-prior",), seeds=(0,))
+    os.chdir(config.parent)
+    cfg = load_config(config)
+    (plan,), _ = plan_suite(cfg)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from bench import locks; import time; l = locks.try_lock({str(plan.run_dir)!r}); print(l is not None, flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        from bench import locks
+
+        assert locks.try_lock(plan.run_dir) is None and f"pid {holder.pid}" in locks.owner(plan.run_dir)
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        outcome = run_suite(cfg, Console(stderr=True, quiet=True))
+        assert outcome.completed == [plan.run_id]
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_leaderboard_regenerations_take_turns(tmp_path):
+    """Two regenerations at once each compared with the same previous record; now the second waits for the first
+    and compares with what the first wrote."""
+    import subprocess
+    import sys
+    import threading
+
+    from rich.console import Console
+
+    from bench.config import load_config
+    from bench.leaderboard import run_leaderboard
+
+    results = tmp_path / "results"
+    make_run(results, "intclip", 0, dataset="synthetic", backbone="tiny-clip")
+    site = tmp_path / "site"
+    cfg = load_config(None, {"paths.results": str(results), "leaderboard.site": str(site), "leaderboard.bootstrap": 0,
+                             "leaderboard.methods": ["intclip"]})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from bench import locks; import sys; l = locks.try_lock({str(site / 'history')!r}); "
+                               "print(l is not None, flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        done: list = []
+        worker = threading.Thread(target=lambda: done.append(run_leaderboard(cfg, Console(quiet=True), run=False)))
+        worker.start()
+        worker.join(2.0)
+        assert worker.is_alive() and not list((site / "history").glob("*.json"))  # waiting for the holder
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(10)
+        worker.join(60)
+        assert done and done[0].site.stamp
+        second = run_leaderboard(cfg, Console(quiet=True), run=False)
+        assert second.site.previous == done[0].site.stamp
+    finally:
+        if holder.poll() is None:
+            holder.kill()
