@@ -27,8 +27,12 @@ ResultsOpt = Annotated[Optional[Path], typer.Option("--results", help="Results f
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any bench.toml key: --set methods.linear-probe.refine_steps=2")]
 
 
-def _load(config: Path | None, results: Path | None = None, sets: list[str] | None = None, sections: bool = True, **suite: object) -> BenchConfig:
+def _load(config: Path | None, results: Path | None = None, sets: list[str] | None = None, sections: bool = True,
+          values: dict[str, object] | None = None, **suite: object) -> BenchConfig:
+    """The config with ``--set`` strings (parsed as TOML values), typed ``values`` (CLI paths and numbers, never
+    re-parsed: a path may hold quotes or backslashes) and the suite flags applied."""
     overrides: dict[str, object] = dict(parse_override(s) for s in sets or [])
+    overrides.update(values or {})
     if results is not None:
         overrides["paths.results"] = str(results.resolve())
     overrides.update({f"suite.{k}": v for k, v in suite.items() if v is not None})
@@ -57,11 +61,12 @@ def run(
         names = parse_name_list(dataset) if dataset else None
         if not names or len(names) != 1:
             raise BenchError("--data-root needs exactly one --dataset (the root of that dataset)")
-        sets = list(sets or []) + [f'paths.data.{names[0]}="{data_root.resolve()}"']
+    values = {f"paths.data.{names[0]}": str(data_root.resolve())} if data_root is not None else None
     cfg = _load(
         config,
         results,
         sets,
+        values=values,
         methods=parse_name_list(methods) if methods else None,
         datasets=parse_name_list(dataset) if dataset else None,
         seeds=parse_int_list(seeds, "--seeds") if seeds else None,
@@ -196,12 +201,12 @@ def leaderboard(
     failed, 0 otherwise."""
     from bench.leaderboard import run_leaderboard
 
-    overrides = list(sets or [])
+    values: dict[str, object] = {}
     if site is not None:
-        overrides.append(f'leaderboard.site="{site.resolve().as_posix()}"')
+        values["leaderboard.site"] = str(site.resolve())
     if tolerance is not None:
-        overrides.append(f"leaderboard.tolerance={tolerance}")
-    cfg = _load(config, results, overrides, sections=run)
+        values["leaderboard.tolerance"] = tolerance
+    cfg = _load(config, results, sets, sections=run, values=values)
     outcome = run_leaderboard(cfg, err, ray_address, run=run)
     s = outcome.site
     err.print(

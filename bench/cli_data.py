@@ -138,6 +138,11 @@ def verify(
             out.print(f"[{colour}]{split}: {escape(listed)}{more}[/]", highlight=False)
     if counts.get("train", {}).get("ok", 1) < counts.get("train", {}).get("images", 0):
         err.print("[yellow]train images that are missing or corrupt are skipped in every run (and counted in its record)[/]")
+    empty = [s for s, c in counts.items() if c["ok"] == 0]
+    if empty:  # a split with no usable image cannot be trained on or scored
+        err.print(f"[red]{', '.join(empty)}: no usable images under {escape(str(manifest.root))} "
+                  "(an empty or wrong split list, or every file missing/corrupt)[/]")
+        raise typer.Exit(1)
     if any(counts[s]["missing"] or counts[s]["corrupt"] for s in counts if s != "train"):
         err.print("[red]val/test images are missing or corrupt: runs on this dataset will fail until they are restored[/]")
         raise typer.Exit(1)

@@ -10,6 +10,7 @@ dotted path, e.g. ``bench.toml: methods.linear-probe.c_gird: unknown key``.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.toml"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SuiteConfig(_Strict):
@@ -66,7 +67,7 @@ class ProtocolConfig(_Strict):
 class EngineConfig(_Strict):
     """Training/eval engine settings shared by every method."""
 
-    device: str = "auto"
+    device: str = "auto"  # auto (CUDA when there is one), cpu, cuda, cuda:<index>, mps
     amp: bool = True
     eval_batch_size: int = Field(default=256, gt=0)
     progress: bool = True
@@ -74,6 +75,13 @@ class EngineConfig(_Strict):
     # torch deterministic algorithms + cuDNN deterministic kernels + cuBLAS workspace config on CUDA (slower; see
     # README "Determinism"); CPU runs are bit-reproducible without it
     deterministic: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("expected auto, cpu, cuda, cuda:<index> or mps")
+        return value
 
 
 class TrialResources(_Strict):

@@ -25,7 +25,7 @@ SPLITS = ("train", "val", "test")
 class DatasetConfig(BaseModel):
     """Base of every adapter's config: unknown keys are rejected."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

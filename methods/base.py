@@ -38,7 +38,8 @@ class MethodConfig(BaseModel):
     hyperparameters); keys given explicitly win over the preset.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    # unknown keys rejected; every float finite (lr = inf or nan fails here, with the dotted key, not in training)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     # What `bench tune` searches: key -> ("loguniform", low, high) | ("uniform", low, high) | ("int", low, high)
     # | ("choice", [values]). Overridable per method in bench.toml.

@@ -32,17 +32,17 @@ class PromptTrainingConfig(TrainConfig):
     epochs: int = Field(default=50, gt=0)
     batch_size: int = Field(default=32, gt=0)
     n_ctx: int = Field(default=16, gt=0)
-    ctx_init_std: float = 0.02
+    ctx_init_std: float = Field(default=0.02, gt=0)
     truncate_text: bool = True  # exact: causal attention ends at the longest prompt's EOT
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
     warmup_epochs: int = Field(default=1, ge=0)
-    warmup_lr: float = 1e-5
-    gamma_neg: float = 2.0
-    gamma_pos: float = 1.0
-    asl_clip: float = 0.05
-    asl_eps: float = 1e-6
-    loss_weight: float = 0.03
+    warmup_lr: float = Field(default=1e-5, ge=0)
+    gamma_neg: float = Field(default=2.0, ge=0)
+    gamma_pos: float = Field(default=1.0, ge=0)
+    asl_clip: float = Field(default=0.05, ge=0, lt=1)
+    asl_eps: float = Field(default=1e-6, gt=0, lt=1)
+    loss_weight: float = Field(default=0.03, gt=0)
     # training augmentation on the device: none, or the DualCoOp / released IntCLIP train transform (Cutout at half
     # the side with a random colour, then RandAugment with ``randaugment_ops`` operations at ``randaugment_magnitude``)
     augment: Literal["none", "cutout-randaugment"] = "none"

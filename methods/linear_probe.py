@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveFloat
 
 from bench.data import batch_indices, prefetch_batches
 from bench.io import atomic_write
@@ -22,7 +22,7 @@ from bench.methods.base import Method, MethodConfig
 
 
 class LinearProbeConfig(MethodConfig):
-    c_grid: list[float] = Field(default_factory=lambda: [10.0**e for e in range(-6, 7)])
+    c_grid: list[PositiveFloat] = Field(default_factory=lambda: [10.0**e for e in range(-6, 7)], min_length=1)
     refine_steps: int = Field(default=6, ge=0)
     max_iter: int = Field(default=1000, gt=0)
 

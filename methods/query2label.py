@@ -96,16 +96,16 @@ class Query2LabelConfig(TrainConfig):
     nheads: int = Field(default=4, gt=0)
     dropout: float = Field(default=0.1, ge=0, lt=1)
     # ASL on sigmoid probabilities
-    gamma_neg: float = 2.0
-    gamma_pos: float = 0.0
-    asl_clip: float = 0.0  # SPEC 3.3 (note: the official main_mlc.py passes no clip, leaving its loss class default)
-    asl_eps: float = 1e-5
+    gamma_neg: float = Field(default=2.0, ge=0)
+    gamma_pos: float = Field(default=0.0, ge=0)
+    asl_clip: float = Field(default=0.0, ge=0, lt=1)  # SPEC 3.3 (note: the official main_mlc.py passes no clip, leaving its loss class default)
+    asl_eps: float = Field(default=1e-5, gt=0, lt=1)
     # optimisation
     epochs: int = Field(default=80, gt=0)
     batch_size: int = Field(default=64, gt=0)
     early_stop_patience: int | None = Field(default=8, gt=0)
     lr: float = Field(default=1e-4, gt=0)
-    weight_decay: float = 1e-2
+    weight_decay: float = Field(default=1e-2, ge=0)
     pct_start: float = Field(default=0.2, gt=0, lt=1)
     ema: bool = True
     ema_decay: float = Field(default=0.9997, gt=0, lt=1)

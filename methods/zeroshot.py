@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import field_validator
 
 from bench.methods.base import Method, MethodConfig
 
@@ -19,6 +20,17 @@ from bench.methods.base import Method, MethodConfig
 class ZeroShotConfig(MethodConfig):
     template: str = "a photo that expresses {}."
     class_text: Literal["name", "sentence"] = "name"
+
+    @field_validator("template")
+    @classmethod
+    def _one_slot(cls, value: str) -> str:
+        """The prompt of each class is ``template.format(text)``: exactly one ``{}`` and no other field."""
+        import string
+
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None] if "{" in value or "}" in value else []
+        if fields != [""]:
+            raise ValueError("must contain exactly one {} (where the class text goes) and no other {field}")
+        return value
 
 
 class ZeroShot(Method):

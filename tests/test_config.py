@@ -1,3 +1,4 @@
+import re
 import tomllib
 from pathlib import Path
 
@@ -123,3 +124,52 @@ def test_search_parameters_and_method_decode_overrides_get_dotted_path_errors():
         cfg.method_config("dualcoop", params={"epochs": "many"})
     with pytest.raises(ConfigError, match=r"datasets\.synthetic\.n_train: .*set by the method"):
         cfg.dataset_config("synthetic", {"n_train": -1})
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("methods.dualcoop", "warmup_lr", "-1.0", "greater than or equal to 0"),
+        ("methods.dualcoop", "lr", "inf", "finite number"),
+        ("methods.dualcoop", "lr", "nan", "finite number"),
+        ("methods.intclip", "momentum", "1.0", "less than 1"),
+        ("methods.intclip", "momentum", "-0.1", "greater than or equal to 0"),
+        ("methods.intclip", "weight_decay", "-1e-4", "greater than or equal to 0"),
+        ("methods.query2label", "weight_decay", "-1.0", "greater than or equal to 0"),
+        ("methods.query2label", "asl_eps", "0.0", "greater than 0"),
+        ("methods.linear-probe", "c_grid", "[1.0, -2.0]", "greater than 0"),
+        ("methods.linear-probe", "c_grid", "[]", "at least 1"),
+        ("methods.zeroshot", "template", '"a photo of {} and {}."', "exactly one {}"),
+        ("methods.zeroshot", "template", '"a photo of {name}."', "exactly one {}"),
+        ("methods.zeroshot", "template", '"a photo."', "exactly one {}"),
+        ("engine", "device", '"gpu"', "expected auto, cpu, cuda"),
+        ("leaderboard", "tolerance", "inf", "finite number"),
+    ],
+)
+def test_every_numeric_setting_has_its_real_range_checked_at_load(tmp_path: Path, section, key, value, message):
+    """Was: warmup_lr = -1 trained with a negative learning rate and exited 0, lr = inf passed gt=0, momentum and
+    weight decay were unchecked, and engine.device / the zero-shot template failed only when a run started."""
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text(f"[{section}]\n{key} = {value}\n")
+    with pytest.raises(ConfigError, match=rf"bench.toml: {section}\.{key}(\.\d+)?: .*{re.escape(message)}"):
+        load_config(cfg)
+
+
+def test_cli_paths_are_taken_as_paths_not_toml(tmp_path: Path, monkeypatch):
+    """Was: --data-root and --site were quoted into a TOML string: a quote broke it and a backslash-t became a TAB."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    odd = tmp_path / 'we"ird\\tdir'
+    odd.mkdir()
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["leaderboard", "--no-run", "--results", str(tmp_path / "results"), "--site", str(odd / "site")])
+    assert res.exit_code == 0, res.output
+    assert (odd / "site" / "index.html").is_file()
+    import bench.cli as cli
+
+    seen = {}
+    monkeypatch.setattr("bench.suite.run_suite", lambda cfg, *a, **k: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(SystemExit(0)))
+    CliRunner().invoke(cli.app, ["run", "--dataset", "intentonomy", "--data-root", str(odd), "--executor", "serial"])
+    assert seen["cfg"].paths.data["intentonomy"] == odd.resolve()

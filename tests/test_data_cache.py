@@ -260,6 +260,17 @@ def test_missing_or_corrupt_val_test_image_fails_loudly(roi_root, tmp_path, dama
     assert not list(cache.glob("emotionroi/decoded-*"))  # nothing half-built is left behind
 
 
+def test_verify_fails_on_a_split_without_one_usable_image(roi_root, tmp_path):
+    """Was: every train image gone, `bench data verify` warned and exited 0; nothing could train on it."""
+    _, train = _val_and_train_paths(roi_root, tmp_path / "probe")
+    for path in train:
+        (roi_root / path).unlink()
+    result = runner.invoke(data_app, ["verify", "--dataset", "emotionroi", "--root", str(roi_root),
+                                      "--set", f'paths.cache="{tmp_path / "cache"}"', "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "train: no usable images under" in result.output.replace("\n", " ")
+
+
 def test_verify_cli_reports_no_root_as_one_message(tmp_path):
     result = runner.invoke(data_app, ["verify", "--dataset", "fi", "--set", f'paths.cache="{tmp_path}"', "--no-progress"])
     assert result.exit_code == 2
