@@ -26,8 +26,8 @@ import torch
 
 from bench.data import batch_indices, prefetch_batches, to_device
 from bench.datasets.base import DatasetData, Split
-from bench.errors import TrainingDivergedError
-from bench.io import atomic_save
+from bench.errors import OrphanedRunError, TrainingDivergedError
+from bench.io import atomic_save, ensure_free_space
 from bench.protocol import Protocol, get_protocol
 
 if TYPE_CHECKING:
@@ -58,6 +58,14 @@ class RunContext:
     cudnn_benchmark: bool = True  # on CUDA, let cuDNN time its algorithms once per shape and keep the fastest
     deterministic: bool = False  # deterministic algorithms on CUDA (see configure_determinism)
     autocast_dtype: torch.dtype | None = None  # set by the engine from the method's config (see precision)
+    # asked before every write (checkpoint, record): False when the suite that started the run is gone (Ray trials)
+    owner_alive: Callable[[], bool] | None = None
+
+    def check_owner(self) -> None:
+        """Raise :class:`OrphanedRunError` when the run's suite is gone, so an orphan never writes to the store."""
+        if self.owner_alive is not None and not self.owner_alive():
+            raise OrphanedRunError(f"{self.run_dir}: the suite that started this run is gone (its lock was released); "
+                                   "stopping without writing")
 
 
 @dataclass
@@ -279,6 +287,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     resumed_from = None
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = ctx.run_dir / CHECKPOINT
+    ensure_free_space(ctx.run_dir, _checkpoint_bytes(method), f"{method.name}'s checkpoint (written every epoch)")
     ckpt = _read_checkpoint(ckpt_path, method.name, ctx) if ckpt_path.is_file() else None
     if ckpt is not None:
         start_epoch, history, best = _resume(ckpt, method, optimizer, scheduler, scaler, ctx)
@@ -306,6 +315,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
             "seconds": time.perf_counter() - t0,
         }
         history.append(record)
+        ctx.check_owner()
         atomic_save(_checkpoint(epoch + 1, method, optimizer, scheduler, scaler, best, history), ckpt_path)
         if ctx.report:
             ctx.report({**record, "best_metric": best["metric"], "checkpoint": str(ckpt_path)})
@@ -324,6 +334,14 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         epochs_run=len(history),
         resumed_from_epoch=resumed_from,
     )
+
+
+def _checkpoint_bytes(method: Method) -> int:
+    """About what a checkpoint needs on disk while it is replaced: the method's state and two optimizer moments per
+    learnable value, twice (the new file is written beside the old one)."""
+    state = sum(t.numel() * t.element_size() for t in method.state_dict().values() if isinstance(t, torch.Tensor))
+    moments = 2 * sum(p.numel() * p.element_size() for p in method.learnable_parameters().values())
+    return 2 * (state + moments) + (1 << 20)
 
 
 CHECKPOINT_KEYS = frozenset({"epoch", "method", "optimizer", "scheduler", "scaler", "best", "history", "rng"})

@@ -29,5 +29,20 @@ class NewerRecordError(CorruptResultError):
     not corrupt, and is never moved or rerun; upgrade bench to read it."""
 
 
+class OrphanedRunError(BenchError):
+    """A run whose suite is gone (its lock was dropped): it stops before writing anything more."""
+
+
 class TrainingDivergedError(BenchError):
     """The loss became NaN or infinite: the trial stops with this status."""
+
+
+class DiskFullError(BenchError, OSError):
+    """No space left on the device a file is written to: the message names the file (and what was needed). An
+    ``OSError`` with ``errno.ENOSPC``, so code that handles I/O errors handles it too."""
+
+    def __init__(self, message: str) -> None:
+        import errno
+
+        super().__init__(message)
+        self.errno = errno.ENOSPC

@@ -8,8 +8,10 @@ target; when anything fails, the temp file is removed and the error goes on, so 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +19,16 @@ from typing import IO, Any
 
 
 def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write(fh)`` on a temp file beside ``path`` and rename it over ``path`` once complete."""
+    """Call ``write(fh)`` on a temp file beside ``path`` and rename it over ``path`` once complete. A full disk is
+    reported as :class:`~bench.errors.DiskFullError` naming ``path`` (after the temp file is removed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _disk_full(err, path) from err
+    try:
+        with _open_temp(fd) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -30,9 +36,38 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _disk_full(err, path) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _open_temp(fd: int) -> IO[bytes]:
+    """The temp file's handle (a seam: the full-disk tests put a device with a byte budget here)."""
+    return os.fdopen(fd, "wb")
+
+
+def _disk_full(err: OSError, path: Path) -> OSError:
+    """``err`` itself, or a :class:`DiskFullError` naming ``path`` when the device is full (ENOSPC, EDQUOT)."""
+    from bench.errors import DiskFullError
+
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(err, DiskFullError):
+        return err
+    return DiskFullError(f"No space left on device at {path} (writing it failed; nothing was left half-written)")
+
+
+def ensure_free_space(folder: Path | str, need: int, what: str) -> None:
+    """Fail before a long job when ``folder``'s device has less than ``need`` bytes free (``what`` says for what)."""
+    from bench.errors import DiskFullError
+
+    folder = Path(folder)
+    probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise DiskFullError(f"No space left on device at {folder}: {what} needs about {need / 1e6:,.0f} MB, "
+                            f"{free / 1e6:,.0f} MB free")
 
 
 def atomic_write_bytes(path: Path | str, payload: bytes) -> None:
@@ -44,10 +79,15 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 
 def atomic_save(obj: Any, path: Path | str) -> None:
-    """``torch.save(obj)`` to ``path``, atomically."""
+    """``torch.save(obj)`` to ``path``, atomically. Serialised in memory first, then written with plain writes, so
+    a full disk surfaces as ENOSPC (:class:`DiskFullError`) rather than torch's "unexpected pos" stream error."""
+    import io
+
     import torch
 
-    atomic_write(path, lambda fh: torch.save(obj, fh))
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, lambda fh: fh.write(buf.getbuffer()))
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:

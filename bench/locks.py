@@ -63,3 +63,15 @@ def wait_lock(folder: Path, log=None, poll: float = 0.5) -> FileLock:
     lock.acquire(poll_interval=poll)
     _mark_owner(Path(folder))
     return lock
+
+
+def is_held(folder: Path) -> bool:
+    """Whether some process holds the lock of ``folder`` now (a Ray trial asks before it writes: when the suite that
+    started it is gone, the operating system has dropped its lock)."""
+    lock = FileLock(Path(folder) / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False

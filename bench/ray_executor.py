@@ -14,6 +14,7 @@ Embedded by default (``ray.init(address="local")``, bound to 127.0.0.1); ``--ray
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import tempfile
 import time
@@ -97,8 +98,11 @@ def _trial(config: dict[str, Any], cfg: BenchConfig, datasets: dict[str, Any]) -
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
         _report_epoch({**metrics, "done": False}, plan.run_dir, record["epoch"] + 1)
 
-    result = execute_run(
-        plan, datasets[plan.data], cfg, executor="ray", trial_id=trial_id, report=report, log=lambda *_: None
+    from bench import locks
+
+    result = execute_run(  # the driver holds the run's lock: if it dies, the trial stops before its next write
+        plan, datasets[plan.data], cfg, executor="ray", trial_id=trial_id, report=report, log=lambda *_: None,
+        owner_alive=lambda: locks.is_held(plan.run_dir),
     )
     key = "macro_f1" if result.dataset.task == "multilabel" else "accuracy"
     tune.report({"done": True, "epoch": result.training.epochs_run, "val_" + key: result.metrics.val[key]})
@@ -203,7 +207,7 @@ def run_trials(
             callbacks=[view] if cfg.engine.progress else [],
         ),
     )
-    grid = tuner.fit()
+    grid = _fit(tuner, storage or cfg.paths.results)
     seen = set()
     for result in grid:
         plan = plans[result.config["plan"]["run_id"]]
@@ -214,6 +218,28 @@ def run_trials(
             outcome.completed.append(plan.run_id)
     for run_id in set(plans) - seen:
         record_failure(plans[run_id], "trial never reported", outcome)
+
+
+def _fit(tuner: tune.Tuner, storage: Any) -> Any:
+    """``tuner.fit()``; when it dies because the disk under the experiment state filled up (Ray reports it as a
+    truncated pickle or similar), say so, naming the folder."""
+    from bench.errors import DiskFullError
+    from bench.io import ensure_free_space
+
+    folder = Path(str(storage).removeprefix("file://"))
+    if "://" not in str(storage):
+        ensure_free_space(folder, 64 << 20, "Ray Tune's experiment state")
+    try:
+        return tuner.fit()
+    except Exception as err:
+        if "://" not in str(storage) and shutil.disk_usage(_existing(folder)).free < (16 << 20):
+            raise DiskFullError(f"No space left on device at {folder}: Ray Tune could not write its experiment "
+                                f"state ({type(err).__name__}: {str(err).strip()[:200]})") from err
+        raise
+
+
+def _existing(folder: Path) -> Path:
+    return folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
 
 
 # -- bench tune ----------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ def execute_run(
     progress: Progress | None = None,
     report: Callable[[dict[str, Any]], None] | None = None,
     log: Callable[[str], None] = print,
+    owner_alive: Callable[[], bool] | None = None,
 ) -> RunResult:
     """Do one run: load the backbone, build the method, train/fit, evaluate, write the result."""
     import torch
@@ -52,7 +53,7 @@ def execute_run(
     threads = set_threads(cfg.ray.trial_resources(plan.method).cpu)
     try:
         return _execute(plan, data, cfg, device, threads, executor=executor, trial_id=trial_id, progress=progress,
-                        report=report, log=log, started=started, t0=t0)
+                        report=report, log=log, started=started, t0=t0, owner_alive=owner_alive)
     finally:
         torch.set_num_threads(previous_threads)  # a caller's (a notebook's, a test's) setting is left as it was
 
@@ -72,7 +73,7 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
     ctx = RunContext(
         run_dir=plan.run_dir, seed=plan.torch_seed, device=device, protocol=cfg.protocol.name, amp=cfg.engine.amp,
         eval_batch_size=cfg.engine.eval_batch_size, cache_dir=cfg.paths.cache, deterministic=cfg.engine.deterministic,
-        progress=run["progress"], report=run["report"], log=run["log"],
+        progress=run["progress"], report=run["report"], log=run["log"], owner_alive=run["owner_alive"],
     )
     t_setup = time.perf_counter()
     outcome = run_method(method, data, ctx)
@@ -87,6 +88,7 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
     )
     artifacts = {"scores": store.SCORES}
     state = method.state_dict()
+    ctx.check_owner()
     if cfg.engine.keep_best_weights and state:
         atomic_save(state, plan.run_dir / "weights.pt")
         artifacts["weights"] = "weights.pt"
@@ -113,6 +115,7 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
     )
     scores = {"val_scores": outcome.val_scores, "val_labels": val.labels, "val_logits": outcome.val_logits,
               "test_scores": outcome.test_scores, "test_labels": test.labels, "test_logits": outcome.test_logits}
+    ctx.check_owner()
     store.write_result(plan.run_dir, result, scores)
     (plan.run_dir / CHECKPOINT).unlink(missing_ok=True)
     (plan.run_dir / "error.json").unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.io import atomic_write_bytes
+from bench.io import atomic_write_bytes, ensure_free_space
 
 from .base import DatasetError, SplitIncompleteError
 
@@ -184,6 +184,7 @@ def materialize(
         if not idx:
             raise DatasetError(f"{dataset}: no usable {split} images under {root} ({len(entries[split])} listed)")
     Path(work_dir).mkdir(parents=True, exist_ok=True)
+    ensure_free_space(work_dir, sum(len(idx) for idx in rows.values()) * size * size * 3, f"{dataset}'s decoded cache")
     stage = Path(work_dir) / f".build-{os.getpid()}-{secrets.token_hex(4)}"
     stage.mkdir()
     try:

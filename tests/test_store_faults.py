@@ -270,3 +270,142 @@ def test_leaderboard_regenerations_take_turns(tmp_path):
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+# -- full disks ------------------------------------------------------------------------------------------------------
+class _Device:
+    """Counts what atomic writes write; with a budget, fails with ENOSPC once it is spent (a disk filling up)."""
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.written, self.budget = 0, budget
+
+    def open(self, fd: int):
+        import os as _os
+
+        device, real = self, _os.fdopen(fd, "wb")
+
+        class Handle:
+            def write(self, data) -> int:
+                n = memoryview(data).nbytes
+                if device.budget is not None and device.written + n > device.budget:
+                    import errno
+
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                device.written += n
+                return real.write(data)
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                real.close()
+
+        return Handle()
+
+
+def _scores(results: Path) -> dict[str, dict[str, np.ndarray]]:
+    out = {}
+    for run_dir in sorted(store.runs_dir(results).iterdir()):
+        if (run_dir / store.RESULT).is_file():
+            out[run_dir.name] = store.read_scores(run_dir)
+    return out
+
+
+def test_a_disk_that_fills_mid_suite_then_frees_loses_nothing(write_config, monkeypatch):
+    """Was: temp files left behind filled the disk for the next run, the error read "unexpected pos ...", and
+    error.json could be left empty. Now: the failed runs say "No space left on device at <file>", nothing
+    half-written is left or taken as valid, and the rerun completes to the same scores as a run on a roomy disk."""
+    from rich.console import Console
+
+    import bench.io
+    from bench.config import load_config
+    from bench.suite import run_suite
+
+    config = write_config(methods=("dualcoop", "linear-probe"), seeds=(0, 1), epochs=3)
+    monkeypatch.chdir(config.parent)
+    quiet = Console(stderr=True, quiet=True)
+    roomy = _Device()
+    monkeypatch.setattr(bench.io, "_open_temp", roomy.open)
+    reference_cfg = load_config(config, {"paths.results": str(config.parent / "reference")})
+    assert run_suite(reference_cfg, quiet).ok
+    reference = _scores(reference_cfg.paths.results)
+
+    full = _Device(budget=roomy.written // 2)
+    monkeypatch.setattr(bench.io, "_open_temp", full.open)
+    cfg = load_config(config)
+    first = run_suite(cfg, quiet)
+    assert first.failed and all("No space left on device at " in m for m in first.failed.values()), first.failed
+    assert not list(cfg.paths.results.rglob("*.tmp"))  # every failed write removed its temp file
+    for run_dir in store.runs_dir(cfg.paths.results).iterdir():
+        status, _ = store.run_status(run_dir)
+        assert status in ("complete", "partial", "new")
+        if (run_dir / "error.json").exists():
+            json.loads((run_dir / "error.json").read_text())  # never a half-written error file
+
+    monkeypatch.setattr(bench.io, "_open_temp", _Device().open)  # space freed
+    second = run_suite(load_config(config), quiet)
+    assert second.ok and sorted(second.completed) == sorted(first.failed)
+    again = _scores(cfg.paths.results)
+    assert again.keys() == reference.keys()
+    for run_id, arrays in reference.items():
+        for key, value in arrays.items():
+            assert np.array_equal(again[run_id][key], value), (run_id, key)
+
+
+def test_too_little_free_space_is_refused_before_training(write_config, monkeypatch):
+    import shutil as _shutil
+    from collections import namedtuple
+
+    from rich.console import Console
+
+    from bench.config import load_config
+    from bench.suite import run_suite
+
+    config = write_config(methods=("dualcoop",), seeds=(0,), epochs=2)
+    monkeypatch.chdir(config.parent)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(_shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    outcome = run_suite(load_config(config), Console(stderr=True, quiet=True))
+    (message,) = outcome.failed.values()
+    assert "No space left on device at " in message and "checkpoint (written every epoch) needs about" in message
+
+
+# -- orphaned trials -------------------------------------------------------------------------------------------------
+def test_a_trial_whose_suite_is_gone_writes_nothing(write_config, monkeypatch):
+    """Was: Ray trial workers outlived a kill -9 of the driver by ~20 s and could still write checkpoints and
+    records. Now a trial asks, before every write, whether its suite still holds the run's lock."""
+    import subprocess
+    import sys
+
+    from bench import locks
+    from bench.config import load_config
+    from bench.errors import OrphanedRunError
+    from bench.plan import plan_suite
+    from bench.runner import execute_run
+
+    config = write_config(methods=("dualcoop",), seeds=(0,), epochs=2)
+    monkeypatch.chdir(config.parent)
+    cfg = load_config(config)
+    (plan,), datasets = plan_suite(cfg)
+    alive = lambda: locks.is_held(plan.run_dir)  # noqa: E731  (what the Ray trial passes)
+    assert not alive()
+    with pytest.raises(OrphanedRunError, match="the suite that started this run is gone"):
+        execute_run(plan, datasets[plan.data], cfg, executor="ray", log=lambda *_: None, owner_alive=alive)
+    assert not list(plan.run_dir.glob("checkpoint*")) and not (plan.run_dir / store.RESULT).exists()
+
+    driver = subprocess.Popen(  # a live suite holding the lock: the same trial runs to its record
+        [sys.executable, "-c", f"from bench import locks; import sys; l = locks.try_lock({str(plan.run_dir)!r}); "
+                               "print(l is not None, flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert driver.stdout.readline().strip() == "True" and alive()
+        execute_run(plan, datasets[plan.data], cfg, executor="ray", log=lambda *_: None, owner_alive=alive)
+        assert store.run_status(plan.run_dir)[0] == "complete"
+    finally:
+        driver.kill()
+        driver.wait(10)
+    assert not alive()  # killed: the OS dropped its lock
