@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from bench.checkpoint import CHECKPOINT, checkpoint_bytes, checkpoint_state, read_checkpoint, resume
 from bench.data import batch_indices, prefetch_batches, to_device
 from bench.datasets.base import DatasetData, Split
 from bench.errors import OrphanedRunError, TrainingDivergedError
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
     from bench.methods.base import Method
 
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -198,26 +198,6 @@ def selection_metric(task: str, scores: np.ndarray, labels: np.ndarray, protocol
     return get_protocol(protocol).selection_metric(task, scores, labels)
 
 
-def _rng_state() -> dict[str, Any]:
-    """Every generator's state as tensors and plain numbers only, so a checkpoint loads with ``weights_only=True``
-    (no pickled objects: a checkpoint in a shared results folder cannot run code)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, python_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": python_gauss},
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
-
-
 def train_step(
     method: Method, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ctx: RunContext
 ) -> torch.Tensor:
@@ -287,10 +267,10 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     resumed_from = None
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = ctx.run_dir / CHECKPOINT
-    ensure_free_space(ctx.run_dir, _checkpoint_bytes(method), f"{method.name}'s checkpoint (written every epoch)")
-    ckpt = _read_checkpoint(ckpt_path, method.name, ctx) if ckpt_path.is_file() else None
+    ensure_free_space(ctx.run_dir, checkpoint_bytes(method), f"{method.name}'s checkpoint (written every epoch)")
+    ckpt = read_checkpoint(ckpt_path, method.name, ctx.log, ctx.device) if ckpt_path.is_file() else None
     if ckpt is not None:
-        start_epoch, history, best = _resume(ckpt, method, optimizer, scheduler, scaler, ctx)
+        start_epoch, history, best = resume(ckpt, method, optimizer, scheduler, scaler, ctx.log)
         resumed_from = start_epoch
 
     patience = getattr(cfg, "early_stop_patience", None)
@@ -316,7 +296,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         }
         history.append(record)
         ctx.check_owner()
-        atomic_save(_checkpoint(epoch + 1, method, optimizer, scheduler, scaler, best, history), ckpt_path)
+        atomic_save(checkpoint_state(epoch + 1, method, optimizer, scheduler, scaler, best, history), ckpt_path)
         if ctx.report:
             ctx.report({**record, "best_metric": best["metric"], "checkpoint": str(ckpt_path)})
         if ctx.progress is not None:
@@ -334,69 +314,6 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         epochs_run=len(history),
         resumed_from_epoch=resumed_from,
     )
-
-
-def _checkpoint_bytes(method: Method) -> int:
-    """About what a checkpoint needs on disk while it is replaced: the method's state and two optimizer moments per
-    learnable value, twice (the new file is written beside the old one)."""
-    state = sum(t.numel() * t.element_size() for t in method.state_dict().values() if isinstance(t, torch.Tensor))
-    moments = 2 * sum(p.numel() * p.element_size() for p in method.learnable_parameters().values())
-    return 2 * (state + moments) + (1 << 20)
-
-
-CHECKPOINT_KEYS = frozenset({"epoch", "method", "optimizer", "scheduler", "scaler", "best", "history", "rng"})
-
-
-def _read_checkpoint(path: Path, name: str, ctx: RunContext) -> dict[str, Any] | None:
-    """The run's checkpoint, read as tensors and plain data only (``weights_only=True``: a pickle that would run code
-    is refused). One that cannot be read (truncated, damaged, hostile, of another layout) is moved aside to
-    ``checkpoint.pt.corrupt-<unix time>`` with a message naming it, and the run starts from scratch (None)."""
-    try:
-        ckpt = torch.load(path, map_location=ctx.device, weights_only=True)
-        missing = CHECKPOINT_KEYS - set(ckpt) if isinstance(ckpt, dict) else CHECKPOINT_KEYS
-        if missing:
-            raise ValueError(f"not a bench checkpoint (lacks {sorted(missing)})")
-    except Exception as err:  # UnpicklingError, RuntimeError (zip reader), EOFError, ValueError, ...
-        moved = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-        os.replace(path, moved)
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        ctx.log(f"{name}: checkpoint {path} cannot be read ({type(err).__name__}: {reason}); moved aside to "
-                f"{moved.name}, training from scratch")
-        return None
-    return ckpt
-
-
-def _resume(
-    ckpt: dict[str, Any], method: Method, optimizer: torch.optim.Optimizer, scheduler: Any,
-    scaler: torch.amp.GradScaler, ctx: RunContext,
-) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
-    """Restore the method, optimizer, scheduler, scaler and every random generator from the run's checkpoint;
-    return (the epoch to continue from, the history so far, the best selection so far)."""
-    method.load_state_dict(ckpt["method"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None and ckpt.get("scheduler") is not None:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
-    _set_rng_state(ckpt["rng"])
-    ctx.log(f"resumed {method.name} from its checkpoint after epoch {ckpt['epoch']}")
-    return ckpt["epoch"], ckpt["history"], ckpt["best"]
-
-
-def _checkpoint(
-    next_epoch: int, method: Method, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
-    best: dict[str, Any], history: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """Everything :func:`_resume` needs to continue bit-identically after an epoch."""
-    return {
-        "epoch": next_epoch,
-        "method": method.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict(),
-        "best": best,
-        "history": history,
-        "rng": _rng_state(),
-    }
 
 
 def _select(

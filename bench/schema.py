@@ -85,7 +85,11 @@ class RunResult(_Record):
     """One finished run."""
 
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1, description="Record format version (migrated on read when older).")
-    run_id: str = Field(description="Hash of what defines the run (method, config, backbone weights, dataset version, seed, protocol, code version); the folder name.")
+    run_id: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Hash of what defines the run (method, config, backbone weights, dataset version, seed, protocol, "
+        "code version); the folder name (letters, digits, '_', '.', '-' only: it is listed in reports).",
+    )
     status: Literal["complete"] = "complete"
     executor: str = Field(description="'serial' or 'ray'.")
     trial_id: str | None = Field(default=None, description="The Ray Tune trial id under the ray executor.")

@@ -409,3 +409,17 @@ def test_a_trial_whose_suite_is_gone_writes_nothing(write_config, monkeypatch):
         driver.kill()
         driver.wait(10)
     assert not alive()  # killed: the OS dropped its lock
+
+
+def test_a_run_folder_with_a_comma_is_refused_not_mixed_into_run_id_lists(tmp_path):
+    """Was: a comma in a run folder's name split its run-id list in the report (KeyError on a half id)."""
+    results, (run_dir, *_) = _store(tmp_path)
+    odd = run_dir.with_name(run_dir.name + ",x")
+    run_dir.rename(odd)
+    data = json.loads((odd / store.RESULT).read_text())
+    data["run_id"] = odd.name
+    (odd / store.RESULT).write_text(json.dumps(data))
+    with pytest.raises(store.CorruptResultError, match="run_id"):
+        store.read_result(odd)
+    res = runner.invoke(app, ["report", "--results", str(results), "--format", "md", "--bootstrap", "20"])
+    assert res.exit_code == 0 and "skipped corrupt result" in res.output
