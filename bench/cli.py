@@ -87,7 +87,7 @@ def run(
     )
     if outcome.failed:
         for message in outcome.failed.values():
-            err.print(f"[red]failed: {message}[/]")
+            err.print(f"[red]failed: {escape(message)}[/]")
         raise typer.Exit(1)
 
 

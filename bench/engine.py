@@ -117,10 +117,11 @@ def configure_determinism(device: torch.device, deterministic: bool, cudnn_bench
         torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def resolve_device(name: str, placement: Any = None) -> torch.device:
+    """The run's device under the device policy of :mod:`bench.devices` (CUDA required where asked or assigned)."""
+    from bench.devices import resolve_device as resolve
+
+    return resolve(name, placement)
 
 
 @functools.lru_cache(maxsize=8)

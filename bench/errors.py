@@ -46,3 +46,11 @@ class DiskFullError(BenchError, OSError):
 
         super().__init__(message)
         self.errno = errno.ENOSPC
+
+
+class DeviceUnavailableError(BenchError):
+    """The run must use a device (CUDA it asked for, or a GPU Ray gave it) that this node does not have."""
+
+
+class GPUOutOfMemoryError(BenchError):
+    """A run ran out of GPU memory: the message names the method, batch size, device and GPU share."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
+from rich.markup import escape
 from bench.config import BenchConfig
 from bench.provenance import git_state
 
@@ -54,7 +55,7 @@ def run_leaderboard(cfg: BenchConfig, console: Console, ray_address: str | None 
     s = suite_cfg.suite
     records, bad = tables.load_results(cfg.paths.results)
     for e in bad:
-        console.print(f"[yellow]skipped corrupt result: {e}[/]")
+        console.print(f"[yellow]skipped corrupt result: {escape(str(e))}[/]")
     records = [
         r for r in records if r.method.name in s.methods and r.dataset.name in s.datasets and r.backbone["name"] == s.backbone and (r.seed is None or r.seed in s.seeds)
     ]

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 
 import bench
+from rich.markup import escape
 from bench import store
 from bench.config import BenchConfig
 from bench.errors import ConfigError
@@ -152,12 +153,12 @@ def triage(plans: list[PlannedRun], console: Console) -> tuple[SuiteOutcome, lis
             continue
         if status == "newer":  # a newer harness's record: never rerun, never moved
             outcome.skipped.append(plan.run_id)
-            console.print(f"[yellow]{plan.label}: {reason}; kept as is[/]")
+            console.print(f"[yellow]{escape(plan.label)}: {escape(str(reason))}; kept as is[/]")
             continue
         if status == "corrupt":
             moved = store.quarantine(plan.run_dir)
-            console.print(f"[yellow]corrupt result for {plan.label}: {reason}; kept as {moved.name}, rerunning[/]")
+            console.print(f"[yellow]corrupt result for {escape(plan.label)}: {escape(str(reason))}; kept as {moved.name}, rerunning[/]")
         elif status == "partial":
-            console.print(f"[cyan]{plan.label}: checkpoint found, resuming[/]")
+            console.print(f"[cyan]{escape(plan.label)}: checkpoint found, resuming[/]")
         todo.append(plan)
     return outcome, todo

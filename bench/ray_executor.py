@@ -99,10 +99,11 @@ def _trial(config: dict[str, Any], cfg: BenchConfig, datasets: dict[str, Any]) -
         _report_epoch({**metrics, "done": False}, plan.run_dir, record["epoch"] + 1)
 
     from bench import locks
+    from bench.devices import Placement
 
     result = execute_run(  # the driver holds the run's lock: if it dies, the trial stops before its next write
         plan, datasets[plan.data], cfg, executor="ray", trial_id=trial_id, report=report, log=lambda *_: None,
-        owner_alive=lambda: locks.is_held(plan.run_dir),
+        owner_alive=lambda: locks.is_held(plan.run_dir), placement=Placement.of_ray_trial(),
     )
     key = "macro_f1" if result.dataset.task == "multilabel" else "accuracy"
     tune.report({"done": True, "epoch": result.training.epochs_run, "val_" + key: result.metrics.val[key]})
@@ -271,7 +272,9 @@ def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: s
     set_threads(cfg.ray.trial_resources(method).cpu)
     seed_everything(cfg.tune.search_seed)  # before the backbone and the method are built
     method_cfg = cfg.method_config(method, params=params)
-    device = resolve_device(cfg.engine.device)
+    from bench.devices import Placement
+
+    device = resolve_device(cfg.engine.device, Placement.of_ray_trial())
     backbone = load_backbone(BACKBONES.get(cfg.suite.backbone), cfg.backbone_pretrained(cfg.suite.backbone), cfg.paths.weights, str(device))
     run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
 

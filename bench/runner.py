@@ -37,6 +37,7 @@ def execute_run(
     report: Callable[[dict[str, Any]], None] | None = None,
     log: Callable[[str], None] = print,
     owner_alive: Callable[[], bool] | None = None,
+    placement: Any = None,
 ) -> RunResult:
     """Do one run: load the backbone, build the method, train/fit, evaluate, write the result."""
     import torch
@@ -46,14 +47,17 @@ def execute_run(
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.engine.device)
+    from bench.devices import Placement
+
+    placement = placement or Placement()
+    device = resolve_device(cfg.engine.device, placement)  # fails here, naming the node, when CUDA is missing
     # Same thread count under every executor (float reduction order), and every generator seeded before anything
     # random is built (random backbone init, prompt contexts, heads): a run never depends on what ran before it.
     previous_threads = torch.get_num_threads()
     threads = set_threads(cfg.ray.trial_resources(plan.method).cpu)
     try:
         return _execute(plan, data, cfg, device, threads, executor=executor, trial_id=trial_id, progress=progress,
-                        report=report, log=log, started=started, t0=t0, owner_alive=owner_alive)
+                        report=report, log=log, started=started, t0=t0, owner_alive=owner_alive, placement=placement)
     finally:
         torch.set_num_threads(previous_threads)  # a caller's (a notebook's, a test's) setting is left as it was
 
@@ -63,6 +67,9 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
     """:func:`execute_run` once the thread count is set: seed, build, run, evaluate, record, store."""
     from bench import metrics, provenance
     from bench.backbones import load_backbone
+    import torch
+
+    from bench.devices import accelerator_versions
     from bench.engine import CHECKPOINT, RunContext, precision, run_method, seed_everything
     from bench.io import atomic_save
 
@@ -76,7 +83,10 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
         progress=run["progress"], report=run["report"], log=run["log"], owner_alive=run["owner_alive"],
     )
     t_setup = time.perf_counter()
-    outcome = run_method(method, data, ctx)
+    try:
+        outcome = run_method(method, data, ctx)
+    except torch.OutOfMemoryError as err:
+        raise _out_of_memory(plan, cfg, method, device, err) from err
     t_trained = time.perf_counter()
 
     val, test = data.splits["val"], data.splits["test"]
@@ -109,6 +119,9 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
             "deterministic_algorithms": cfg.engine.deterministic,
             "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).removeprefix("torch."),
             "loss_scaling": loss_scaling,
+            "ray_node_id": run["placement"].node_id,
+            "ray_gpu_ids": run["placement"].ray_gpu_ids,
+            **accelerator_versions(device),
         },
         artifacts=artifacts,
         main_metric=DATASETS.get(plan.dataset).main_metric,
@@ -120,6 +133,18 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
     (plan.run_dir / CHECKPOINT).unlink(missing_ok=True)
     (plan.run_dir / "error.json").unlink(missing_ok=True)
     return result
+
+
+def _out_of_memory(plan: PlannedRun, cfg: BenchConfig, method: Any, device: Any, err: BaseException) -> Exception:
+    from bench.errors import GPUOutOfMemoryError
+
+    share = cfg.ray.trial_resources(plan.method).gpu
+    batch = getattr(method.config, "batch_size", None)
+    return GPUOutOfMemoryError(
+        f"{plan.label}: out of GPU memory on {device} (batch_size {batch}, [ray.resources] gpu = {share} per trial): "
+        f"lower methods.{plan.method}.batch_size, or give each trial a larger GPU share (fewer trials per GPU). "
+        f"torch: {str(err).splitlines()[0][:200]}"
+    )
 
 
 def record_failure(plan: PlannedRun, err: BaseException | str, outcome: SuiteOutcome) -> None:

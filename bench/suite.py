@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from rich.markup import escape
 from bench import locks, store
 from bench.config import BenchConfig
 from bench.plan import PlannedRun, SuiteOutcome, plan_suite, triage
@@ -40,7 +41,7 @@ def run_suite(
     else:
         deferred = _serial(cfg, todo, datasets, outcome, console, wait=False)
     for plan in deferred:
-        console.print(f"[cyan]{plan.label}: another bench is running it ({locks.owner(plan.run_dir)}); waiting for it[/]")
+        console.print(f"[cyan]{escape(plan.label)}: another bench is running it ({escape(locks.owner(plan.run_dir))}); waiting for it[/]")
     if cfg.suite.executor == "ray":
         for plan in deferred:
             lock = locks.wait_lock(plan.run_dir)
@@ -106,7 +107,7 @@ def _serial(cfg: BenchConfig, todo: list[PlannedRun], datasets: dict[str, Any], 
                 outcome.completed.append(plan.run_id)
             except Exception as err:  # one failed run must not stop the suite
                 record_failure(plan, err, outcome)
-                progress.console.print(f"[red]failed {plan.label}: {type(err).__name__}: {err}[/]")
+                progress.console.print(f"[red]failed {escape(plan.label)}: {type(err).__name__}: {escape(str(err))}[/]")
 
         for plan in todo:
             lock = locks.wait_lock(plan.run_dir, progress.console.print) if wait else locks.try_lock(plan.run_dir)

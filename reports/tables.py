@@ -153,7 +153,9 @@ def _cell(mean: float, std: float) -> str:
 
 
 def table_rows(summary: pd.DataFrame) -> list[tuple[dict, list[str], list[list[str]]]]:
-    """(group keys, header, rows) per dataset/protocol/backbone group; numbers in percent."""
+    """(group keys, header, rows) per dataset/protocol/backbone group; numbers in percent (none for no runs)."""
+    if summary.empty:
+        return []
     tables = []
     for keys, group in summary.groupby(GROUP_KEYS, sort=False, dropna=False):
         info = dict(zip(GROUP_KEYS, keys))

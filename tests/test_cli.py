@@ -174,3 +174,20 @@ def test_intclip_code_protocol_reports_the_codes_own_ap_beside_the_standard_map(
         assert r["metrics"]["test"]["mAP_official"] == pytest.approx(metrics.official_average_precision(scores["test_scores"], scores["test_labels"]).mean())
     md = bench("report", "--config", str(cfg), "--format", "md", "--bootstrap", "0")
     assert "test mAP (code's AP)" in md.output and "epoch selected on TEST" in md.output
+
+
+def test_cuda_asked_on_a_machine_without_it_fails_every_run_clearly_and_run_still_summarises(write_config, tmp_path):
+    """Was: `engine.device = "cuda"` without CUDA failed with WeightsNotFoundError ("Put the checkpoint at ..."), and
+    when every run failed `bench run` ended in a pandas KeyError traceback from the report code."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = write_config(methods=("label-prior", "dualcoop"), seeds=(0,))
+    res = CliRunner().invoke(app, ["run", "--config", str(cfg), "--executor", "serial", "--no-progress", "--set", 'engine.device="cuda"'])
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output and "KeyError" not in res.output
+    assert "0 runs trained, 0 reused, 2 failed" in res.output
+    assert res.output.count("DeviceUnavailableError: engine.device = 'cuda' on host ") >= 2
+    assert "set engine.device = \"cpu\" (and [ray.resources.<method>] gpu = 0)" in res.output.replace("\n", " ")
+    assert "torch sees no CUDA device there" in res.output and "WeightsNotFound" not in res.output
