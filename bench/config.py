@@ -85,10 +85,16 @@ class EngineConfig(_Strict):
 
 
 class TrialResources(_Strict):
-    """What one Tune trial of a method reserves: CPUs and a GPU count or a fraction that divides 1."""
+    """What one Tune trial of a method reserves: CPUs, a GPU count or a fraction that divides 1, and custom Ray
+    resources (``custom = {accelerator_type_H100 = 0.001}``: only nodes that declare them run the trial)."""
 
     cpu: float = Field(default=1.0, gt=0)
     gpu: float = Field(default=0.0, ge=0)
+    custom: dict[str, float] = Field(default_factory=dict)
+
+    def request(self) -> dict[str, float]:
+        """As Ray names resources: ``{"CPU": .., "GPU": .., <custom>: ..}`` (zero amounts left out)."""
+        return {k: v for k, v in {"CPU": self.cpu, "GPU": self.gpu, **self.custom}.items() if v}
 
     @field_validator("gpu")
     @classmethod
@@ -101,7 +107,7 @@ class TrialResources(_Strict):
 
 
 class RayConfig(_Strict):
-    """The Ray Tune executor. ``address`` None = an embedded local Ray bound to loopback; ``"auto"`` or
+    """The Ray Tune executor. ``address`` None = an embedded local Ray; ``"auto"`` (exactly one cluster on this machine) or
     ``"ray://host:port"`` = an existing cluster (also from ``RAY_ADDRESS`` or ``--ray-address``), which requires a
     shared ``storage_path``."""
 

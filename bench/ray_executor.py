@@ -41,7 +41,40 @@ POINTER = "bench_checkpoint.json"
 
 
 def resolve_address(cfg: BenchConfig, ray_address: str | None) -> str | None:
-    return ray_address or os.environ.get("RAY_ADDRESS") or cfg.ray.address
+    """The cluster to use: ``--ray-address``, else ``RAY_ADDRESS``, else ``ray.address``; None = an embedded Ray.
+    ``auto`` must find exactly one running cluster on this machine: with several it refuses and lists them (Ray
+    itself would pick the latest started, which may be someone else's)."""
+    address = ray_address or os.environ.get("RAY_ADDRESS") or cfg.ray.address
+    if address != "auto":
+        return address
+    from ray._private.services import find_gcs_addresses
+
+    found = sorted(find_gcs_addresses())
+    if len(found) > 1:
+        raise ConfigError(
+            f"--ray-address auto: {len(found)} Ray clusters run on this machine ({', '.join(found)}); pass the one "
+            "to use, e.g. --ray-address " + found[0]
+        )
+    if not found:
+        raise ConfigError("--ray-address auto: no running Ray cluster found on this machine (start one with "
+                          "`ray start --head`, or leave the address unset for an embedded one)")
+    return found[0]
+
+
+def preflight(cfg: BenchConfig, methods: Any) -> None:
+    """Before any trial starts: every method's per-trial request must fit on one alive node of the cluster, else
+    exit 2 naming the method, its request and what the nodes have (Ray would wait for it forever)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for method in sorted(set(methods)):
+        request = cfg.ray.trial_resources(method).request()
+        if any(all(node.get(k, 0.0) >= v for k, v in request.items()) for node in nodes):
+            continue
+        have = "; ".join(", ".join(f"{k} {v:g}" for k, v in sorted(node.items()) if k in request or k in ("CPU", "GPU"))
+                         for node in nodes) or "no alive node"
+        raise ConfigError(
+            f"[ray.resources] {method}: each trial asks for {', '.join(f'{k} {v:g}' for k, v in request.items())}, "
+            f"which no node of the cluster has (nodes: {have}); lower the request or add such a node"
+        )
 
 
 def storage_path(cfg: BenchConfig, address: str | None) -> str:
@@ -74,7 +107,9 @@ def init_ray(cfg: BenchConfig, address: str | None) -> None:
         return
     common = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address is None:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, _node_ip_address="127.0.0.1", **common)
+        # (Ray 2.60 binds its gRPC servers to every interface and cannot be told otherwise; token authentication,
+        # on by default, protects them: see README "What listens where")
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, **common)
         return
     try:
         ray.init(address=address, **common)
@@ -131,7 +166,7 @@ class SuiteView(Callback):
         elapsed = time.time() - self.start
         finished = counts["done"] + counts["errored"]
         eta = f"{elapsed / finished * (len(self.plans) - finished):.0f}s" if finished else "?"
-        table = Table(title=f"suite: {pending} pending, {counts['running']} running, {counts['done']} done, "
+        table = Table(title=f"suite: {pending} waiting for resources, {counts['running']} running, {counts['done']} done, "
                       f"{counts['errored']} errored; {elapsed:.0f}s elapsed, ETA {eta}", title_justify="left")
         table.add_column("method")
         table.add_column("best val selection metric", justify="right")
@@ -186,10 +221,11 @@ def run_trials(
     if address is not None and not cfg.paths.results.is_absolute():
         raise ConfigError(f"paths.results: {cfg.paths.results} must be absolute on a cluster")
     init_ray(cfg, address)
+    preflight(cfg, [p.method for p in todo])
 
     def resources(config: dict[str, Any]) -> dict[str, float]:
         r = cfg.ray.trial_resources(config["plan"]["method"])
-        return {"cpu": r.cpu, "gpu": r.gpu}
+        return {"cpu": r.cpu, "gpu": r.gpu, **r.custom}
 
     trainable = tune.with_resources(tune.with_parameters(_trial, cfg=cfg, datasets=datasets), resources)
     plans = {p.run_id: p for p in todo}
@@ -299,10 +335,12 @@ def search(cfg, cls, method, spec, base, data, study, folder: Path, address, con
     from ray.tune.search.optuna import OptunaSearch
 
     init_ray(cfg, address)
+    preflight(cfg, [method])
     storage = storage_path(cfg, address)
+    r = cfg.ray.trial_resources(method)
     trainable = tune.with_resources(
         tune.with_parameters(_search_trial, cfg=cfg, data=data, method=method, trials_dir=str(folder / "trials")),
-        {"cpu": cfg.ray.trial_resources(method).cpu, "gpu": cfg.ray.trial_resources(method).gpu},
+        {"cpu": r.cpu, "gpu": r.gpu, **r.custom},
     )
     experiment = f"{storage.rstrip('/')}/tune-{study}"
     if tune.Tuner.can_restore(experiment):

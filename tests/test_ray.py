@@ -116,3 +116,121 @@ def test_storage_path_must_be_absolute(tmp_path: Path):
     cfg = load_config(None, {"ray.storage_path": "relative/dir"})
     with pytest.raises(ConfigError, match="must be an absolute path"):
         storage_path(cfg, None)
+
+
+# -- placement, device policy and pre-flight on a two-node loopback cluster -------------------------------------------
+def test_preflight_refuses_a_request_no_node_can_hold(monkeypatch):
+    """Was: gpu = 4 on a 2-GPU cluster waited forever. Now it exits 2 before any trial, naming what is missing."""
+    import ray
+
+    from bench import ray_executor
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 2.0, "accel": 1.0}},
+             {"Alive": True, "Resources": {"CPU": 64.0}}, {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 8.0}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    ok = load_config(None, {"ray.resources": {"dualcoop": {"cpu": 2, "gpu": 0.5, "custom": {"accel": 1}}}})
+    ray_executor.preflight(ok, ["dualcoop", "zeroshot"])  # fits: GPU node; zeroshot: default 1 CPU
+    for request, missing in (({"gpu": 4}, "GPU 4"), ({"cpu": 32, "gpu": 1}, "CPU 32, GPU 1"), ({"custom": {"tpu": 1}}, "tpu 1")):
+        cfg = load_config(None, {"ray.resources": {"dualcoop": request}})
+        with pytest.raises(ConfigError, match=rf"\[ray.resources\] dualcoop: each trial asks for .*{missing}.*no node"):
+            ray_executor.preflight(cfg, ["dualcoop"])
+
+
+def test_auto_address_refuses_when_several_clusters_run(monkeypatch):
+    """Was: `--ray-address auto` attached to the latest of several clusters (maybe someone else's)."""
+    import ray._private.services as services
+
+    from bench.ray_executor import resolve_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: frozenset({"127.0.0.1:6379", "127.0.0.1:6380"}))
+    with pytest.raises(ConfigError, match=r"2 Ray clusters run on this machine \(127.0.0.1:6379, 127.0.0.1:6380\)"):
+        resolve_address(load_config(None), "auto")
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: frozenset({"127.0.0.1:6380"}))
+    assert resolve_address(load_config(None), "auto") == "127.0.0.1:6380"
+    assert resolve_address(load_config(None), "10.0.0.1:6379") == "10.0.0.1:6379"
+
+
+def _start_own_worker(address: str, auth: dict, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_ADDRESS": "", **auth}
+    cmd = ["ray", "start", f"--address={address}", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _nodes(address: str, auth: dict, want: int, timeout: float = 120) -> list[dict]:
+    script = ("import json, ray; ray.init(address=%r, log_to_driver=False); "
+              "print(json.dumps([{'id': n['NodeID'], 'resources': n['Resources']} for n in ray.nodes() if n['Alive']]))") % address
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "RAY_ADDRESS": "", **auth},
+                              capture_output=True, text=True, timeout=120)
+        nodes = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else []
+        if len(nodes) >= want:
+            return nodes
+        time.sleep(2)
+    raise AssertionError(f"the cluster did not reach {want} nodes")
+
+
+@pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI is not installed")
+def test_two_node_loopback_cluster_places_gpu_trials_and_applies_the_device_policy(write_config, tmp_path: Path):
+    """A head (CPUs only) and a worker that declares 2 GPUs and a custom resource, both on loopback: gpu = 0.5
+    trials land on the GPU node, two share one GPU id, and on this CUDA-less machine the device policy fails them
+    at once naming the node and the GPU (never a silent CPU run); a CPU trial's record names its node."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    head = _start_own_head(port, temp_dir, auth)
+    address = f"127.0.0.1:{port}"
+    worker = _start_own_worker(address, auth, "--num-cpus=2", "--num-gpus=2", '--resources={"accel": 2}')
+    try:
+        nodes = _nodes(address, auth, want=2)
+        (gpu_node,) = [n["id"] for n in nodes if n["resources"].get("GPU")]
+        storage = tmp_path / "shared-storage"
+        cfg = write_config(methods=("label-prior", "dualcoop"), seeds=(0, 1), extra=(
+            f'[ray]\nstorage_path = "{storage}"\nmax_failures = 0\n'
+            '[ray.resources.dualcoop]\ncpu = 1\ngpu = 0.5\ncustom = {accel = 1}\n'))
+        proc = _bench("run", "--config", str(cfg), "--ray-address", address, "--executor", "ray", "--no-progress",
+                      cwd=tmp_path, env=auth, timeout=600)
+        assert proc.returncode == 1, proc.stderr  # the two GPU trials failed (no CUDA here), the CPU one did not
+        (record,) = _records(tmp_path)
+        assert record["method"]["name"] == "label-prior" and record["env"]["ray_node_id"] in {n["id"] for n in nodes}
+        assert record["env"]["ray_gpu_ids"] == [] and record["env"]["device"].startswith("cpu")
+        errors = [json.loads(p.read_text())["error"] for p in (tmp_path / "results" / "runs").glob("*/error.json")]
+        assert len(errors) == 2
+        for message in errors:
+            assert "DeviceUnavailableError" in message and "Ray gave this trial a GPU" in message, message
+            assert f"node {gpu_node[:12]}" in message and "torch sees no CUDA device there" in message
+        gpu_ids = {m.split("Ray GPU ids ")[1].split(",")[0].split(")")[0] for m in errors}
+        assert len(gpu_ids) == 1  # two 0.5 trials share one GPU
+    finally:
+        _stop_own_head(worker)
+        _stop_own_head(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_the_embedded_cluster_refuses_a_client_without_its_token(tmp_path: Path):
+    """README "What listens where": Ray 2.60 listens on every interface and cannot be told otherwise, so what protects
+    the embedded cluster is its token authentication; a client that does not present the session's token is refused."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, ray; from bench.config import load_config; from bench import ray_executor; "
+                               "ray_executor.init_ray(load_config(None, {'ray.num_cpus': 1}), None); "
+                               "print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path,
+    )
+    try:
+        address = holder.stdout.readline().strip()
+        assert address, "the embedded Ray did not start"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        probe = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={address!r}); print('joined')"],
+                               env=env, capture_output=True, text=True, timeout=120)
+        assert probe.returncode != 0 and "joined" not in probe.stdout
+        assert "InvalidAuthToken" in probe.stderr or "Unauthenticated" in probe.stderr, probe.stderr[-2000:]
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        try:
+            holder.wait(60)
+        except subprocess.TimeoutExpired:
+            holder.kill()
