@@ -191,3 +191,26 @@ def test_cuda_asked_on_a_machine_without_it_fails_every_run_clearly_and_run_stil
     assert res.output.count("DeviceUnavailableError: engine.device = 'cuda' on host ") >= 2
     assert "set engine.device = \"cpu\" (and [ray.resources.<method>] gpu = 0)" in res.output.replace("\n", " ")
     assert "torch sees no CUDA device there" in res.output and "WeightsNotFound" not in res.output
+
+
+def test_out_of_gpu_memory_is_its_own_error_saying_what_to_change(write_config, tmp_path, monkeypatch):
+    import torch
+
+    import bench.engine
+    from bench.config import load_config
+    from bench.errors import GPUOutOfMemoryError
+    from bench.plan import plan_suite
+    from bench.runner import execute_run
+
+    def oom(*_args, **_kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
+
+    cfg = load_config(write_config(methods=("dualcoop",), seeds=(0,)), {"ray.resources": {"dualcoop": {"cpu": 1, "gpu": 0.25}}})
+    (plan,), datasets = plan_suite(cfg)
+    monkeypatch.setattr(bench.engine, "run_method", oom)
+    with pytest.raises(GPUOutOfMemoryError) as err:
+        execute_run(plan, datasets[plan.data], cfg, log=lambda *_: None)
+    message = str(err.value)
+    assert "out of GPU memory" in message and "batch_size 32" in message and "gpu = 0.25 per trial" in message
+    assert "lower methods.dualcoop.batch_size" in message and "Tried to allocate 2.00 GiB" in message
+    assert not (plan.run_dir / "result.json").exists()
