@@ -24,19 +24,12 @@ from bench.errors import DeviceUnavailableError
 
 @dataclass
 class Placement:
-    """Where a run executes: the Ray node (``None`` outside Ray), the host, and the GPU ids Ray assigned."""
+    """Where a run executes: the Ray node (``None`` outside Ray), the host, and the GPU ids Ray assigned (a Ray trial's
+    placement is read by :func:`bench.ray_executor.trial_placement`, the one module that imports Ray)."""
 
     node_id: str | None = None
     hostname: str = field(default_factory=socket.gethostname)
     ray_gpu_ids: list[str] = field(default_factory=list)
-
-    @classmethod
-    def of_ray_trial(cls) -> Placement:
-        """The placement of the calling Ray worker (node id and its assigned GPU ids)."""
-        import ray
-
-        context = ray.get_runtime_context()
-        return cls(node_id=context.get_node_id(), ray_gpu_ids=[str(g) for g in context.get_accelerator_ids().get("GPU", [])])
 
     @property
     def in_ray(self) -> bool:

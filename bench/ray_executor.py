@@ -124,6 +124,14 @@ def _report_epoch(metrics: dict[str, Any], run_dir: Path, epoch: int) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
+def trial_placement() -> Any:
+    """Where the calling Ray trial runs: its node id and the GPU ids Ray assigned it (:class:`bench.devices.Placement`)."""
+    from bench.devices import Placement
+
+    context = ray.get_runtime_context()
+    return Placement(node_id=context.get_node_id(), ray_gpu_ids=[str(g) for g in context.get_accelerator_ids().get("GPU", [])])
+
+
 def _trial(config: dict[str, Any], cfg: BenchConfig, datasets: dict[str, Any]) -> None:
     """One run inside a Ray worker."""
     plan = PlannedRun(**{**config["plan"], "run_dir": Path(config["plan"]["run_dir"])})
@@ -134,11 +142,10 @@ def _trial(config: dict[str, Any], cfg: BenchConfig, datasets: dict[str, Any]) -
         _report_epoch({**metrics, "done": False}, plan.run_dir, record["epoch"] + 1)
 
     from bench import locks
-    from bench.devices import Placement
 
     result = execute_run(  # the driver holds the run's lock: if it dies, the trial stops before its next write
         plan, datasets[plan.data], cfg, executor="ray", trial_id=trial_id, report=report, log=lambda *_: None,
-        owner_alive=lambda: locks.is_held(plan.run_dir), placement=Placement.of_ray_trial(),
+        owner_alive=lambda: locks.is_held(plan.run_dir), placement=trial_placement(),
     )
     key = "macro_f1" if result.dataset.task == "multilabel" else "accuracy"
     tune.report({"done": True, "epoch": result.training.epochs_run, "val_" + key: result.metrics.val[key]})
@@ -308,9 +315,7 @@ def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: s
     set_threads(cfg.ray.trial_resources(method).cpu)
     seed_everything(cfg.tune.search_seed)  # before the backbone and the method are built
     method_cfg = cfg.method_config(method, params=params)
-    from bench.devices import Placement
-
-    device = resolve_device(cfg.engine.device, Placement.of_ray_trial())
+    device = resolve_device(cfg.engine.device, trial_placement())
     backbone = load_backbone(BACKBONES.get(cfg.suite.backbone), cfg.backbone_pretrained(cfg.suite.backbone), cfg.paths.weights, str(device))
     run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
 
