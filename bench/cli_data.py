@@ -42,7 +42,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any
 WorkersOpt = Annotated[
     Optional[int], typer.Option("--workers", "-j", min=1, help="Decoding threads (default: BENCH_DATA_WORKERS or all cores).")
 ]
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="A progress bar while decoding.")]
 
 
 @contextmanager

@@ -214,3 +214,37 @@ def test_out_of_gpu_memory_is_its_own_error_saying_what_to_change(write_config, 
     assert "out of GPU memory" in message and "batch_size 32" in message and "gpu = 0.25 per trial" in message
     assert "lower methods.dualcoop.batch_size" in message and "Tried to allocate 2.00 GiB" in message
     assert not (plan.run_dir / "result.json").exists()
+
+
+def test_cli_has_a_version_choices_and_help_for_every_option():
+    """Was: no --version, --format a free string, options without help, and "[leaderboard]" eaten by rich markup."""
+    import click
+    import typer
+
+    import bench
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"bench {bench.__version__}"
+    res = runner.invoke(app, ["report", "--format", "pdf"])
+    assert res.exit_code == 2 and "'pdf' is not one of" in res.output and "latex" in res.output
+    res = runner.invoke(app, ["run", "--executor", "dask"])
+    assert res.exit_code == 2 and "'dask' is not one of" in res.output
+    root = typer.main.get_command(app)
+    missing = []
+    for group in [root, *(c for c in root.commands.values() if isinstance(c, click.Group))]:
+        for name, command in group.commands.items():
+            for param in command.params:
+                if isinstance(param, click.Option) and not (param.help or "").strip():
+                    missing.append(f"{name} {param.opts[0]}")
+    assert not missing, missing
+    res = runner.invoke(app, ["leaderboard", "--help"], env={"COLUMNS": "200"})
+    assert "run what is missing of the [leaderboard] suite" in res.output
+
+
+def test_the_protocol_flag_is_recorded_as_an_override(write_config, tmp_path):
+    cfg = write_config(methods=("label-prior",), seeds=(0,))
+    res = CliRunner().invoke(app, ["run", "--config", str(cfg), "--executor", "serial", "--no-progress", "--protocol", "intclip-code"])
+    assert res.exit_code == 0, res.output
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("*/result.json")]
+    assert record["protocol"]["name"] == "intclip-code" and record["config_file"]["overrides"]["protocol.name"] == "intclip-code"
