@@ -14,3 +14,15 @@ if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and _os.path.isfi
     _os.path.join(_checkout, "methods", "__init__.py")
 ):
     __path__.append(_checkout)  # type: ignore[name-defined]  # noqa: F821
+
+_API = ("load_results", "summarize", "run", "report")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    """The Python API (:mod:`bench.api`), imported on first use so ``import bench`` stays light."""
+    if name in _API:
+        from bench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'bench' has no attribute {name!r}")

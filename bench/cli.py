@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bench.config import BenchConfig, load_config, parse_int_list, parse_name_list, parse_override
-from bench.errors import BenchError, NewerRecordError
+from bench.errors import BenchError
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Benchmark harness for visual intention understanding with CLIP."
@@ -131,6 +131,12 @@ def tune(
     overrides = list(sets or []) + ([f"tune.num_samples={num_samples}"] if num_samples else [])
     cfg = _load(config, results, overrides)
     summary = run_tune(cfg, method, dataset, err, ray_address)
+    from bench.reports import tables
+
+    refits = set(summary["refit_run_ids"])
+    records, _ = tables.load_results(cfg.paths.results)
+    for table in tables.rich_tables(tables.summarise(tables.results_frame([r for r in records if r.run_id in refits]))):
+        out.print(table)  # the refit's results, as `bench run` prints them
     err.print(
         f"best {summary['best_params']} (val {100 * summary['best_val_selection_metric']:.2f}); "
         f"{summary['stopped_early']} of {summary['num_trials']} trials stopped early by ASHA; "
@@ -140,21 +146,6 @@ def tune(
         raise typer.Exit(1)
 
 
-
-
-def _summary(cfg: BenchConfig, bootstrap: int, keep=None):
-    """Records, their summary (with the paired bootstrap) and the corrupt files skipped."""
-    from bench.reports import tables
-
-    records, bad = tables.load_results(cfg.paths.results)
-    for e in bad:
-        err.print(f"[yellow]skipped {'result' if isinstance(e, NewerRecordError) else 'corrupt result'}: {escape(str(e))}[/]")
-    if keep is not None:
-        records = [r for r in records if keep(r)]
-    summary = tables.summarise(tables.results_frame(records))
-    if bootstrap:
-        summary = tables.add_significance(summary, records, cfg.paths.results, bootstrap)
-    return records, summary
 
 
 @app.command()
@@ -170,30 +161,14 @@ def report(
     """Summarise the result store: mean +- std over seeds per method, dataset, backbone and protocol, with a
     paired bootstrap (over test images) of every method against the best; md, csv, the paper's tables in LaTeX
     (booktabs) or a self-contained HTML page."""
-    from bench.reports import tables
-
     if standalone and fmt != "latex":
         raise BenchError("--standalone applies to --format latex only")
     if reference and fmt not in ("latex", "html"):
         raise BenchError("--reference applies to --format latex and html")
+    from bench.api import render_report
+
     cfg = _load(config, results, sections=False)  # reads results only: no method module (and no torch) is imported
-    records, summary = _summary(cfg, bootstrap)
-    if fmt == "md":
-        text = tables.to_markdown(summary)
-    elif fmt == "csv":
-        text = tables.to_csv(summary)
-    else:
-        from bench.reports import layout
-
-        paper = layout.paper_tables(summary, reference=reference)
-        if fmt == "latex":
-            from bench.reports.latex import to_latex
-
-            text = to_latex(paper, standalone=standalone)
-        else:
-            from bench.reports.html import render_page
-
-            text = render_page("bench report", paper, summary, records, subtitle=f"{len(records)} runs in {cfg.paths.results}")
+    text, n_runs = render_report(cfg, fmt, bootstrap, reference, standalone, warn=lambda m: err.print(f"[yellow]{escape(m)}[/]"))
     if output is None:
         sys.stdout.write(text)
     else:
@@ -201,7 +176,7 @@ def report(
 
         output.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output, text)
-        err.print(f"wrote {output} ({len(records)} runs)")
+        err.print(f"wrote {output} ({n_runs} runs)")
 
 
 @app.command()

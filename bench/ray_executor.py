@@ -1,4 +1,4 @@
-"""Ray Tune executor: the only module that imports Ray.
+"""Ray Tune executor: with :mod:`bench.ray_search` (bench tune's search), the only module that imports Ray.
 
 Every method x dataset x seed that has no result yet becomes one Tune trial. A trial runs
 :func:`bench.runner.execute_run` in a Ray worker with the resources bench.toml gives its method (CPUs, a GPU or a
@@ -7,8 +7,10 @@ checkpoint in the result store, and writes its result there. Resume is the resul
 skips complete runs and restarts the others, which continue from their last epoch's checkpoint. Trials that error
 are retried up to ``ray.max_failures`` times, then reported with their error.
 
-Embedded by default (``ray.init(address="local")``, bound to 127.0.0.1); ``--ray-address``, ``RAY_ADDRESS`` or
-``ray.address`` attach to an existing cluster, where ``ray.storage_path`` must name storage every node shares.
+Embedded by default (``ray.init(address="local")``; Ray 2.60 listens on every interface, behind its token
+authentication: README "What listens where"); ``--ray-address``, ``RAY_ADDRESS`` or ``ray.address`` attach to an
+existing cluster, where ``ray.storage_path`` must name storage every node shares. Before any trial starts, each
+method's request is checked against the alive nodes (:func:`preflight`).
 """
 
 from __future__ import annotations
@@ -284,131 +286,3 @@ def _fit(tuner: tune.Tuner, storage: Any) -> Any:
 
 def _existing(folder: Path) -> Path:
     return folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
-
-
-# -- bench tune ----------------------------------------------------------------------------------------------------
-def optuna_space(spec: dict[str, Any]) -> dict[str, Any]:
-    """A method's search space (``key -> (kind, ...)``) as Optuna distributions."""
-    import optuna
-
-    space = {}
-    for key, (kind, *args) in spec.items():
-        if kind == "loguniform":
-            space[key] = optuna.distributions.FloatDistribution(float(args[0]), float(args[1]), log=True)
-        elif kind == "uniform":
-            space[key] = optuna.distributions.FloatDistribution(float(args[0]), float(args[1]))
-        elif kind == "int":
-            space[key] = optuna.distributions.IntDistribution(int(args[0]), int(args[1]))
-        elif kind == "choice":
-            space[key] = optuna.distributions.CategoricalDistribution(list(args[0]))
-        else:
-            raise ConfigError(f"tune.search_space: {key}: unknown kind {kind!r} (loguniform, uniform, int, choice)")
-    return space
-
-
-def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: str, trials_dir: str) -> None:
-    """One search trial: train on train, score val every epoch (reported to ASHA); test is never scored."""
-    from bench.backbones import load_backbone
-    from bench.engine import RunContext, resolve_device, run_method, seed_everything, selection_metric, set_threads
-    from bench.registry import BACKBONES, create_method
-
-    set_threads(cfg.ray.trial_resources(method).cpu)
-    seed_everything(cfg.tune.search_seed)  # before the backbone and the method are built
-    method_cfg = cfg.method_config(method, params=params)
-    device = resolve_device(cfg.engine.device, trial_placement())
-    backbone = load_backbone(BACKBONES.get(cfg.suite.backbone), cfg.backbone_pretrained(cfg.suite.backbone), cfg.paths.weights, str(device))
-    run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
-
-    def report(record: dict[str, Any]) -> None:
-        epoch = record["epoch"] + 1
-        _report_epoch({"selection_metric": record["selection_metric"], "epoch": epoch}, run_dir, epoch)
-
-    ctx = RunContext(
-        run_dir=run_dir, seed=cfg.tune.search_seed, device=device, protocol=cfg.protocol.name, amp=cfg.engine.amp,
-        eval_batch_size=cfg.engine.eval_batch_size, cache_dir=cfg.paths.cache, report=report, score_test=False,
-        deterministic=cfg.engine.deterministic, log=lambda *_: None,
-    )
-    outcome = run_method(create_method(method, method_cfg, backbone, data, device), data, ctx)
-    if not outcome.history:  # fitted methods: one report at the end
-        metric = selection_metric(data.task, outcome.val_scores, data.splits["val"].labels, cfg.protocol.name)
-        tune.report({"selection_metric": metric, "epoch": 1})
-
-
-def search(cfg, cls, method, spec, base, data, study, folder: Path, address, console) -> dict[str, Any]:
-    import optuna
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
-    init_ray(cfg, address)
-    preflight(cfg, [method])
-    storage = storage_path(cfg, address)
-    r = cfg.ray.trial_resources(method)
-    trainable = tune.with_resources(
-        tune.with_parameters(_search_trial, cfg=cfg, data=data, method=method, trials_dir=str(folder / "trials")),
-        {"cpu": r.cpu, "gpu": r.gpu, **r.custom},
-    )
-    experiment = f"{storage.rstrip('/')}/tune-{study}"
-    if tune.Tuner.can_restore(experiment):
-        console.print(f"restoring the interrupted search {experiment}")
-        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        epochs = getattr(base, "epochs", 1)
-        searcher = OptunaSearch(
-            space=optuna_space(spec),
-            metric="selection_metric",
-            mode="max",
-            points_to_evaluate=[{k: getattr(base, k) for k in spec}],
-            seed=cfg.tune.seed,
-            storage=optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}"),
-            study_name=study,
-        )
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration", max_t=epochs, grace_period=min(cfg.tune.grace_period, epochs),
-            reduction_factor=cfg.tune.reduction_factor,
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric="selection_metric", mode="max", search_alg=searcher, scheduler=scheduler,
-                num_samples=cfg.tune.num_samples, max_concurrent_trials=cfg.tune.max_concurrent_trials,
-            ),
-            run_config=tune.RunConfig(
-                name=f"tune-{study}", storage_path=storage, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
-            ),
-        )
-    console.print(f"searching {method} on {data.name}: {cfg.tune.num_samples} trials, ASHA on val, study {study}")
-    grid = tuner.fit()
-    best = grid.get_best_result(metric="selection_metric", mode="max", scope="all")
-    epochs = getattr(base, "epochs", 1)
-    trials = []
-    for result in grid:
-        frame = result.metrics_dataframe
-        trials.append({
-            "params": {k: result.config[k] for k in spec if k in result.config},
-            "epochs": int(result.metrics.get("training_iteration", 0) or 0),
-            "best_val_selection_metric": float(frame["selection_metric"].max()) if frame is not None and len(frame) else None,
-            "error": None if result.error is None else str(result.error).strip().splitlines()[-1],
-        })
-    summary = {
-        "study": study,
-        "storage": str(folder / "study.db"),
-        "method": method,
-        "dataset": data.name,
-        "manifest_sha256": data.manifest_sha256,
-        "search_space": {k: list(v) for k, v in spec.items()},
-        "num_trials": len(trials),
-        "stopped_early": sum(1 for t in trials if t["error"] is None and t["epochs"] < epochs),
-        "best_params": {k: best.config[k] for k in spec},
-        "best_val_selection_metric": float(best.metrics_dataframe["selection_metric"].max()),
-        "trials": trials,
-    }
-    table = Table(title=f"study {study}: best val {100 * summary['best_val_selection_metric']:.2f}", title_justify="left")
-    for col in [*spec, "epochs", "best val"]:
-        table.add_column(col, justify="right")
-    for t in trials:
-        value = t["best_val_selection_metric"]
-        cells = [f"{v:.3g}" if isinstance(v := t["params"].get(k, ""), float) else str(v) for k in spec]
-        table.add_row(*cells, str(t["epochs"]), "-" if value is None else f"{100 * value:.2f}")
-    console.print(table)
-    return summary

@@ -1,4 +1,4 @@
-"""`bench tune`: search a method's hyperparameters on val (Optuna TPE + ASHA, run by :mod:`bench.ray_executor`),
+"""`bench tune`: search a method's hyperparameters on val (Optuna TPE + ASHA, run by :mod:`bench.ray_search`),
 keep the study and its summary, then refit the best config over the suite's seeds (:mod:`bench.suite`), each refit
 scoring test once. Search trials never score test.
 """
@@ -6,6 +6,7 @@ scoring test once. Search trials never score test.
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 from rich.console import Console
@@ -26,7 +27,8 @@ def run_tune(cfg: BenchConfig, method: str, dataset: str, console: Console, ray_
     The Optuna study lives in ``<results>/tune/<study>/study.db`` (SQLite: optuna-dashboard opens it); the Tune
     experiment beside it is restored when the command is rerun after a crash; ``summary.json`` records the choice.
     """
-    from bench.ray_executor import resolve_address, search
+    from bench.ray_executor import resolve_address
+    from bench.ray_search import search
 
     if get_protocol(cfg.protocol.name).selects_on_test:
         raise ConfigError(f"protocol.name = {cfg.protocol.name!r} selects on test; bench tune searches on val only")
@@ -52,6 +54,8 @@ def run_tune(cfg: BenchConfig, method: str, dataset: str, console: Console, ray_
     else:
         summary = search(cfg, cls, method, spec, base, data, study, folder, address, console)
         atomic_write_text(summary_path, json.dumps(summary, indent=2))
+        # the trials' checkpoints served the search only: the study (study.db) and summary.json keep what it found
+        shutil.rmtree(folder / "trials", ignore_errors=True)
     refit = cfg.model_copy(deep=True)
     refit.methods[method] = {**cfg.methods.get(method, {}), **summary["best_params"]}
     refit.suite.methods, refit.suite.datasets = [method], [dataset]

@@ -1,0 +1,134 @@
+"""The Python API, for notebooks and scripts: the same runs, records and reports as the ``bench`` command.
+
+    import bench
+
+    runs = bench.load_results("results")          # one row per run: method, dataset, seed, every val/test metric
+    table = bench.summarize(runs)                  # mean, std, 95% CI and n per method (the report's numbers)
+    new = bench.run(methods=["dualcoop", "zeroshot"], seeds=[0, 1], executor="serial")
+    print(bench.report("results", format="md"))   # or "csv", "latex", "html": the text `bench report` writes
+
+Records that do not validate (or whose artifacts are damaged) are skipped with a :class:`RuntimeWarning` naming
+them, as the command line skips them with a message.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from bench.config import BenchConfig, load_config
+
+ReportFormat = Literal["md", "csv", "latex", "html"]
+
+
+def _records(results: Path | str, warn: Callable[[str], None] | None = None) -> list:
+    from bench.reports import tables
+
+    records, bad = tables.load_results(Path(results))
+    for err in bad:
+        message = f"skipped {'result' if type(err).__name__ == 'NewerRecordError' else 'corrupt result'}: {err}"
+        if warn is None:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+        else:
+            warn(message)
+    return records
+
+
+def load_results(results: Path | str = "results") -> pd.DataFrame:
+    """Every valid run in the result store at ``results`` as a DataFrame, one row per run: ``run_id``, ``method``,
+    ``dataset``, ``backbone``, ``protocol``, ``seed``, parameter counts and every val/test metric (``test_macro_f1``,
+    ``val_mAP``, ... as fractions)."""
+    from bench.reports import tables
+
+    return tables.results_frame(_records(results))
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset x backbone x protocol x experiment: ``n`` (runs) and the mean, std (ddof=1) and 95% t half-width
+    of every metric (``test_macro_f1_mean``, ``..._std``, ``..._ci95``), in the report's row order (what
+    `bench report --format csv --bootstrap 0` writes)."""
+    from bench.reports import tables
+
+    return tables.summarise(runs)
+
+
+def run(
+    methods: Iterable[str] | None = None,
+    dataset: str | Iterable[str] | None = None,
+    seeds: Iterable[int] | None = None,
+    *,
+    backbone: str | None = None,
+    config: Path | str | None = None,
+    results: Path | str | None = None,
+    executor: Literal["ray", "serial"] | None = None,
+    overrides: dict[str, Any] | None = None,
+    quiet: bool = True,
+) -> pd.DataFrame:
+    """Run what is missing of a suite (as `bench run`) and return its runs as :func:`load_results` rows.
+
+    ``config`` is a bench.toml (default: ./bench.toml, else the built-in defaults: the synthetic dataset and the tiny
+    CLIP); ``overrides`` sets any dotted key (``{"methods.dualcoop.epochs": 2}``). Complete runs are reused, never
+    redone. Failed runs are not in the frame; ``frame.attrs["failed"]`` maps their run ids to the error."""
+    from rich.console import Console
+
+    from bench.reports import tables
+    from bench.suite import run_suite
+
+    values: dict[str, Any] = dict(overrides or {})
+    for key, value in (("methods", methods), ("seeds", seeds)):
+        if value is not None:
+            values[f"suite.{key}"] = list(value)
+    if dataset is not None:
+        values["suite.datasets"] = [dataset] if isinstance(dataset, str) else list(dataset)
+    if backbone is not None:
+        values["suite.backbone"] = backbone
+    if executor is not None:
+        values["suite.executor"] = executor
+    if results is not None:
+        values["paths.results"] = str(Path(results).resolve())
+    cfg = load_config(config, values)
+    outcome = run_suite(cfg, Console(stderr=True, quiet=quiet))
+    wanted = {p.run_id for p in outcome.planned}
+    frame = tables.results_frame([r for r in _records(cfg.paths.results) if r.run_id in wanted])
+    frame.attrs["failed"] = dict(outcome.failed)
+    return frame
+
+
+def render_report(cfg: BenchConfig, fmt: ReportFormat, bootstrap: int = 1000, reference: bool = False,
+                  standalone: bool = False, warn: Callable[[str], None] | None = None) -> tuple[str, int]:
+    """The text of a report on ``cfg``'s result store, and how many runs it covers (the command line's too)."""
+    from bench.reports import tables
+
+    records = _records(cfg.paths.results, warn)
+    summary = tables.summarise(tables.results_frame(records))
+    if bootstrap:
+        summary = tables.add_significance(summary, records, cfg.paths.results, bootstrap)
+    if fmt == "md":
+        return tables.to_markdown(summary), len(records)
+    if fmt == "csv":
+        return tables.to_csv(summary), len(records)
+    from bench.reports import layout
+
+    paper = layout.paper_tables(summary, reference=reference)
+    if fmt == "latex":
+        from bench.reports.latex import to_latex
+
+        return to_latex(paper, standalone=standalone), len(records)
+    if fmt == "html":
+        from bench.reports.html import render_page
+
+        return render_page("bench report", paper, summary, records, subtitle=f"{len(records)} runs in {cfg.paths.results}"), len(records)
+    raise ValueError(f"format {fmt!r}: expected one of md, csv, latex, html")
+
+
+def report(results: Path | str = "results", format: ReportFormat = "md", *, bootstrap: int = 1000,
+           reference: bool = False, standalone: bool = False) -> str:
+    """The text `bench report --format <format>` writes for the store at ``results``: Markdown or CSV summaries, the
+    paper's tables in LaTeX (``standalone``: a whole document) or one self-contained HTML page (``reference``: with
+    the paper's rows; LaTeX and HTML). ``bootstrap`` resamples for the significance column (0: none)."""
+    cfg = load_config(None, {"paths.results": str(Path(results).resolve())}, sections=False)
+    return render_report(cfg, format, bootstrap, reference, standalone)[0]
