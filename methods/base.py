@@ -102,8 +102,9 @@ class Method(ABC):
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {}  # named config changes, run as "<name>:<variant>"
 
     @classmethod
-    def variant(cls, variant: str, name: str | None = None) -> type[Method]:
-        """The method with ``VARIANTS[variant]`` as its config defaults, named ``<name>:<variant>``."""
+    def variant(cls, variant: str, name: str | None = None, display_name: str | None = None) -> type[Method]:
+        """The method with ``VARIANTS[variant]`` as its config defaults, named ``<name>:<variant>`` (displayed as
+        ``display_name``, default ``<display name> (<variant>)``)."""
         overrides = cls.VARIANTS[variant]
         fields = {}
         for key, value in overrides.items():
@@ -113,6 +114,7 @@ class Method(ABC):
         config = create_model(f"{cls.Config.__name__}_{variant.replace('-', '_')}", __base__=cls.Config, **fields)
         attrs = {
             "name": name or f"{cls.name}:{variant}",
+            "display_name": display_name or (f"{cls.display_name} ({variant})" if cls.display_name else None),
             "Config": config,
             "__module__": cls.__module__,
             "VARIANTS": {k: v for k, v in cls.VARIANTS.items() if k != variant},

@@ -296,4 +296,4 @@ class IntCLIP(PromptScoring, Method):
         return self._forward(images, text)
 
 
-IntCLIPOfficial = IntCLIP.variant("official", name="intclip-official")
+IntCLIPOfficial = IntCLIP.variant("official", name="intclip-official", display_name="IntCLIP (released code)")

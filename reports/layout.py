@@ -186,12 +186,22 @@ def _p_value(row: pd.Series, metric: str) -> float | None:
     return None if p is None or pd.isna(p) else float(p)
 
 
+def display_label(label: str, display_name: object = None) -> str:
+    """A row's label for a paper: the method's display name ("IntCLIP (released code)") for its registry name,
+    keeping what the label adds ("(tuned)", "[weights: none]")."""
+    if not isinstance(display_name, str) or not display_name:
+        return label
+    return display_name + label[len(base_method(label)):]
+
+
 def _reproduced_row(r: pd.Series, label: str, family: str, columns: list[tuple[str, str]], primary: str) -> Row:
+    once = int(r["n"]) == 1 or bool(r.get("deterministic", False))  # no spread to show: no "± 0.00"
+    cells = [_cell(r, split, metric) for split, metric in columns]
     return Row(
         label=label,
         family=family,
         params_m=r["params_learnable"] / 1e6,
-        cells=[_cell(r, split, metric) for split, metric in columns],
+        cells=[Cell(c.mean, None) for c in cells] if once else cells,
         method=r["method"],
         n=int(r["n"]),
         deterministic=bool(r.get("deterministic", False)),
@@ -280,7 +290,8 @@ def table1(group: pd.DataFrame, info: dict, reference: bool) -> PaperTable:
     for _, r in group.sort_values("_order", kind="stable").iterrows():
         if base_method(r["method"]) in ablation_only:
             continue
-        row = _reproduced_row(r, r["method"], family_of(r["method"], r.get("family")), columns, "macro_f1")
+        label = display_label(r["method"], r.get("display_name"))
+        row = _reproduced_row(r, label, family_of(r["method"], r.get("family")), columns, "macro_f1")
         if reference and info["dataset"] == "intentonomy":
             paper = TABLE1_REFERENCE.get(base_method(r["method"]), {})
             paper_label = paper.get(info["backbone"], paper.get("*"))
@@ -379,9 +390,12 @@ def emotion_table(summary: pd.DataFrame, reference: bool) -> list[PaperTable]:
         for _, r in group.iterrows():
             row = rows.setdefault(
                 r["method"],
-                Row(label=r["method"], family=family_of(r["method"], r.get("family")), params_m=r["params_learnable"] / 1e6, cells=[Cell(None) for _ in keys], method=r["method"]),
+                Row(label=display_label(r["method"], r.get("display_name")), family=family_of(r["method"], r.get("family")),
+                    params_m=r["params_learnable"] / 1e6, cells=[Cell(None) for _ in keys], method=r["method"]),
             )
-            row.cells[keys.index((r["dataset"], r["manifest_sha256"]))] = _cell(r, "test", "accuracy")
+            cell = _cell(r, "test", "accuracy")
+            once = int(r["n"]) == 1 or bool(r.get("deterministic", False))
+            row.cells[keys.index((r["dataset"], r["manifest_sha256"]))] = Cell(cell.mean, None) if once else cell
             row.n = int(r["n"])
             if len(keys) == 1:  # the bootstrap compares within one dataset
                 row.p_value = _p_value(r, "accuracy")
@@ -392,7 +406,7 @@ def emotion_table(summary: pd.DataFrame, reference: bool) -> list[PaperTable]:
         body = sorted(rows.values(), key=lambda row: family_order.index(row.family) if row.family in family_order else len(family_order))
         table = PaperTable(
             key="table6a",
-            title=f"Image emotion recognition accuracy (Table 6a), backbone {backbone}",
+            title=f"Image emotion recognition accuracy (as the paper's Table 6a), backbone {backbone}",
             caption=[],
             columns=[Column("Acc", b) for b in blocks],
             rows=list(body),

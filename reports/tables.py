@@ -66,6 +66,7 @@ def results_frame(records: list[RunResult]) -> pd.DataFrame:
             "weights_id": r.weights_id,
             "tuned": "tuning" in r.extra,
             "family": r.method.family,
+            "display_name": r.method.display_name,
             "main_metric": r.dataset.main_metric or ("macro_f1" if r.dataset.task == "multilabel" else "accuracy"),
             "backbone": r.backbone["name"],
             "dataset": r.dataset.name,
@@ -100,6 +101,7 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
         row["method"] = group["method"].iloc[0]
         row["experiment_id"] = store.compute_run_id({k: str(row[k]) for k in IDENTITY_KEYS})[:12]
         row["family"] = group["family"].iloc[0]
+        row["display_name"] = group["display_name"].iloc[0] if "display_name" in group else None
         row["main_metric"] = group["main_metric"].iloc[0]
         row["n"] = len(group)
         seeds = group["seed"]

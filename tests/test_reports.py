@@ -226,7 +226,7 @@ def test_a_new_method_lands_in_the_family_it_declares_and_datasets_choose_their_
     assert next(r for r in table.rows if r.label == "prior-knn").family == "Other methods"  # an old record: unknown
     _declare(tmp_path, "prior-knn", **{"method.family": "Multi-label methods", "method.display_name": "Prior kNN"})
     (table,) = layout.paper_tables(_summary(tmp_path))
-    assert [(r.label, r.family) for r in table.rows] == [("prior-knn", "Multi-label methods"), ("intclip", "IntCLIP")]
+    assert [(r.label, r.family) for r in table.rows] == [("Prior kNN", "Multi-label methods"), ("intclip", "IntCLIP")]  # its display name
     # the reference row follows the dataset's main metric: macro F1 by default, mAP where the dataset says so
     summary = _summary(tmp_path, bootstrap=50).set_index("method")
     assert summary.loc["intclip", "reference"] and not summary.loc["prior-knn", "reference"]
@@ -238,3 +238,41 @@ def test_a_new_method_lands_in_the_family_it_declares_and_datasets_choose_their_
 
     entries = snapshot(summary.reset_index(), "auto", "test")
     assert {e["metric"] for e in entries.values()} == {"test mAP"}
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed (.ci/run installs it)")
+def test_latex_is_paper_ready_in_a_two_column_article(tmp_path):
+    """Was: registry slugs as names, "± 0.00" on single runs, "0.00" M for the linear probe, narrow tables scaled up
+    by \\resizebox, and the \\input version 88.8 pt too wide for a two-column 10 pt article (the Δ column fell off)."""
+    from bench import store
+
+    results = tmp_path / "results"
+    names = {"intclip": "IntCLIP", "intclip-official": "IntCLIP (released code)", "dualcoop": "DualCoOp",
+             "linear-probe": "CLIP linear probe"}
+    params = {"intclip": (409_000, 57_000_000), "intclip-official": (505_000, 57_000_000),
+              "dualcoop": (25_000, 57_000_000), "linear-probe": (1_300, 38_000_000)}
+    for method, display in names.items():
+        for seed in ((0,) if method == "dualcoop" else (0, 1)):
+            rec = make_run(results, method, seed, params=params[method], quality=0.5 + 0.05 * seed)
+            rec.method.display_name = display
+            run_dir = store.runs_dir(results) / rec.run_id
+            store.write_result(run_dir, rec, store.read_scores(run_dir))
+    res = CliRunner().invoke(app, ["report", "--results", str(results), "--format", "latex", "--reference",
+                                   "--bootstrap", "0", "--out", str(tmp_path / "tables.tex")])
+    assert res.exit_code == 0, res.output
+    tex = (tmp_path / "tables.tex").read_text()
+    for display in names.values():
+        assert f"\n{display} &" in tex or f"\n{display}$^\\dagger$ &" in tex, display
+    assert "\nlinear-probe &" not in tex and "\nintclip-official &" not in tex
+    assert _cells(tex, "CLIP linear probe")[1] == "0.0013" and _cells(tex, "DualCoOp")[1] == "0.025"
+    assert not any("pm" in c for c in _cells(tex, "DualCoOp")[2:])  # one run: no spread printed
+    assert any("pm" in c for c in _cells(tex, "IntCLIP")[2:])
+    assert r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}" in tex
+    (tmp_path / "paper.tex").write_text("\n".join([
+        r"\documentclass[10pt,twocolumn]{article}", r"\usepackage{booktabs}", r"\usepackage{graphicx}",
+        r"\begin{document}", r"\input{tables}", "Text.", r"\end{document}", ""]))
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    log = (tmp_path / "paper.log").read_text(errors="replace")
+    assert "Overfull \\hbox" not in log, log[log.index("Overfull"):][:500]
