@@ -91,7 +91,11 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if not stopped or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return
-        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        trial = self._ot_trials[trial_id]
+        # Tune hands the stopping epoch's result to on_trial_complete only: record it as the last intermediate value
+        # (Optuna stores that as the pruned trial's value)
+        trial.report(float(result[self.metric]), int(result["training_iteration"]))
+        self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
 

@@ -32,6 +32,9 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     tree = ast.parse(path.read_text())
     skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
             for n in ast.walk(node)}
+    if path.stem == "__init__":  # a package's PEP 562 __getattr__ imports on first attribute use, after the package
+        skip |= {id(n) for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+                 for n in ast.walk(node)}
     out = set()
     for node in ast.walk(tree):
         if id(node) in skip:
@@ -43,7 +46,9 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
                 for _ in range(node.level - 1):
                     parent = parent.rsplit(".", 1)[0]
                 base = f"{parent}.{base}" if base else parent
-            candidates = [base] + [f"{base}.{a.name}" for a in node.names]
+            # `from bench import store` depends on bench.store; on the package itself only for a name it defines
+            submodules = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known]
+            candidates = submodules + ([base] if len(submodules) < len(node.names) else [])
         elif isinstance(node, ast.Import):
             candidates = [a.name for a in node.names]
         else:
