@@ -27,8 +27,13 @@ OWNER = ".lock.owner"
 
 
 def _mark_owner(folder: Path) -> None:
+    """Note who holds the lock, for the messages of those who wait (best effort: on a full disk the lock holds
+    without its note)."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write_text(folder / OWNER, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n")
+    try:
+        atomic_write_text(folder / OWNER, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n")
+    except OSError:
+        pass
 
 
 def owner(folder: Path) -> str:
