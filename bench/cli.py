@@ -73,7 +73,6 @@ def run(
 ) -> None:
     """Train and evaluate every method x dataset x seed that has no result yet, then print the table."""
     from bench.suite import run_suite
-    from bench.reports import tables
 
     if data_root is not None:
         names = parse_name_list(dataset) if dataset else None
@@ -97,11 +96,7 @@ def run(
     if not progress:
         cfg.engine.progress = False
     outcome = run_suite(cfg, err, ray_address)
-    records, _ = tables.load_results(cfg.paths.results)
-    wanted = {p.run_id for p in outcome.planned}
-    summary = tables.summarise(tables.results_frame([r for r in records if r.run_id in wanted]))
-    for table in tables.rich_tables(summary):
-        out.print(table)
+    _print_runs(cfg, {p.run_id for p in outcome.planned})
     err.print(
         f"{len(outcome.completed)} runs trained, {len(outcome.skipped)} reused, {len(outcome.failed)} failed; "
         f"results in {cfg.paths.results}"
@@ -110,6 +105,15 @@ def run(
         for message in outcome.failed.values():
             err.print(f"[red]failed: {escape(message)}[/]")
         raise typer.Exit(1)
+
+
+def _print_runs(cfg: BenchConfig, run_ids: set[str]) -> None:
+    """The summary tables of these runs of the store, for the terminal."""
+    from bench.reports import tables
+
+    records, _ = tables.load_results(cfg.paths.results)
+    for table in tables.rich_tables(tables.summarise(tables.results_frame([r for r in records if r.run_id in run_ids]))):
+        out.print(table)
 
 
 @app.command()
@@ -131,12 +135,7 @@ def tune(
     overrides = list(sets or []) + ([f"tune.num_samples={num_samples}"] if num_samples else [])
     cfg = _load(config, results, overrides)
     summary = run_tune(cfg, method, dataset, err, ray_address)
-    from bench.reports import tables
-
-    refits = set(summary["refit_run_ids"])
-    records, _ = tables.load_results(cfg.paths.results)
-    for table in tables.rich_tables(tables.summarise(tables.results_frame([r for r in records if r.run_id in refits]))):
-        out.print(table)  # the refit's results, as `bench run` prints them
+    _print_runs(cfg, set(summary["refit_run_ids"]))  # the refit's results, as `bench run` prints them
     err.print(
         f"best {summary['best_params']} (val {100 * summary['best_val_selection_metric']:.2f}); "
         f"{summary['stopped_early']} of {summary['num_trials']} trials stopped early by ASHA; "

@@ -117,13 +117,6 @@ def configure_determinism(device: torch.device, deterministic: bool, cudnn_bench
         torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
 
 
-def resolve_device(name: str, placement: Any = None) -> torch.device:
-    """The run's device under the device policy of :mod:`bench.devices` (CUDA required where asked or assigned)."""
-    from bench.devices import resolve_device as resolve
-
-    return resolve(name, placement)
-
-
 @functools.lru_cache(maxsize=8)
 def _amp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -58,13 +58,19 @@ def _disk_full(err: OSError, path: Path) -> OSError:
     return DiskFullError(f"No space left on device at {path} (writing it failed; nothing was left half-written)")
 
 
+def free_bytes(folder: Path | str) -> int:
+    """Free bytes on the device that holds ``folder`` (or, before it exists, its nearest existing parent)."""
+    folder = Path(folder)
+    probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
+    return shutil.disk_usage(probe).free
+
+
 def ensure_free_space(folder: Path | str, need: int, what: str) -> None:
     """Fail before a long job when ``folder``'s device has less than ``need`` bytes free (``what`` says for what)."""
     from bench.errors import DiskFullError
 
     folder = Path(folder)
-    probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
-    free = shutil.disk_usage(probe).free
+    free = free_bytes(folder)
     if free < need:
         raise DiskFullError(f"No space left on device at {folder}: {what} needs about {need / 1e6:,.0f} MB, "
                             f"{free / 1e6:,.0f} MB free")

@@ -16,7 +16,6 @@ method's request is checked against the alive nodes (:func:`preflight`).
 from __future__ import annotations
 
 import json
-import shutil
 import os
 import tempfile
 import time
@@ -119,7 +118,7 @@ def init_ray(cfg: BenchConfig, address: str | None) -> None:
         raise ConfigError(f"--ray-address {address}: cannot connect to a Ray cluster there ({err})") from None
 
 
-def _report_epoch(metrics: dict[str, Any], run_dir: Path, epoch: int) -> None:
+def report_epoch(metrics: dict[str, Any], run_dir: Path, epoch: int) -> None:
     """``tune.report`` with a checkpoint that points at the run's own checkpoint (a pointer, not a copy)."""
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, POINTER).write_text(json.dumps({"run_dir": str(run_dir), "epoch": epoch}))
@@ -141,7 +140,7 @@ def _trial(config: dict[str, Any], cfg: BenchConfig, datasets: dict[str, Any]) -
 
     def report(record: dict[str, Any]) -> None:
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
-        _report_epoch({**metrics, "done": False}, plan.run_dir, record["epoch"] + 1)
+        report_epoch({**metrics, "done": False}, plan.run_dir, record["epoch"] + 1)
 
     from bench import locks
 
@@ -270,7 +269,7 @@ def _fit(tuner: tune.Tuner, storage: Any) -> Any:
     """``tuner.fit()``; when it dies because the disk under the experiment state filled up (Ray reports it as a
     truncated pickle or similar), say so, naming the folder."""
     from bench.errors import DiskFullError
-    from bench.io import ensure_free_space
+    from bench.io import ensure_free_space, free_bytes
 
     folder = Path(str(storage).removeprefix("file://"))
     if "://" not in str(storage):
@@ -278,11 +277,7 @@ def _fit(tuner: tune.Tuner, storage: Any) -> Any:
     try:
         return tuner.fit()
     except Exception as err:
-        if "://" not in str(storage) and shutil.disk_usage(_existing(folder)).free < (16 << 20):
+        if "://" not in str(storage) and free_bytes(folder) < (16 << 20):
             raise DiskFullError(f"No space left on device at {folder}: Ray Tune could not write its experiment "
                                 f"state ({type(err).__name__}: {str(err).strip()[:200]})") from err
         raise
-
-
-def _existing(folder: Path) -> Path:
-    return folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))

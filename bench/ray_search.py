@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bench.config import BenchConfig
 from bench.errors import ConfigError
-from bench.ray_executor import _report_epoch, init_ray, preflight, storage_path, trial_placement
+from bench.ray_executor import report_epoch, init_ray, preflight, storage_path, trial_placement
 
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
@@ -40,7 +40,8 @@ def optuna_space(spec: dict[str, Any]) -> dict[str, Any]:
 def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: str, trials_dir: str) -> None:
     """One search trial: train on train, score val every epoch (reported to ASHA); test is never scored."""
     from bench.backbones import load_backbone
-    from bench.engine import RunContext, resolve_device, run_method, seed_everything, selection_metric, set_threads
+    from bench.devices import resolve_device
+    from bench.engine import RunContext, run_method, seed_everything, selection_metric, set_threads
     from bench.registry import BACKBONES, create_method
 
     set_threads(cfg.ray.trial_resources(method).cpu)
@@ -53,7 +54,7 @@ def _search_trial(params: dict[str, Any], cfg: BenchConfig, data: Any, method: s
     def report(record: dict[str, Any]) -> None:
         epoch = record["epoch"] + 1
         metrics = {"selection_metric": record["selection_metric"], "best_selection_metric": record["best_metric"], "epoch": epoch}
-        _report_epoch(metrics, run_dir, epoch)
+        report_epoch(metrics, run_dir, epoch)
 
     ctx = RunContext(
         run_dir=run_dir, seed=cfg.tune.search_seed, device=device, protocol=cfg.protocol.name, amp=cfg.engine.amp,

@@ -42,7 +42,8 @@ def execute_run(
     """Do one run: load the backbone, build the method, train/fit, evaluate, write the result."""
     import torch
 
-    from bench.engine import resolve_device, set_threads
+    from bench.devices import resolve_device
+    from bench.engine import set_threads
 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()

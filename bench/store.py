@@ -164,13 +164,12 @@ def check_artifacts(run_dir: Path, result: RunResult, *, full: bool = False) -> 
             raise CorruptResultError(f"{path}: damaged: its sha256 differs from the one {RESULT} recorded")
 
 
-def verify_run(run_dir: Path, result: RunResult, *, full: bool = False, recompute: bool = True) -> dict[str, np.ndarray]:
-    """Artifacts present and intact, scores.npz readable with the record's shapes and (``recompute``) every metric
-    recomputed from it; returns the scores."""
+def verify_run(run_dir: Path, result: RunResult, *, full: bool = False) -> dict[str, np.ndarray]:
+    """Artifacts present and intact, scores.npz readable with the record's shapes and every metric recomputed from
+    it; returns the scores."""
     check_artifacts(run_dir, result, full=full)
     scores = read_scores(run_dir)
-    if recompute:
-        check_scores(result, scores, run_dir / SCORES)
+    check_scores(result, scores, run_dir / SCORES)
     return scores
 
 
@@ -209,7 +208,9 @@ def iter_results(results: Path, verify: bool = False) -> Iterator[tuple[Path, Ru
         try:
             result = read_result(run_dir)
             if verify:
-                verify_run(run_dir, result, recompute=False)
+                check_artifacts(run_dir, result)
+                if SCORES not in result.artifact_sha256:  # an older record without hashes: parse its scores instead
+                    read_scores(run_dir)
             yield run_dir, result
         except CorruptResultError as err:
             yield run_dir, err

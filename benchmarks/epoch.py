@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from bench.backbones import load_backbone
     from bench.datasets.base import Split
     from bench.datasets.images import Listing, materialize
-    from bench.engine import RunContext, resolve_device, train_epoch
+    from bench.devices import resolve_device
+    from bench.engine import RunContext, train_epoch
     from bench.registry import BACKBONES, METHODS
 
     device = resolve_device(args.device)

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from bench.tools import reference_step as speed
-    from bench.engine import resolve_device
+    from bench.devices import resolve_device
 
     device = resolve_device(args.device)
     if args.threads:

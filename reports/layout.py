@@ -194,14 +194,18 @@ def display_label(label: str, display_name: object = None) -> str:
     return display_name + label[len(base_method(label)):]
 
 
+def _shown_cell(r: pd.Series, split: str, metric: str) -> Cell:
+    """A summary row's cell as a table shows it: no spread for one run or a deterministic method (no "± 0.00")."""
+    cell = _cell(r, split, metric)
+    return Cell(cell.mean, None) if int(r["n"]) == 1 or bool(r.get("deterministic", False)) else cell
+
+
 def _reproduced_row(r: pd.Series, label: str, family: str, columns: list[tuple[str, str]], primary: str) -> Row:
-    once = int(r["n"]) == 1 or bool(r.get("deterministic", False))  # no spread to show: no "± 0.00"
-    cells = [_cell(r, split, metric) for split, metric in columns]
     return Row(
         label=label,
         family=family,
         params_m=r["params_learnable"] / 1e6,
-        cells=[Cell(c.mean, None) for c in cells] if once else cells,
+        cells=[_shown_cell(r, split, metric) for split, metric in columns],
         method=r["method"],
         n=int(r["n"]),
         deterministic=bool(r.get("deterministic", False)),
@@ -393,9 +397,7 @@ def emotion_table(summary: pd.DataFrame, reference: bool) -> list[PaperTable]:
                 Row(label=display_label(r["method"], r.get("display_name")), family=family_of(r["method"], r.get("family")),
                     params_m=r["params_learnable"] / 1e6, cells=[Cell(None) for _ in keys], method=r["method"]),
             )
-            cell = _cell(r, "test", "accuracy")
-            once = int(r["n"]) == 1 or bool(r.get("deterministic", False))
-            row.cells[keys.index((r["dataset"], r["manifest_sha256"]))] = Cell(cell.mean, None) if once else cell
+            row.cells[keys.index((r["dataset"], r["manifest_sha256"]))] = _shown_cell(r, "test", "accuracy")
             row.n = int(r["n"])
             if len(keys) == 1:  # the bootstrap compares within one dataset
                 row.p_value = _p_value(r, "accuracy")
