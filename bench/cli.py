@@ -42,17 +42,24 @@ err = Console(stderr=True, soft_wrap=True)
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="bench.toml to use (default: ./bench.toml, else built-in defaults).")]
 ResultsOpt = Annotated[Optional[Path], typer.Option("--results", help="Results folder (overrides paths.results).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any bench.toml key: --set methods.linear-probe.refine_steps=2")]
+PretrainedOpt = Annotated[Optional[str], typer.Option("--pretrained", help="The backbone's weights: an open_clip tag (laion2b_s34b_b88k), a checkpoint file, local-dir:DIR or none (random); sets backbones.<backbone>.pretrained.")]
 
 
 def _load(config: Path | None, results: Path | None = None, sets: list[str] | None = None, sections: bool = True,
-          values: dict[str, object] | None = None, **suite: object) -> BenchConfig:
+          values: dict[str, object] | None = None, pretrained: str | None = None, pretrained_for: str = "suite",
+          **suite: object) -> BenchConfig:
     """The config with ``--set`` strings (parsed as TOML values), typed ``values`` (CLI paths and numbers, never
-    re-parsed: a path may hold quotes or backslashes) and the suite flags applied."""
+    re-parsed: a path may hold quotes or backslashes) and the suite flags applied; ``--pretrained`` sets
+    ``backbones.<name>.pretrained`` of the backbone ``[<pretrained_for>]`` then runs on (a recorded override)."""
+    from bench.config import backbone_key, configured_backbone
+
     overrides: dict[str, object] = dict(parse_override(s) for s in sets or [])
     overrides.update(values or {})
     if results is not None:
         overrides["paths.results"] = str(results.resolve())
     overrides.update({f"suite.{k}": v for k, v in suite.items() if v is not None})
+    if pretrained is not None:
+        overrides[backbone_key(configured_backbone(config, overrides, pretrained_for))] = pretrained
     return load_config(config, overrides, sections=sections)
 
 
@@ -70,6 +77,7 @@ def run(
     protocol: Annotated[Optional[Literal["val-threshold", "intclip-code"]], typer.Option("--protocol", help="Overrides protocol.name: val-threshold (default) or intclip-code (epoch chosen on test, as the released code).")] = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Existing Ray cluster ('auto', 'ray://host:10001'); also RAY_ADDRESS.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress (off: one line per event, for logs).")] = True,
+    pretrained: PretrainedOpt = None,
 ) -> None:
     """Train and evaluate every method x dataset x seed that has no result yet, then print the table."""
     from bench.suite import run_suite
@@ -91,6 +99,7 @@ def run(
         seeds=parse_int_list(seeds, "--seeds") if seeds else None,
         backbone=backbone,
         executor=executor,
+        pretrained=pretrained,
     )
 
     if not progress:
@@ -125,6 +134,8 @@ def tune(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Existing Ray cluster (an address, or 'auto' for the one on this machine); also RAY_ADDRESS.")] = None,
+    backbone: Annotated[Optional[str], typer.Option("--backbone", "-b", help="Backbone name (see `bench ls backbones`); overrides suite.backbone.")] = None,
+    pretrained: PretrainedOpt = None,
 ) -> None:
     """Search hyperparameters on val (Optuna TPE + ASHA on Ray Tune), then refit the best over the seeds."""
     from bench.tune import run_tune
@@ -133,7 +144,7 @@ def tune(
     METHODS.check(method)
     DATASETS.check(dataset)
     overrides = list(sets or []) + ([f"tune.num_samples={num_samples}"] if num_samples else [])
-    cfg = _load(config, results, overrides)
+    cfg = _load(config, results, overrides, backbone=backbone, pretrained=pretrained)
     summary = run_tune(cfg, method, dataset, err, ray_address)
     _print_runs(cfg, set(summary["refit_run_ids"]))  # the refit's results, as `bench run` prints them
     err.print(
@@ -154,6 +165,8 @@ def report(
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Paired-bootstrap resamples vs the best method (0: off).", min=0)] = 1000,
     reference: Annotated[bool, typer.Option("--reference", help="latex/html: add the paper's rows and a reproduced-minus-paper column.")] = False,
     standalone: Annotated[bool, typer.Option("--standalone", help="latex: a complete document that compiles on its own.")] = False,
+    columns: Annotated[Optional[Literal["test", "val", "both"]], typer.Option("--columns", help="latex/html: the splits every paper table shows (default: as the paper, Table 1 test and val, the others test).")] = None,
+    metrics: Annotated[Optional[str], typer.Option("--metrics", help="latex/html: comma-separated metric columns, e.g. macro_f1,mAP (default: the paper's; a table keeps those of its task).")] = None,
     results: ResultsOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -164,10 +177,13 @@ def report(
         raise BenchError("--standalone applies to --format latex only")
     if reference and fmt not in ("latex", "html"):
         raise BenchError("--reference applies to --format latex and html")
+    if (columns or metrics) and fmt not in ("latex", "html"):
+        raise BenchError("--columns and --metrics apply to --format latex and html (md and csv list every metric)")
     from bench.api import render_report
 
     cfg = _load(config, results, sections=False)  # reads results only: no method module (and no torch) is imported
-    text, n_runs = render_report(cfg, fmt, bootstrap, reference, standalone, warn=lambda m: err.print(f"[yellow]{escape(m)}[/]"))
+    text, n_runs = render_report(cfg, fmt, bootstrap, reference, standalone, warn=lambda m: err.print(f"[yellow]{escape(m)}[/]"),
+                                 columns=columns, metrics=parse_name_list(metrics) if metrics else None)
     if output is None:
         sys.stdout.write(text)
     else:
@@ -187,6 +203,8 @@ def leaderboard(
     tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Flag drops larger than this many points.", min=0)] = None,
     run: Annotated[bool, typer.Option("--run/--no-run", help="--no-run: only regenerate the site from the stored results.")] = True,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Existing Ray cluster (an address, or 'auto' for the one on this machine); also RAY_ADDRESS.")] = None,
+    backbone: Annotated[Optional[str], typer.Option("--backbone", "-b", help="Backbone name; overrides leaderboard.backbone.")] = None,
+    pretrained: PretrainedOpt = None,
 ) -> None:
     """The nightly job: run what is missing of the \\[leaderboard] suite, regenerate the site (index + one page per
     dataset), record a dated history entry and flag regressions. Exit 3 when a regression is flagged, 1 when runs
@@ -198,7 +216,9 @@ def leaderboard(
         values["leaderboard.site"] = str(site.resolve())
     if tolerance is not None:
         values["leaderboard.tolerance"] = tolerance
-    cfg = _load(config, results, sets, sections=run, values=values)
+    if backbone is not None:
+        values["leaderboard.backbone"] = backbone
+    cfg = _load(config, results, sets, sections=run, values=values, pretrained=pretrained, pretrained_for="leaderboard")
     outcome = run_leaderboard(cfg, err, ray_address, run=run)
     s = outcome.site
     err.print(
@@ -223,6 +243,9 @@ def ls(
     """List registered methods, datasets, backbones, or the runs in the result store."""
     from bench.registry import REGISTRIES
 
+    if what == "backbones":
+        _ls_backbones(pattern)
+        return
     if what in REGISTRIES:
         registry = REGISTRIES[what]
         names = registry.names()
@@ -246,6 +269,22 @@ def ls(
                 f"{rec.run_id}  {rec.method.name:<14} {rec.dataset.name:<12} {rec.backbone['name']:<10} {'deterministic' if rec.seed is None else f'seed {rec.seed}'}  "
                 f"test {main_metric} {100 * rec.metrics.test[main_metric]:.2f}"
             )
+
+
+def _ls_backbones(pattern: str) -> None:
+    """The registered backbones, then open_clip's models: towers, pretrained tags, the methods that run on each."""
+    from rich.table import Table
+
+    from bench.backbones import backbone_rows
+    from bench.registry import BACKBONES, METHODS
+
+    table = Table(title="Backbones (also any hf-hub:org/name; --backbone NAME --pretrained TAG|PATH|local-dir:DIR|none)")
+    for col in ("name", "image tower", "text tower", "pretrained (default first)", "methods"):
+        table.add_column(col, overflow="fold")
+    for r in backbone_rows(BACKBONES, METHODS, pattern):
+        name = f"[bold]{escape(r['name'])}[/]" if r["registered"] else escape(r["name"])
+        table.add_row(name, r["image_tower"], r["text_tower"], escape(", ".join(r["tags"]) or "-"), ", ".join(r["methods"]))
+    out.print(table)
 
 
 @app.command()
