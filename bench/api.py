@@ -14,13 +14,14 @@ them, as the command line skips them with a message.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 
 from bench.config import BenchConfig, load_config
+from bench.errors import BenchError
 
 ReportFormat = Literal["md", "csv", "latex", "html"]
 
@@ -99,8 +100,17 @@ def run(
 
 
 def render_report(cfg: BenchConfig, fmt: ReportFormat, bootstrap: int = 1000, reference: bool = False,
-                  standalone: bool = False, warn: Callable[[str], None] | None = None) -> tuple[str, int]:
-    """The text of a report on ``cfg``'s result store, and how many runs it covers (the command line's too)."""
+                  standalone: bool = False, warn: Callable[[str], None] | None = None, columns: str | None = None,
+                  metrics: Sequence[str] | None = None) -> tuple[str, int]:
+    """The text of a report on ``cfg``'s result store, and how many runs it covers (the command line's too).
+    ``columns`` ("test", "val", "both") and ``metrics`` choose the paper tables' columns (LaTeX, HTML; see
+    :class:`bench.reports.layout.TableOptions`)."""
+    from bench.reports.layout import TableOptions
+
+    try:
+        options = TableOptions(columns, tuple(metrics) if metrics else None)
+    except ValueError as err:
+        raise BenchError(str(err)) from None
     from bench.reports import tables
 
     records = _records(cfg.paths.results, warn)
@@ -113,7 +123,7 @@ def render_report(cfg: BenchConfig, fmt: ReportFormat, bootstrap: int = 1000, re
         return tables.to_csv(summary), len(records)
     from bench.reports import layout
 
-    paper = layout.paper_tables(summary, reference=reference)
+    paper = layout.paper_tables(summary, reference=reference, options=options)
     if fmt == "latex":
         from bench.reports.latex import to_latex
 
@@ -126,9 +136,11 @@ def render_report(cfg: BenchConfig, fmt: ReportFormat, bootstrap: int = 1000, re
 
 
 def report(results: Path | str = "results", format: ReportFormat = "md", *, bootstrap: int = 1000,
-           reference: bool = False, standalone: bool = False) -> str:
+           reference: bool = False, standalone: bool = False, columns: str | None = None,
+           metrics: Sequence[str] | None = None) -> str:
     """The text `bench report --format <format>` writes for the store at ``results``: Markdown or CSV summaries, the
     paper's tables in LaTeX (``standalone``: a whole document) or one self-contained HTML page (``reference``: with
-    the paper's rows; LaTeX and HTML). ``bootstrap`` resamples for the significance column (0: none)."""
+    the paper's rows; LaTeX and HTML). ``bootstrap`` resamples for the significance column (0: none); ``columns`` and
+    ``metrics`` choose the paper tables' columns, as ``--columns``/``--metrics`` do."""
     cfg = load_config(None, {"paths.results": str(Path(results).resolve())}, sections=False)
-    return render_report(cfg, format, bootstrap, reference, standalone)[0]
+    return render_report(cfg, format, bootstrap, reference, standalone, columns=columns, metrics=metrics)[0]

@@ -73,8 +73,10 @@ class Symbol:
     name: str
 
 
-QUOTE_OPEN, QUOTE_CLOSE, DELTA, DAGGER, GE = (Symbol(n) for n in ("quote_open", "quote_close", "delta", "dagger", "ge"))
-UNICODE_SYMBOLS = {"quote_open": "\u201c", "quote_close": "\u201d", "delta": "\u0394", "dagger": "\u2020", "ge": "\u2265"}
+QUOTE_OPEN, QUOTE_CLOSE, DELTA, DAGGER, GE, PLUS_MINUS = (
+    Symbol(n) for n in ("quote_open", "quote_close", "delta", "dagger", "ge", "plus_minus"))
+UNICODE_SYMBOLS = {"quote_open": "\u201c", "quote_close": "\u201d", "delta": "\u0394", "dagger": "\u2020", "ge": "\u2265",
+                   "plus_minus": "\u00b1"}
 
 
 def render_caption(caption: list[str | Symbol], symbols: dict[str, str], escape=lambda text: text) -> str:

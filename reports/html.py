@@ -1,4 +1,5 @@
-"""Self-contained HTML reports: sortable tables, per-class bars, training curves and run provenance.
+"""Self-contained HTML reports: sortable, ranked tables with CSV/JSON downloads, the plots of ``reports.plots`` (one
+colour per method), the leaderboard's history and run provenance.
 
 Everything is inline (CSS, a few lines of JS, SVG plots drawn by matplotlib as paths), so a page opens from disk or
 any static host and makes no request. Reads result records and the summary only; no torch.
@@ -6,25 +7,21 @@ any static host and makes no request. Reads result records and the summary only;
 
 from __future__ import annotations
 
-import io
 import json
 import re
-from collections import defaultdict
 from datetime import datetime, timezone
 from importlib import resources
 
 import jinja2
-import numpy as np
 import pandas as pd
 
-from bench.reports.escape import PLOT_RC, UNICODE_SYMBOLS, render_caption
-from bench.reports.layout import PaperTable
+from bench.reports import plots
+from bench.reports.downloads import downloads, table_records
+from bench.reports.escape import UNICODE_SYMBOLS, render_caption
+from bench.reports.layout import PRIMARY, PaperTable
 from bench.reports.significance import format_p
 from bench.reports.tables import GROUP_KEYS
 from bench.schema import RunResult
-
-PLOT_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-
 
 def _environment() -> jinja2.Environment:
     loader = jinja2.FunctionLoader(lambda name: resources.files("bench.reports").joinpath("templates", name).read_text())
@@ -39,105 +36,6 @@ def _environment() -> jinja2.Environment:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
-
-
-def svg(fig) -> str:
-    """A matplotlib figure as inline SVG: text drawn as paths, no external references, no timestamp."""
-    import matplotlib
-
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": "bench", **PLOT_RC}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": "bench"})
-    text = buf.getvalue()
-    return text[text.index("<svg") :]
-
-
-def _plain_text(plot):
-    """Build the figure with mathtext off: class keys and method names are drawn as written (``$x$`` included)."""
-    import functools
-
-    @functools.wraps(plot)
-    def wrapped(*args, **kwargs):
-        import matplotlib
-
-        with matplotlib.rc_context(PLOT_RC):
-            return plot(*args, **kwargs)
-
-    return wrapped
-
-
-def _records_of(group_info: dict, records: list[RunResult]) -> list[RunResult]:
-    return [
-        r
-        for r in records
-        if r.dataset.name == group_info["dataset"]
-        and r.dataset.manifest_sha256 == group_info["manifest_sha256"]
-        and r.protocol.name == group_info["protocol"]
-        and r.backbone["name"] == group_info["backbone"]
-    ]
-
-
-@_plain_text
-def per_class_plot(group_info: dict, records: list[RunResult], run_methods: dict[str, str]) -> str | None:
-    """Grouped bars: per-class test F1 (multilabel) or accuracy (multiclass), mean over seeds, one bar per method."""
-    from matplotlib.figure import Figure
-
-    runs = _records_of(group_info, records)
-    if not runs:
-        return None
-    key = "f1" if group_info["task"] == "multilabel" else "accuracy"
-    by_method: dict[str, list[list[float]]] = defaultdict(list)
-    for r in runs:
-        values = r.metrics.per_class.get("test", {}).get(key)
-        if values:
-            by_method[run_methods.get(r.run_id, r.method.name)].append(values)
-    if not by_method:
-        return None
-    classes = runs[0].dataset.class_keys
-    methods = list(by_method)
-    width = 0.8 / len(methods)
-    fig = Figure(figsize=(max(6.0, 0.45 * len(classes) * max(1, len(methods) / 3)), 3.2))
-    ax = fig.subplots()
-    x = np.arange(len(classes))
-    for i, m in enumerate(methods):
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, 100 * np.mean(by_method[m], axis=0), width, label=m, color=PLOT_COLORS[i % len(PLOT_COLORS)])
-    ax.set_xticks(x, classes, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel(f"test {'F1' if key == 'f1' else 'accuracy'} (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncols=min(4, len(methods)), loc="upper left", frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    return svg(fig)
-
-
-@_plain_text
-def curves_plot(group_info: dict, records: list[RunResult], run_methods: dict[str, str]) -> str | None:
-    """Val selection metric per epoch, one line per method (mean over seeds) with the seeds' range shaded."""
-    from matplotlib.figure import Figure
-
-    curves: dict[str, list[list[float]]] = defaultdict(list)
-    split = "val"
-    for r in _records_of(group_info, records):
-        history = [h for h in r.training.history if "selection_metric" in h]
-        if len(history) > 1:
-            curves[run_methods.get(r.run_id, r.method.name)].append([100 * h["selection_metric"] for h in history])
-            split = history[0].get("selection_split", split)
-    if not curves:
-        return None
-    fig = Figure(figsize=(6.0, 3.0))
-    ax = fig.subplots()
-    for i, (m, lines) in enumerate(curves.items()):
-        n = min(len(line) for line in lines)
-        values = np.array([line[:n] for line in lines])
-        epochs = np.arange(1, n + 1)
-        color = PLOT_COLORS[i % len(PLOT_COLORS)]
-        ax.plot(epochs, values.mean(axis=0), label=m, color=color, marker="o", markersize=3)
-        if len(lines) > 1:
-            ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15, linewidth=0)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{split} selection metric (%)")
-    ax.legend(fontsize=7, frameon=False)
-    ax.grid(alpha=0.3)
-    return svg(fig)
 
 
 def _run_rows(records: list[RunResult], run_methods: dict[str, str]) -> list[dict]:
@@ -191,6 +89,25 @@ def method_labels(summary: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def _run_downloads(runs: list[dict]) -> dict[str, str]:
+    return downloads([{k: v for k, v in r.items() if k != "details"} for r in runs])
+
+
+def _group_plots(summary: pd.DataFrame, records: list[RunResult], labels: dict[str, str], colors: dict[str, str], per_run: bool) -> list[dict]:
+    """Per dataset group: score against learnable parameters (from the summary), and with ``per_run`` the per-class
+    bars and training curves (from the records)."""
+    groups = []
+    for info in groups_of(summary):
+        metric = PRIMARY.get(info["task"], "macro_f1")
+        groups.append({
+            "title": f"{info['dataset']} · {info['backbone']} · {info['protocol']} · manifest {str(info['manifest_sha256'])[:12]}",
+            "params": plots.params_plot(info, summary, metric, colors),
+            "per_class": plots.per_class_plot(info, records, labels, colors) if per_run else None,
+            "curves": plots.curves_plot(info, records, labels, colors) if per_run else None,
+        })
+    return groups
+
+
 def render_page(
     title: str,
     tables: list[PaperTable],
@@ -201,29 +118,34 @@ def render_page(
     nav: list[tuple[str, str]] | None = None,
     history: list[dict] | None = None,
     leaderboard: dict | None = None,
-    plots: bool = True,
+    plots_per_run: bool = True,
+    colors: dict[str, str] | None = None,
 ) -> str:
-    """One self-contained page: the tables, then per dataset group the per-class bars and training curves, then
-    every run's provenance."""
+    """One self-contained page: the tables (each with CSV/JSON downloads), then per dataset group the plots, the
+    leaderboard's history (table and trend per dataset), then every run's provenance. ``colors``: method label ->
+    colour, shared by every page of a site (default: from this page's summary)."""
     labels = method_labels(summary)
-    groups = []
-    if plots:
-        for info in groups_of(summary):
-            groups.append(
-                {
-                    "title": f"{info['dataset']} · {info['backbone']} · {info['protocol']} · manifest {str(info['manifest_sha256'])[:12]}",
-                    "per_class": per_class_plot(info, records, labels),
-                    "curves": curves_plot(info, records, labels),
-                }
-            )
+    colors = colors or plots.method_colors(summary["method"] if not summary.empty else [])
+    groups = _group_plots(summary, records, labels, colors, plots_per_run)
+    history = history or []
+    datasets = list(dict.fromkeys(summary["dataset"])) if not summary.empty else []
+    trends = [(d, plots.history_plot(history, d, colors)) for d in datasets] if history else []
+    runs = _run_rows(records, labels)
     return _environment().get_template("page.html.j2").render(
         title=title,
         subtitle=subtitle,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        tables=tables,
+        tables=[(t, downloads(table_records(t))) for t in tables],
         groups=groups,
-        runs=_run_rows(records, labels),
+        runs=runs,
+        runs_download=_run_downloads(runs) if runs else None,
         nav=nav or [],
-        history=history or [],
+        history=[_history_row(h) for h in reversed(history)],
+        trends=[(d, s) for d, s in trends if s],
         leaderboard=leaderboard,
     )
+
+
+def _history_row(h: dict) -> dict:
+    return {"stamp": h["stamp"], "entries": len(h.get("entries", {})), "regressions": len(h.get("regressions", [])),
+            "git": str(h.get("git_sha") or "")[:10]}

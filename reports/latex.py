@@ -12,15 +12,21 @@ from bench.reports.escape import latex as escape
 from bench.reports.escape import render_caption
 from bench.reports.layout import PaperTable, Row
 
-def _number(value: float, std: float | None, mark: str | None) -> str:
-    body = f"{value:.2f}"
+def _number(value: float, std: float | None, mark: str | None) -> list[str]:
+    """A metric cell as three tabular cells: integer part, fraction (the column puts the decimal point between them,
+    so every number of a column aligns on it) and the spread."""
+    whole, frac = f"{value:.2f}".split(".")
     if mark == "best":
-        body = rf"\textbf{{{body}}}"
+        whole, frac = rf"\textbf{{{whole}}}", rf"\textbf{{{frac}}}"
     elif mark == "second":
-        body = rf"\underline{{{body}}}"
-    if std is not None:
-        body += rf"{{\scriptsize$\pm${std:.2f}}}"
-    return body
+        whole, frac = rf"\underline{{{whole}}}", rf"\underline{{{frac}}}"
+    spread = rf"{{\scriptsize$\pm${std:.2f}}}" if std is not None else ""
+    return [whole, frac, spread]
+
+
+# one metric column = integer part, decimal point, fraction, spread: numbers align on their decimal points
+METRIC_SPEC = "r@{.}l@{\\,}l"
+MISSING = r"\multicolumn{3}{c}{--}"
 
 
 def params_text(millions: float | None) -> str:
@@ -48,29 +54,36 @@ def _row(table: PaperTable, index: int, row: Row) -> str:
         cells.append(params_text(row.params_m))
     for c, cell in enumerate(row.cells):
         if cell.mean is None:
-            cells.append("-")
+            cells.append(MISSING)
             continue
         mark = "best" if index in table.best.get(c, ()) else "second" if index in table.second.get(c, ()) else None
-        cells.append(_number(cell.mean, cell.std, mark))
+        cells.extend(_number(cell.mean, cell.std, mark))
     for c in table.delta_columns:
         cells.append(_signed(row.deltas[c]) if c in row.deltas else "")
     return " & ".join(cells) + r" \\"
 
 
-def table_latex(table: PaperTable, env: str = "table*") -> str:
-    """One booktabs table: column blocks (Test / Val, or one per dataset), family groups, paper rows if any."""
+def environment(table: PaperTable) -> str:
+    """``table`` (one column of a two-column paper) for up to five number columns, else ``table*`` (both)."""
+    return "table" if len(table.columns) + len(table.delta_columns) <= 5 else "table*"
+
+
+def table_latex(table: PaperTable, env: str | None = None) -> str:
+    """One booktabs table: column blocks (Test / Val, or one per dataset), family groups, paper rows if any.
+    ``env``: the float (default: :func:`environment`)."""
+    env = env or environment(table)
     lead = 2 if table.show_params else 1
-    n_cols = lead + len(table.columns) + len(table.delta_columns)
-    spec = "l" + ("r" if table.show_params else "") + "c" * len(table.columns) + "r" * len(table.delta_columns)
+    n_cols = lead + 3 * len(table.columns) + len(table.delta_columns)
+    spec = "l" + ("r" if table.show_params else "") + METRIC_SPEC * len(table.columns) + "r" * len(table.delta_columns)
     top = [""] * lead
     rules = []
     start = lead + 1
     for name, span in table.blocks:
-        top.append(rf"\multicolumn{{{span}}}{{c}}{{{escape(name)}}}")
-        rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
-        start += span
+        top.append(rf"\multicolumn{{{3 * span}}}{{c}}{{{escape(name)}}}")
+        rules.append(rf"\cmidrule(lr){{{start}-{start + 3 * span - 1}}}")
+        start += 3 * span
     top += [""] * len(table.delta_columns)
-    header = ["Method"] + ([r"\#P (M)"] if table.show_params else []) + [escape(c.label) for c in table.columns]
+    header = ["Method"] + ([r"\#P (M)"] if table.show_params else []) + [rf"\multicolumn{{3}}{{c}}{{{escape(c.label)}}}" for c in table.columns]
     header += [rf"$\Delta$ {escape(table.columns[c].block)}" if len(table.delta_columns) > 1 else r"$\Delta$" for c in table.delta_columns]
     label = re.sub(r"[^a-z0-9]+", "-", f"bench-{table.key}-{table.info.get('dataset', '')}-{table.info.get('backbone', '')}-{table.info.get('protocol', '')}".lower())
     lines = [
@@ -100,7 +113,8 @@ def table_latex(table: PaperTable, env: str = "table*") -> str:
 # a table wider than the text shrinks to it; a narrower one keeps its natural size (never scaled up)
 SHRINK_ONLY = r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}"
 
-LATEX_SYMBOLS = {"quote_open": "``", "quote_close": "''", "delta": r"$\Delta$", "dagger": r"$\dagger$", "ge": r"$\ge$"}
+LATEX_SYMBOLS = {"quote_open": "``", "quote_close": "''", "delta": r"$\Delta$", "dagger": r"$\dagger$", "ge": r"$\ge$",
+                 "plus_minus": r"$\pm$"}
 
 
 def _caption_text(table: PaperTable) -> str:
@@ -113,8 +127,7 @@ def to_latex(tables: list[PaperTable], standalone: bool = False) -> str:
     if not tables:
         body = "% no results\n"
     else:
-        env = "table" if standalone else "table*"
-        body = "\n".join(table_latex(t, env) for t in tables)
+        body = "\n".join(table_latex(t, "table" if standalone else None) for t in tables)
     if not standalone:
         return "% generated by `bench report --format latex`; needs \\usepackage{booktabs} and \\usepackage{graphicx}\n" + body
 

@@ -15,77 +15,45 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 
 import pandas as pd
 
-from bench.reports.escape import DAGGER, DELTA, GE, QUOTE_CLOSE, QUOTE_OPEN, Symbol
-from bench.reports.tables import FAMILIES, GROUP_KEYS, METRIC_LABELS
+from bench.reports.escape import DAGGER, DELTA, GE, PLUS_MINUS, QUOTE_CLOSE, QUOTE_OPEN, Symbol
+from bench.reports.paper import ABLATIONS, PAPER_DATASET, REFERENCE_FAMILIES, TABLE1_REFERENCE, Ablation, reference_frame  # noqa: F401 (re-exported)
+from bench.reports.tables import FAMILIES, GROUP_KEYS, METRIC_LABELS, TABLE_METRICS
 
 PRIMARY = {"multilabel": "macro_f1", "multiclass": "accuracy"}
 MULTILABEL_COLUMNS = ("macro_f1", "micro_f1", "samples_f1", "mAP")
-PAPER_DATASET = {"intentonomy": "Intentonomy", "emotionroi": "EmotionROI", "fi": "FI", "synthetic": "Synthetic intentions"}  # and their order
-
-# Paper rows of Table 1 that a reproduced method corresponds to (dataset intentonomy), by backbone for IntCLIP.
-TABLE1_REFERENCE = {
-    "query2label": {"*": "Query2Label"},
-    "dualcoop": {"*": "DualCoOp"},
-    "intclip": {"RN101": "IntCLIP (RN101)", "ViT-B-32": "IntCLIP (ViT-B/32)"},
-    "intclip-official": {"RN101": "IntCLIP (RN101)", "ViT-B-32": "IntCLIP (ViT-B/32)"},
-}
-REFERENCE_FAMILIES = {"multi-label": "Paper: multi-label methods", "intention": "Paper: intention methods", "ours": "Paper: IntCLIP"}
+SPLIT_CHOICES = ("test", "val", "both")
 
 
 @dataclass(frozen=True)
-class Ablation:
-    key: str
-    title: str
-    rows: tuple[tuple[str, tuple[str, ...], str | None], ...]  # (label, method names (first present wins), paper label)
+class TableOptions:
+    """What the tables show. ``columns``: "test", "val" or "both" splits in every table (None: as the paper, Table 1
+    test and val, Tables 2-6a test). ``metrics``: the metric columns, in this order (None: the paper's); a table
+    keeps those of its task (Macro/Micro/Samples F1 and mAP for multi-label tables, accuracy and mean-class
+    accuracy for Table 6a) and its default when none of them is of its task."""
 
+    columns: str | None = None
+    metrics: tuple[str, ...] | None = None
 
-# The paper's "w/o HCI" row (Table 2) has the numbers of its "Consolidation" row (Table 3): consolidated names.
-ABLATIONS = (
-    Ablation(
-        "table2",
-        "Component ablation (Table 2)",
-        (
-            ("w/o HCI", ("intclip:consolidated",), "w/o HCI"),
-            ("w/o SA", ("intclip:no-sa",), "w/o SA"),
-            ("w/o SIE, SA", ("intclip:no-sie-sa",), "w/o SIE, SA"),
-            ("Full IntCLIP", ("intclip",), "Full IntCLIP"),
-        ),
-    ),
-    Ablation(
-        "table3",
-        "Class text (Table 3)",
-        (
-            ("Fine-grained names", ("intclip:no-hci",), "Fine-Grained"),
-            ("Consolidated names", ("intclip:consolidated",), "Consolidation"),
-            # the shipped sentences are 5-11 words, 24 of 28 of 6-9: the paper's 6-9-word row is the like-for-like one
-            # (the paper's best row, 11-15 words, is the sentence set behind its Full IntCLIP numbers: not the shipped one)
-            ("HCI sentences (6-9 words)", ("intclip",), "HCI by LLM 6-9"),
-        ),
-    ),
-    Ablation(
-        "table4",
-        "Image encoder: branches x trained layers (Table 4)",
-        tuple(
-            (f"{b.capitalize()} / {t_label}", (f"intclip:{b}-{t}",) + (("intclip",) if (b, t) == ("dual", "semantic") else ()), f"{b.capitalize()} / {t_ref}")
-            for b in ("single", "dual")
-            for t, t_label, t_ref in (("none", "none trained", "none trained"), ("all", "all trained", "all trained"), ("semantic", "semantic layers", "semantic layers"))
-        ),
-    ),
-    Ablation(
-        "table5",
-        "Fusion of the two branches (Table 5)",
-        (
-            ("Add", ("intclip:fusion-add", "intclip:no-sa"), None),
-            ("Concat + MLP", ("intclip:fusion-concat-mlp",), None),
-            ("SA (IntCLIP)", ("intclip",), None),
-        ),
-    ),
-)
+    def __post_init__(self) -> None:
+        if self.columns is not None and self.columns not in SPLIT_CHOICES:
+            raise ValueError(f"columns {self.columns!r}: expected one of {', '.join(SPLIT_CHOICES)}")
+        known = list(dict.fromkeys(m for task in TABLE_METRICS.values() for m in task))
+        unknown = [m for m in self.metrics or () if m not in known]
+        if unknown:
+            raise ValueError(f"metrics {', '.join(map(repr, unknown))}: expected some of {', '.join(known)}")
+
+    def splits(self, paper: tuple[str, ...]) -> tuple[str, ...]:
+        if self.columns is None:
+            return paper
+        return ("test", "val") if self.columns == "both" else (self.columns,)
+
+    def metrics_of(self, task: str) -> tuple[str, ...]:
+        default = MULTILABEL_COLUMNS if task == "multilabel" else (PRIMARY[task],)
+        chosen = tuple(m for m in self.metrics or () if m in TABLE_METRICS[task])
+        return chosen or default
 
 
 @dataclass
@@ -131,6 +99,7 @@ class PaperTable:
     show_params: bool = True
     best: dict[int, set[int]] = field(default_factory=dict)  # column -> row indices
     second: dict[int, set[int]] = field(default_factory=dict)
+    ranks: dict[int, int] = field(default_factory=dict)  # row index -> rank by the first column (reproduced rows)
 
     @property
     def families(self) -> list[str]:
@@ -166,11 +135,6 @@ def family_of(label: str, declared: str | None = None) -> str:
     return "Other methods"
 
 
-@cache
-def reference_frame() -> pd.DataFrame:
-    """The paper's numbers (percent), shipped with the package (copied from shared/reference)."""
-    with resources.files("bench.reports").joinpath("reference/intclip_eccv2024_tables.csv").open() as f:
-        return pd.read_csv(f)
 
 
 def _cell(row: pd.Series, split: str, metric: str) -> Cell:
@@ -245,8 +209,11 @@ def _paper_value(table: str, method: str, split: str, metric: str, dataset: str 
 
 def mark_best(table: PaperTable) -> PaperTable:
     """Bold the best and underline the second best value of every column, compared as printed (two decimals),
-    among the reproduced rows; ties share the mark."""
+    among the reproduced rows; ties share the mark. Rank the reproduced rows by the first column, as printed
+    (ties share a rank, the next rank skips: 1, 2, 2, 4)."""
     table.best, table.second = {}, {}
+    first = {i: round(r.cells[0].mean, 2) for i, r in enumerate(table.rows) if not r.reference and r.cells and r.cells[0].mean is not None}
+    table.ranks = {i: 1 + sum(1 for v in first.values() if v > value) for i, value in first.items()}
     for c in range(len(table.columns)):
         values = {i: round(r.cells[c].mean, 2) for i, r in enumerate(table.rows) if not r.reference and r.cells[c].mean is not None}
         ranked = sorted(set(values.values()), reverse=True)
@@ -265,21 +232,26 @@ def _protocol_note(info: dict) -> str:
     return f" {protocol.caption}" if protocol else f" Protocol {info.get('protocol')}."
 
 
-def _seed_note(rows: list[Row]) -> str:
+def _seed_note(rows: list[Row]) -> list[str | Symbol]:
     seeded = [r for r in rows if not r.reference and r.n and not r.deterministic]
     note = " Deterministic methods (no randomness of their own) run once, without std." if any(r.deterministic for r in rows if not r.reference) else ""
     ns = sorted({r.n for r in seeded})
     if not ns:
-        return note
+        return [note]
     if ns == [1]:
-        return " One seed per row (no std)." + note
-    seeds = f" Mean $\\pm$ std over {ns[0]} seeds." if len(ns) == 1 else f" Mean $\\pm$ std over {ns[0]}-{ns[-1]} seeds (n per row in the HTML report)."
-    return seeds + note
+        return [" One seed per row (no std)." + note]
+    seeds = f" std over {ns[0]} seeds." if len(ns) == 1 else f" std over {ns[0]}-{ns[-1]} seeds (n per row in the HTML report)."
+    return [" Mean ", PLUS_MINUS, seeds + note]
 
 
-def table1(group: pd.DataFrame, info: dict, reference: bool) -> PaperTable:
+def _delta_metric(columns: list[tuple[str, str]]) -> str:
+    split, metric = columns[0]
+    return f"{split} {METRIC_LABELS[metric]}"
+
+
+def table1(group: pd.DataFrame, info: dict, reference: bool, options: TableOptions = TableOptions()) -> PaperTable:
     """Table 1 layout for one dataset x backbone x protocol group of the summary (multilabel)."""
-    columns = [(split, m) for split in ("test", "val") for m in MULTILABEL_COLUMNS]
+    columns = [(split, m) for split in options.splits(("test", "val")) for m in options.metrics_of("multilabel")]
     ablation_only = {m for a in ABLATIONS for _, names, _ in a.rows for m in names if ":" in m}
     rows = []
     family_rank = {family: i for i, (family, _) in enumerate(FAMILIES)}
@@ -299,7 +271,7 @@ def table1(group: pd.DataFrame, info: dict, reference: bool) -> PaperTable:
         if reference and info["dataset"] == "intentonomy":
             paper = TABLE1_REFERENCE.get(base_method(r["method"]), {})
             paper_label = paper.get(info["backbone"], paper.get("*"))
-            value = _paper_value("table1", paper_label, "test", "macro_f1") if paper_label else None
+            value = _paper_value("table1", paper_label, *columns[0]) if paper_label else None
             if value is not None and row.cells[0].mean is not None:
                 row.deltas[0] = row.cells[0].mean - value
         rows.append(row)
@@ -317,15 +289,15 @@ def table1(group: pd.DataFrame, info: dict, reference: bool) -> PaperTable:
             table.delta_columns = [0]
         else:
             table.info = {**info, "reference_note": f"The paper reports no numbers for dataset {info['dataset']!r}."}
-    table.caption = _caption(table, "#P: learnable parameters (millions).")
+    table.caption = _caption(table, "#P: learnable parameters (millions).", _delta_metric(columns))
     return mark_best(table)
 
 
-def _caption(table: PaperTable, first: str, delta_metric: str = "test Macro F1") -> list[str | Symbol]:
+def _caption(table: PaperTable, first: str, delta_metric: str) -> list[str | Symbol]:
     info = table.info
     parts: list[str | Symbol] = [
-        f"{table.title}. {first}{_seed_note(table.rows)}"
-        f" Bold: best, underlined: second best among reproduced rows.{_protocol_note(info)}"
+        f"{table.title}. {first}", *_seed_note(table.rows),
+        f" Bold: best, underlined: second best among reproduced rows.{_protocol_note(info)}",
     ]
     if info.get("manifest_sha256"):
         parts.append(f" Dataset manifest {str(info['manifest_sha256'])[:12]}.")
@@ -340,10 +312,10 @@ def _caption(table: PaperTable, first: str, delta_metric: str = "test Macro F1")
     return parts
 
 
-def ablation_tables(group: pd.DataFrame, info: dict, reference: bool) -> list[PaperTable]:
+def ablation_tables(group: pd.DataFrame, info: dict, reference: bool, options: TableOptions = TableOptions()) -> list[PaperTable]:
     """Tables 2-5 for one multilabel group, each only when an ablation variant of it has results."""
     by_method = {base_method(m): r for m, (_, r) in zip(group["method"], group.iterrows()) if m == base_method(m)}
-    columns = [("test", m) for m in MULTILABEL_COLUMNS]
+    columns = [(split, m) for split in options.splits(("test",)) for m in options.metrics_of("multilabel")]
     tables = []
     for ablation in ABLATIONS:
         variants = [names for _, names, _ in ablation.rows if any(":" in n for n in names)]
@@ -358,7 +330,7 @@ def ablation_tables(group: pd.DataFrame, info: dict, reference: bool) -> list[Pa
             row.method = present
             row.p_value, row.bootstrap_reference = None, False  # the bootstrap compares against the best of the whole group
             if reference and paper_label and info["dataset"] == "intentonomy":
-                value = _paper_value(ablation.key, paper_label, "test", "macro_f1")
+                value = _paper_value(ablation.key, paper_label, *columns[0])
                 if value is not None and row.cells[0].mean is not None:
                     row.deltas[0] = row.cells[0].mean - value
             rows.append(row)
@@ -366,7 +338,7 @@ def ablation_tables(group: pd.DataFrame, info: dict, reference: bool) -> list[Pa
             key=ablation.key,
             title=f"{ablation.title}: {PAPER_DATASET.get(info['dataset'], info['dataset'])}, backbone {info['backbone']}",
             caption=[],
-            columns=[Column(METRIC_LABELS[m], "Test") for _, m in columns],
+            columns=[Column(METRIC_LABELS[m], split.capitalize()) for split, m in columns],
             rows=rows,
             info=info,
             show_params=True,
@@ -375,29 +347,34 @@ def ablation_tables(group: pd.DataFrame, info: dict, reference: bool) -> list[Pa
             wanted = [p for _, _, p in ablation.rows if p]
             table.rows += _reference_rows(ablation.key, wanted, columns, family="Paper")
             table.delta_columns = [0]
-        table.caption = _caption(table, "Test metrics, as in the paper.")
+        shown = "Test metrics, as in the paper." if {s for s, _ in columns} == {"test"} else "The paper reports test metrics."
+        table.caption = _caption(table, shown, _delta_metric(columns))
         tables.append(mark_best(table))
     return tables
 
 
-def emotion_table(summary: pd.DataFrame, reference: bool) -> list[PaperTable]:
-    """Table 6a: test accuracy, one column per multiclass dataset, per backbone x protocol."""
+def emotion_table(summary: pd.DataFrame, reference: bool, options: TableOptions = TableOptions()) -> list[PaperTable]:
+    """Table 6a: test accuracy, one column block per multiclass dataset, per backbone x protocol."""
     multiclass = summary[summary["task"] == "multiclass"]
+    splits, metrics = options.splits(("test",)), options.metrics_of("multiclass")
     tables = []
     for (backbone, protocol), group in multiclass.groupby(["backbone", "protocol"], sort=False):
-        # one column per dataset version: results of different manifests are never mixed into one column
+        # one block per dataset version: results of different manifests are never mixed into one column
         keys = sorted(dict.fromkeys(zip(group["dataset"], group["manifest_sha256"])), key=lambda k: (k[0] not in PAPER_DATASET, list(PAPER_DATASET).index(k[0]) if k[0] in PAPER_DATASET else 0, k))
         versions = pd.Series([d for d, _ in keys]).value_counts()
         datasets = [d for d, _ in keys]
-        blocks = [PAPER_DATASET.get(d, d) + (f" [{m[:8]}]" if versions[d] > 1 else "") for d, m in keys]
+        columns = [(key, split, m) for key in keys for split in splits for m in metrics]
+        suffix = (lambda split: f" ({split})") if len(splits) > 1 else (lambda split: "")
         rows: dict[str, Row] = {}
         for _, r in group.iterrows():
             row = rows.setdefault(
                 r["method"],
                 Row(label=display_label(r["method"], r.get("display_name")), family=family_of(r["method"], r.get("family")),
-                    params_m=r["params_learnable"] / 1e6, cells=[Cell(None) for _ in keys], method=r["method"]),
+                    params_m=r["params_learnable"] / 1e6, cells=[Cell(None) for _ in columns], method=r["method"]),
             )
-            row.cells[keys.index((r["dataset"], r["manifest_sha256"]))] = _shown_cell(r, "test", "accuracy")
+            for c, (key, split, m) in enumerate(columns):
+                if key == (r["dataset"], r["manifest_sha256"]):
+                    row.cells[c] = _shown_cell(r, split, m)
             row.n = int(r["n"])
             if len(keys) == 1:  # the bootstrap compares within one dataset
                 row.p_value = _p_value(r, "accuracy")
@@ -410,30 +387,38 @@ def emotion_table(summary: pd.DataFrame, reference: bool) -> list[PaperTable]:
             key="table6a",
             title=f"Image emotion recognition accuracy (as the paper's Table 6a), backbone {backbone}",
             caption=[],
-            columns=[Column("Acc", b) for b in blocks],
+            columns=[Column(METRIC_LABELS[m] + suffix(split), PAPER_DATASET.get(d, d) + (f" [{h[:8]}]" if versions[d] > 1 else ""))
+                     for (d, h), split, m in columns],
             rows=list(body),
             info={"backbone": backbone, "protocol": protocol, "dataset": ",".join(datasets), "task": "multiclass", "manifest_sha256": ""},
         )
         if reference and {"emotionroi", "fi"} & set(datasets):  # (a second version of a dataset gets no paper row)
-            ref = reference_frame()
-            ref = ref[ref["table"] == "table6a"]
-            for method, g in ref.groupby("method", sort=False):
-                values = dict(zip(g["dataset"], g["value"]))
-                table.rows.append(Row(label=method, family="Paper", params_m=None, cells=[Cell(values.get(d)) for d in datasets], reference=True))
-            paper = "IntCLIP (R101)"
-            for row in body:
-                if base_method(row.method).split(":")[0] in ("intclip", "intclip-official") and backbone == "RN101":
-                    for c, d in enumerate(datasets):
-                        value = _paper_value("table6a", paper, "test", "accuracy", d)
-                        if value is not None and row.cells[c].mean is not None:
-                            row.deltas[c] = row.cells[c].mean - value
-            table.delta_columns = [c for c, d in enumerate(datasets) if d in ("emotionroi", "fi")]
-        table.caption = _caption(table, "Test accuracy (%).", delta_metric="test accuracy")
+            _emotion_reference(table, body, columns, backbone)
+        shown = "Test accuracy (%)." if (splits, metrics) == (("test",), ("accuracy",)) else "Percent; the paper reports test accuracy."
+        table.caption = _caption(table, shown, delta_metric="test accuracy")
         tables.append(mark_best(table))
     return tables
 
 
-def paper_tables(summary: pd.DataFrame, reference: bool = False) -> list[PaperTable]:
+def _emotion_reference(table: PaperTable, body: list[Row], columns: list[tuple], backbone: str) -> None:
+    """The paper's Table 6a rows (test accuracy) and reproduced-minus-paper for IntCLIP on RN101."""
+    ref = reference_frame()
+    ref = ref[ref["table"] == "table6a"]
+    paper_columns = [c for c, ((d, _), split, m) in enumerate(columns) if (split, m) == ("test", "accuracy") and d in ("emotionroi", "fi")]
+    for method, g in ref.groupby("method", sort=False):
+        values = dict(zip(g["dataset"], g["value"]))
+        cells = [Cell(values.get(d)) if c in paper_columns else Cell(None) for c, ((d, _), _, _) in enumerate(columns)]
+        table.rows.append(Row(label=method, family="Paper", params_m=None, cells=cells, reference=True))
+    for row in body:
+        if base_method(row.method).split(":")[0] in ("intclip", "intclip-official") and backbone == "RN101":
+            for c in paper_columns:
+                value = _paper_value("table6a", "IntCLIP (R101)", "test", "accuracy", columns[c][0][0])
+                if value is not None and row.cells[c].mean is not None:
+                    row.deltas[c] = row.cells[c].mean - value
+    table.delta_columns = paper_columns
+
+
+def paper_tables(summary: pd.DataFrame, reference: bool = False, options: TableOptions = TableOptions()) -> list[PaperTable]:
     """Every table of the report: Table 1 and its ablations per multilabel group, then Table 6a."""
     if summary.empty:
         return []
@@ -442,7 +427,7 @@ def paper_tables(summary: pd.DataFrame, reference: bool = False) -> list[PaperTa
         info = dict(zip(GROUP_KEYS, keys))
         if info["task"] != "multilabel":
             continue
-        tables.append(table1(group, info, reference))
-        tables.extend(ablation_tables(group, info, reference))
-    tables.extend(emotion_table(summary, reference))
+        tables.append(table1(group, info, reference, options))
+        tables.extend(ablation_tables(group, info, reference, options))
+    tables.extend(emotion_table(summary, reference, options))
     return tables

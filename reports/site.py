@@ -17,6 +17,7 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.io import atomic_write_bytes
 from bench.reports import layout
+from bench.reports import plots
 from bench.reports.html import render_page, slug
 from bench.schema import RunResult
 
@@ -114,11 +115,11 @@ def _annotate(tables: list[layout.PaperTable], changes: dict[str, float], regres
             row.regression = key in regressed
 
 
-def _tables_per_dataset(summary: pd.DataFrame) -> dict[str, list[layout.PaperTable]]:
+def _tables_per_dataset(summary: pd.DataFrame, options: layout.TableOptions = layout.TableOptions()) -> dict[str, list[layout.PaperTable]]:
     """The paper tables of each dataset on its own (Table 6a gets one column, so each row has one change)."""
     out = {}
     for dataset, part in summary.groupby("dataset", sort=False):
-        tables = layout.paper_tables(part.reset_index(drop=True))
+        tables = layout.paper_tables(part.reset_index(drop=True), options=options)
         for t in tables:
             if t.key == "table6a":
                 t.info["manifest_sha256"] = part["manifest_sha256"].iloc[0]
@@ -162,23 +163,26 @@ def build_site(
 
     regressed = {r["key"] for r in regressions}
     lb = {"tolerance": tolerance, "previous": record["previous"], "regressions": regressions}
-    rows = [{"stamp": h["stamp"], "entries": len(h["entries"]), "regressions": len(h.get("regressions", [])), "git": str(h.get("git_sha") or "")[:10]} for h in history + [record]]
     per_dataset = _tables_per_dataset(summary) if not summary.empty else {}
     nav = [("index.html", "Overview")] + [(f"{slug(d)}.html", d) for d in per_dataset]
     subtitle = f"primary metric: {split} {metric if metric != 'auto' else 'macro F1 (accuracy for single-label datasets)'}; regeneration {stamp}"
-    index_tables = []
-    for dataset, tables in per_dataset.items():
+    index_tables = []  # the overview: each dataset's main table on the leaderboard's split (the pages have both)
+    for dataset, tables in (_tables_per_dataset(summary, layout.TableOptions(split)) if not summary.empty else {}).items():
         main = [t for t in tables if t.key in ("table1", "table6a")]
         _annotate(main, changes, regressed)
         index_tables += main
-    index = render_page("Leaderboard", index_tables, summary, [], subtitle=subtitle, nav=nav, history=list(reversed(rows)), leaderboard=lb, plots=False)
+    colors = plots.method_colors(summary["method"] if not summary.empty else [])  # one colour per method, every page
+    everything = history + [record]
+    index = render_page("Leaderboard", index_tables, summary, [], subtitle=subtitle, nav=nav, history=everything,
+                        leaderboard=lb, plots_per_run=False, colors=colors)
     _write(site / "index.html", index)
     outcome.pages.append(site / "index.html")
     for dataset, tables in per_dataset.items():
         _annotate(tables, changes, regressed)
         part = summary[summary["dataset"] == dataset].reset_index(drop=True)
         runs = [r for r in records if r.dataset.name == dataset]
-        page = render_page(f"Leaderboard: {dataset}", tables, part, runs, subtitle=subtitle, nav=nav, leaderboard=lb)
+        page = render_page(f"Leaderboard: {dataset}", tables, part, runs, subtitle=subtitle, nav=nav, leaderboard=lb,
+                           history=everything, colors=colors)
         path = site / f"{slug(dataset)}.html"
         _write(path, page)
         outcome.pages.append(path)

@@ -45,7 +45,30 @@ def _summary(root: Path, bootstrap: int = 0):
 def _cells(tex: str, label: str) -> list[str]:
     line = next(line for line in tex.splitlines() if line.startswith(label + " &") or line.startswith(label + "$^\\dagger$ &"))
     assert line.endswith(" \\\\")
-    return [c.strip() for c in line.removesuffix(" \\\\").split(" & ")]
+    raw = [c.strip() for c in line.removesuffix(" \\\\").split(" & ")]
+    return raw[:2] + _joined_numbers(raw[2:])
+
+
+def _joined_numbers(cells: list[str]) -> list[str]:
+    """A metric is three tabular cells (integer part, fraction, spread; the decimal point is the column's): one
+    logical cell again, as written before the split ("\\textbf{40.00}{\\scriptsize$\\pm$0.10}", "-" when missing).
+    Delta cells (they hold their own decimal point, or are empty) follow the metrics."""
+    out, i = [], 0
+    while i < len(cells):
+        cell = cells[i]
+        if cell == r"\multicolumn{3}{c}{--}":
+            out.append("-")
+            i += 1
+        elif "." in cell or not cell:  # a delta
+            out.append(cell)
+            i += 1
+        else:
+            whole, frac, spread = cells[i : i + 3]
+            mark = re.match(r"\\(textbf|underline)\{(\d+)\}", whole)
+            number = rf"\{mark[1]}{{{mark[2]}.{frac[len(mark[1]) + 2:-1]}}}" if mark else f"{whole}.{frac}"
+            out.append(number + spread)
+            i += 3
+    return out
 
 
 def test_bold_best_and_underlined_second_follow_the_numbers(tmp_path):
@@ -276,3 +299,106 @@ def test_latex_is_paper_ready_in_a_two_column_article(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
     log = (tmp_path / "paper.log").read_text(errors="replace")
     assert "Overfull \\hbox" not in log, log[log.index("Overfull"):][:500]
+
+
+def test_columns_and_metrics_choose_the_paper_tables_columns(tmp_path):
+    results = _store(tmp_path / "results", extra_methods=("intclip:no-sa",))
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", "--results", str(results), "--format", "latex", "--bootstrap", "0",
+                              "--columns", "val", "--metrics", "mAP,macro_f1"])
+    assert res.exit_code == 0, res.output
+    tex = res.stdout
+    # Table 1, 2 and 5 (the no-sa variant is in both): val only, mAP then Macro F1, in that order
+    assert tex.count(r"\multicolumn{6}{c}{Val}") == 3 and "Test" not in tex
+    header = next(line for line in tex.splitlines() if line.startswith("Method &"))
+    assert header == r"Method & \#P (M) & \multicolumn{3}{c}{mAP} & \multicolumn{3}{c}{Macro F1} \\"
+    # dualcoop's val macro F1 (0.41) is the best of the column, intclip's 0.38 the last
+    spread = r"{\scriptsize$\pm$0.00}"  # two seeds, the same values
+    assert _cells(tex, "dualcoop")[3] == r"\textbf{41.00}" + spread and _cells(tex, "intclip")[3] == "38.00" + spread
+    # two number columns: a single-column float; the default Table 1 (eight columns) spans both columns
+    assert tex.count(r"\begin{table}[t]") == 3 and r"\begin{table*}" not in tex
+    default = runner.invoke(app, ["report", "--results", str(results), "--format", "latex", "--bootstrap", "0"]).stdout
+    assert r"\begin{table*}[t]" in default and r"\begin{table}[t]" in default  # Table 1 both, Table 2 (test) one
+    # bad choices name the value and what is allowed
+    res = runner.invoke(app, ["report", "--results", str(results), "--format", "latex", "--metrics", "macro_f1,top5"])
+    assert res.exit_code == 1 and "metrics 'top5': expected some of macro_f1, micro_f1, samples_f1, mAP" in str(res.exception)
+    res = runner.invoke(app, ["report", "--results", str(results), "--format", "latex", "--columns", "train"])
+    assert res.exit_code == 2 and "'train' is not one of" in res.output
+    res = runner.invoke(app, ["report", "--results", str(results), "--format", "md", "--columns", "test"])
+    assert res.exit_code == 1 and "--columns and --metrics apply to --format latex and html" in str(res.exception)
+    # the Python API takes the same choices
+    from bench.api import report
+
+    assert report(results, format="latex", bootstrap=0, columns="val", metrics=["mAP", "macro_f1"]) == tex
+
+
+def test_numbers_align_on_their_decimal_point(tmp_path):
+    """Each metric is an integer cell, the column's own decimal point and a fraction cell (dcolumn's idea, with
+    no package): 9.50 and 40.00 line up at the point, and the spread sits after the fraction."""
+    make_run(tmp_path, "intclip", 0, test={"macro_f1": 0.095})
+    make_run(tmp_path, "intclip", 1, test={"macro_f1": 0.095})
+    make_run(tmp_path, "dualcoop", 0, test={"macro_f1": 0.40})
+    make_run(tmp_path, "dualcoop", 1, test={"macro_f1": 0.42})
+    tex = to_latex(layout.paper_tables(_summary(tmp_path), options=layout.TableOptions("test", ("macro_f1",))))
+    assert r"\begin{tabular}{lrr@{.}l@{\,}l}" in tex
+    assert r"\textbf{41} & \textbf{00} & {\scriptsize$\pm$1.41}" in tex
+    assert next(line for line in tex.splitlines() if line.startswith("intclip &")).endswith(
+        r"& \underline{9} & \underline{50} & {\scriptsize$\pm$0.00} \\")
+
+
+def _dagger_shown(table) -> tuple[bool, bool]:
+    from bench.reports.escape import DAGGER
+
+    return DAGGER in table.caption, any(r.p_value is not None and r.p_value >= 0.05 for r in table.rows)
+
+
+def test_the_dagger_is_explained_exactly_when_a_row_carries_it(tmp_path):
+    for seed in (0, 1):
+        make_run(tmp_path, "intclip", seed, quality=0.6, config={"lr": 1})
+        make_run(tmp_path, "intclip-official", seed, quality=0.6, config={"lr": 1})  # same scores: not below
+        make_run(tmp_path, "label-prior", seed, quality=0.0)
+        make_run(tmp_path, "intclip:no-sa", seed, quality=0.6, config={"lr": 1})
+    paper = layout.paper_tables(_summary(tmp_path, bootstrap=200))
+    assert [t.key for t in paper] == ["table1", "table2", "table5"]
+    assert [_dagger_shown(t) for t in paper] == [(True, True), (False, False), (False, False)]  # ablations: no p
+    tex = to_latex(paper)
+    captions = [line for line in tex.splitlines() if line.startswith(r"\caption{")]
+    assert [r"$\dagger$" in c for c in captions] == [True, False, False]
+    marked = [line.split(" & ")[0] for line in tex.splitlines() if r"$^\dagger$ &" in line]
+    assert len(marked) == 1 and marked[0].startswith("intclip")  # the copy that is not the reference
+
+
+@pytest.mark.skipif(not (shutil.which("pdflatex") and shutil.which("pdftoppm")), reason="pdflatex/pdftoppm not installed (.ci/run installs them)")
+def test_single_column_table1_renders_inside_its_column(tmp_path):
+    """`--columns test` Table 1 with the paper's rows and the Δ column in a two-column 10 pt article: pdflatex
+    reports no overfull box, and on the rendered page (a PNG a person can open: tmp_path/page-1.png) every dark
+    pixel of the table lies inside the left text column."""
+    from PIL import Image
+
+    results = _store(tmp_path / "results")
+    out = tmp_path / "tables.tex"
+    res = CliRunner().invoke(app, ["report", "--results", str(results), "--format", "latex", "--reference", "--bootstrap", "0",
+                                   "--columns", "test", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.read_text().count(r"\begin{table}[t]") == 1
+    # the caption's ± is LaTeX's (it was printed as the escaped text "$\pm$")
+    assert r"Mean $\pm$ std over 2 seeds." in out.read_text() and r"\$\textbackslash{}pm\$" not in out.read_text()
+    (tmp_path / "paper.tex").write_text("\n".join([
+        r"\documentclass[10pt,twocolumn]{article}", r"\usepackage{booktabs}", r"\usepackage{graphicx}",
+        r"\pagestyle{empty}", r"\begin{document}", r"\input{tables}",
+        r"\typeout{GEOMETRY \the\oddsidemargin\space\the\hoffset\space\the\columnwidth}", r"\end{document}", ""]))
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    log = (tmp_path / "paper.log").read_text(errors="replace")
+    assert "Overfull" not in log and "Float too large" not in log
+    subprocess.run(["pdftoppm", "-png", "-r", "72", "-f", "1", "-l", "1", "paper.pdf", "page"], cwd=tmp_path, check=True, timeout=60)
+    page = Image.open(next(tmp_path.glob("page-*1.png"))).convert("L")
+    dark = page.point(lambda v: 255 if v < 128 else 0).getbbox()
+    assert dark is not None
+    # the left column, from LaTeX's own geometry (points; 72.27 pt = 1 in = 72 px here)
+    odd, hoffset, column = (float(v) for v in re.search(r"GEOMETRY ([\d.]+)pt ([-\d.]+)pt ([\d.]+)pt", log).groups())
+    start = (72.27 + odd + hoffset) * 72 / 72.27
+    end = start + column * 72 / 72.27
+    assert start - 2 <= dark[0] and dark[2] <= end + 2, (dark, start, end)
+    assert dark[2] - dark[0] > 0.9 * (end - start)  # it does fill the column (drawn at all, and shrunk to it)
