@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from bench.reports.escape import latex as escape
@@ -13,9 +14,10 @@ from bench.reports.escape import render_caption
 from bench.reports.layout import PaperTable, Row
 
 def _number(value: float, std: float | None, mark: str | None) -> list[str]:
-    """A metric cell as three tabular cells: integer part, fraction (the column puts the decimal point between them,
-    so every number of a column aligns on it) and the spread."""
+    """A metric cell as three tabular cells: integer part with the decimal point (right-aligned), fraction
+    (left-aligned), so every number of a column aligns on its point, and the spread."""
     whole, frac = f"{value:.2f}".split(".")
+    whole += "."  # the point belongs to the integer cell: a mark (bold, underline) runs on unbroken
     if mark == "best":
         whole, frac = rf"\textbf{{{whole}}}", rf"\textbf{{{frac}}}"
     elif mark == "second":
@@ -24,8 +26,8 @@ def _number(value: float, std: float | None, mark: str | None) -> list[str]:
     return [whole, frac, spread]
 
 
-# one metric column = integer part, decimal point, fraction, spread: numbers align on their decimal points
-METRIC_SPEC = "r@{.}l@{\\,}l"
+# one metric column = integer part and point, fraction, spread: numbers align on their decimal points
+METRIC_SPEC = "r@{}l@{\\,}l"
 MISSING = r"\multicolumn{3}{c}{--}"
 
 
@@ -38,7 +40,9 @@ def params_text(millions: float | None) -> str:
         return "0"
     if millions >= 10:
         return f"{millions:.1f}"
-    return f"{millions:.2f}" if millions >= 0.1 else f"{millions:.2g}"
+    if millions >= 0.1:
+        return f"{millions:.2f}"
+    return f"{millions:.{1 - math.floor(math.log10(millions))}f}"  # two significant digits, never 1.2e-05
 
 
 def _signed(value: float) -> str:

@@ -50,22 +50,22 @@ def _cells(tex: str, label: str) -> list[str]:
 
 
 def _joined_numbers(cells: list[str]) -> list[str]:
-    """A metric is three tabular cells (integer part, fraction, spread; the decimal point is the column's): one
-    logical cell again, as written before the split ("\\textbf{40.00}{\\scriptsize$\\pm$0.10}", "-" when missing).
-    Delta cells (they hold their own decimal point, or are empty) follow the metrics."""
+    """A metric is three tabular cells (integer part with the point, fraction, spread): one logical cell again, as
+    written before the split ("\\textbf{40.00}{\\scriptsize$\\pm$0.10}", "-" when missing). Delta cells follow."""
     out, i = [], 0
     while i < len(cells):
         cell = cells[i]
+        whole = re.fullmatch(r"(?:\\(textbf|underline)\{)?(\d+)\.\}?", cell)
         if cell == r"\multicolumn{3}{c}{--}":
             out.append("-")
             i += 1
-        elif "." in cell or not cell:  # a delta
+        elif whole is None:  # a delta (or an empty delta cell)
             out.append(cell)
             i += 1
         else:
-            whole, frac, spread = cells[i : i + 3]
-            mark = re.match(r"\\(textbf|underline)\{(\d+)\}", whole)
-            number = rf"\{mark[1]}{{{mark[2]}.{frac[len(mark[1]) + 2:-1]}}}" if mark else f"{whole}.{frac}"
+            frac, spread = cells[i + 1 : i + 3]
+            mark = whole[1]
+            number = rf"\{mark}{{{whole[2]}.{frac[len(mark) + 2:-1]}}}" if mark else f"{whole[2]}.{frac}"
             out.append(number + spread)
             i += 3
     return out
@@ -333,17 +333,17 @@ def test_columns_and_metrics_choose_the_paper_tables_columns(tmp_path):
 
 
 def test_numbers_align_on_their_decimal_point(tmp_path):
-    """Each metric is an integer cell, the column's own decimal point and a fraction cell (dcolumn's idea, with
-    no package): 9.50 and 40.00 line up at the point, and the spread sits after the fraction."""
+    """Each metric is an integer cell ending in the point (right-aligned) and a fraction cell (left-aligned),
+    dcolumn's idea with no package: 9.50 and 40.00 line up at the point, and the spread sits after the fraction."""
     make_run(tmp_path, "intclip", 0, test={"macro_f1": 0.095})
     make_run(tmp_path, "intclip", 1, test={"macro_f1": 0.095})
     make_run(tmp_path, "dualcoop", 0, test={"macro_f1": 0.40})
     make_run(tmp_path, "dualcoop", 1, test={"macro_f1": 0.42})
     tex = to_latex(layout.paper_tables(_summary(tmp_path), options=layout.TableOptions("test", ("macro_f1",))))
-    assert r"\begin{tabular}{lrr@{.}l@{\,}l}" in tex
-    assert r"\textbf{41} & \textbf{00} & {\scriptsize$\pm$1.41}" in tex
+    assert r"\begin{tabular}{lrr@{}l@{\,}l}" in tex
+    assert r"\textbf{41.} & \textbf{00} & {\scriptsize$\pm$1.41}" in tex
     assert next(line for line in tex.splitlines() if line.startswith("intclip &")).endswith(
-        r"& \underline{9} & \underline{50} & {\scriptsize$\pm$0.00} \\")
+        r"& \underline{9.} & \underline{50} & {\scriptsize$\pm$0.00} \\")
 
 
 def _dagger_shown(table) -> tuple[bool, bool]:
@@ -402,3 +402,10 @@ def test_single_column_table1_renders_inside_its_column(tmp_path):
     end = start + column * 72 / 72.27
     assert start - 2 <= dark[0] and dark[2] <= end + 2, (dark, start, end)
     assert dark[2] - dark[0] > 0.9 * (end - start)  # it does fill the column (drawn at all, and shrunk to it)
+
+
+def test_learnable_parameters_print_as_a_paper_prints_them():
+    from bench.reports.latex import params_text
+
+    values = (0, 0.000012, 0.00078, 0.0013, 0.025, 0.409, 1.16, 82.4, None)
+    assert [params_text(v) for v in values] == ["0", "0.000012", "0.00078", "0.0013", "0.025", "0.41", "1.16", "82.4", "-"]
