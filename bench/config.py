@@ -325,6 +325,13 @@ def _check_names(cfg: BenchConfig, sections: bool = True) -> None:
                 raise ConfigError(f"{where}: {section}: {err}") from None
     if not sections:
         return
+    for section, name in (("suite.backbone", cfg.suite.backbone), ("leaderboard.backbone", cfg.leaderboard.backbone)):
+        if name and name not in BACKBONES.names():  # an open_clip model or hub repo: its weights must be known
+            from bench.backbones import weights_problem
+
+            problem = weights_problem(BACKBONES.get(name), cfg.backbone_pretrained(name))
+            if problem:
+                raise ConfigError(f"{where}: {section}: {problem}")
     for name in dict.fromkeys([*cfg.suite.methods, *cfg.methods]):  # the typed configs the suite will use
         cfg.method_config(name)
     for backbone, section in cfg.backbones.items():
@@ -339,35 +346,60 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
     the repository's bench.toml, with relative paths under the current folder) and apply ``overrides`` given as
     dotted keys (``{"suite.seeds": [0, 1]}``), then validate everything once (the ``[methods.*]``/``[datasets.*]``
     sections by their own config classes unless ``sections`` is false)."""
-    source: Path | None = None
-    data: dict[str, Any] = {}
-    builtin = False
-    if path is None:
-        if Path("bench.toml").is_file():
-            path = Path("bench.toml")
-        else:
-            path, builtin = DEFAULT_CONFIG, True
-    if path is not None:
-        source = Path(path).resolve()
-        if not source.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = tomllib.loads(source.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{source}: not valid TOML: {err}") from None
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"{source}: not UTF-8 text: {err}") from None
-    for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
-    base = Path.cwd() if builtin or source is None else source.parent
+    source, data, builtin = _read(path, overrides)
+    base = Path.cwd() if builtin else source.parent
     cfg = parse_config(data, source, base=base, sections=sections)
     cfg.builtin = builtin
     cfg.overrides = dict(overrides or {})
     return cfg
 
 
+def _read(path: Path | str | None, overrides: dict[str, Any] | None) -> tuple[Path, dict[str, Any], bool]:
+    """(the config file, its TOML with ``overrides`` applied, whether it is the built-in defaults)."""
+    builtin = False
+    if path is None:
+        if Path("bench.toml").is_file():
+            path = Path("bench.toml")
+        else:
+            path, builtin = DEFAULT_CONFIG, True
+    source = Path(path).resolve()
+    if not source.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{source}: not UTF-8 text: {err}") from None
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    return source, data, builtin
+
+
+def configured_backbone(path: Path | str | None, overrides: dict[str, Any] | None = None, section: str = "suite") -> str:
+    """The backbone a command will use, read before the config is validated (``--pretrained`` applies to it):
+    ``[<section>].backbone`` after ``overrides``, else ``[suite]``'s, else the default."""
+    data = _read(path, overrides)[1]
+    for name in (section, "suite"):
+        value = data.get(name, {}).get("backbone") if isinstance(data.get(name), dict) else None
+        if isinstance(value, str):
+            return value
+    return SuiteConfig.model_fields["backbone"].default
+
+
+def split_key(key: str) -> list[str]:
+    """A dotted key's parts; a part in double quotes may hold dots (``backbones."ViT-L-14-336".pretrained``)."""
+    return [p[1:-1] if len(p) > 1 and p[0] == p[-1] == '"' else p for p in re.findall(r'"[^"]*"|[^.]+', key)]
+
+
+def backbone_key(name: str, key: str = "pretrained") -> str:
+    """The dotted override key of ``[backbones.<name>]``'s ``key`` (the name quoted when it holds a dot)."""
+    part = f'"{name}"' if "." in name else name
+    return f"backbones.{part}.{key}"
+
+
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
+    parts = split_key(key)
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})

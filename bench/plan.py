@@ -62,13 +62,12 @@ class SuiteOutcome:
 
 def backbone_image_size(backbone: str) -> int:
     """The input resolution of a backbone, from its open_clip config (no weights loaded)."""
-    import open_clip
-
     from bench.backbones import _run_setup
+    from bench.openclip_models import model_config
 
     spec = BACKBONES.get(backbone)
     _run_setup(spec)
-    size = open_clip.get_model_config(spec.model_name)["vision_cfg"]["image_size"]
+    size = model_config(spec.model_name)["vision_cfg"]["image_size"]  # an hf-hub repo's: from the HF cache
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
@@ -101,13 +100,18 @@ def load_dataset(cfg: BenchConfig, name: str, image_size: int, overrides: dict[s
 def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tuple[list[PlannedRun], dict[str, Any]]:
     """Resolve every run of the suite; loads each dataset once (its manifest hash is part of the run id)."""
     suite = cfg.suite
+    from bench.backbones import architecture, spec_towers, weights_identity
+    from bench.openclip_models import unsupported
+
+    spec = BACKBONES.get(suite.backbone)
+    towers = spec_towers(spec)  # from the open_clip config (an hf-hub repo's from the HF cache): nothing loaded yet
     for method in suite.methods:
         cls = METHODS.get(method)
         if not any(fnmatch.fnmatchcase(suite.backbone, pat) for pat in cls.supported_backbones):
             raise ConfigError(f"method {method!r} does not support backbone {suite.backbone!r} (supports {cls.supported_backbones})")
-    from bench.backbones import architecture, weights_identity
-
-    spec = BACKBONES.get(suite.backbone)
+        reason = unsupported(cls, *towers)
+        if reason:
+            raise ConfigError(f"method {method!r} cannot run on backbone {suite.backbone!r}: {reason}")
     weights = weights_identity(spec, cfg.backbone_pretrained(suite.backbone), cfg.paths.weights)
     backbone = {"name": suite.backbone, "pretrained": cfg.backbone_pretrained(suite.backbone), "weights": weights,
                 "architecture": architecture(spec, cfg.backbone_pretrained(suite.backbone))}

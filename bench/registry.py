@@ -141,7 +141,40 @@ DATASETS = Registry(
     group="bench.datasets",
 )
 
-BACKBONES = Registry(
+class BackboneRegistry(Registry):
+    """The registered backbones, plus every open_clip model name (``open_clip.list_models()``, configs added with
+    ``open_clip.add_model_config`` included) and every ``hf-hub:org/name``, resolved into a spec on use by
+    :func:`bench.backbones.resolve_spec` (a registered name always wins)."""
+
+    def _resolve(self, name: str) -> Any:
+        from bench.backbones import resolve_spec
+
+        return resolve_spec(name)
+
+    def check(self, name: str) -> str:
+        self._discover()
+        if name in self._targets or self._resolve(name) is not None:
+            return name
+        import open_clip
+
+        close = difflib.get_close_matches(name, [*self._targets, *open_clip.list_models()], n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownNameError(
+            f"unknown backbone {name!r}{hint} (registered: {', '.join(self.names())}; or any open_clip model name or "
+            "hf-hub:org/name, see `bench ls backbones`)"
+        )
+
+    def get(self, name: str) -> Any:
+        if name in self._targets:
+            return super().get(name)
+        self.check(name)
+        return self._resolve(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (super().__contains__(name) or self._resolve(name) is not None)
+
+
+BACKBONES = BackboneRegistry(
     "backbone",
     {
         "tiny-clip": "bench.backbones:TINY_CLIP",
@@ -156,5 +189,14 @@ REGISTRIES = {"methods": METHODS, "datasets": DATASETS, "backbones": BACKBONES}
 
 def create_method(name: str, config, backbone, data, device):
     """The one place a method is built (the runner, Ray search trials and ``bench params`` call it): the registered
-    class of ``name`` (a variant too) with its validated ``config`` on ``backbone`` for ``data``'s task."""
-    return METHODS.get(name)(config, backbone, data, device)
+    class of ``name`` (a variant too) with its validated ``config`` on ``backbone`` for ``data``'s task. A backbone
+    whose towers the method cannot read (read from the built model: an ``hf-hub:`` config is known only once loaded)
+    fails here, before anything is built."""
+    from bench.errors import ConfigError
+    from bench.openclip_models import model_towers, unsupported
+
+    cls = METHODS.get(name)
+    reason = unsupported(cls, *model_towers(backbone.model, backbone.tokenizer))
+    if reason:
+        raise ConfigError(f"method {name!r} cannot run on backbone {backbone.spec.name!r}: {reason}")
+    return cls(config, backbone, data, device)

@@ -90,7 +90,13 @@ class Method(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     trainer: ClassVar[Literal["engine", "fit", "none"]] = "engine"
-    supported_backbones: ClassVar[tuple[str, ...]] = ("*",)
+    supported_backbones: ClassVar[tuple[str, ...]] = ("*",)  # backbone name patterns (fnmatch)
+    # What the method reads of the CLIP model, checked by tower, not by name (bench.openclip_models): the image towers
+    # whose features it takes ("resnet": open_clip's ModifiedResNet, "vit": its VisionTransformer pooled on the class
+    # token, "other": timm trunks, attentional pooling, ...), and whether it needs the CLIP class's own text
+    # transformer with CLIP's tokenizer (prompt learning on token embeddings, EOT = argmax of the tokens)
+    image_towers: ClassVar[tuple[str, ...]] = ("resnet", "vit", "other")
+    clip_text: ClassVar[bool] = False
     version: ClassVar[str] = "1"  # bump when the method's math changes: it is part of every run id
     # True when the method draws no random numbers of its own (no init, data order, augmentation or dropout): on a
     # fixed backbone its scores do not depend on the seed, so a suite runs it once (seed None), not once per seed

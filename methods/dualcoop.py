@@ -52,7 +52,8 @@ class DualCoOp(PromptScoring, Method):
     name = "dualcoop"
     family, display_name = "Multi-label methods", "DualCoOp"
     Config = DualCoOpConfig
-    supported_backbones = ("RN*", "tiny-clip")
+    image_towers = ("resnet",)  # dense tokens through the attnpool's v/c projections: any open_clip ModifiedResNet
+    clip_text = True
 
     def __init__(self, config: DualCoOpConfig, backbone, data, device) -> None:
         super().__init__(config, backbone, data, device)

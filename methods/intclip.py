@@ -236,7 +236,8 @@ class IntCLIP(PromptScoring, Method):
     name = "intclip"
     family, display_name = "IntCLIP", "IntCLIP"
     Config = IntCLIPConfig
-    supported_backbones = ("RN50", "RN101", "ViT-B-32", "tiny-clip")
+    image_towers = ("resnet", "vit")  # any open_clip ModifiedResNet or class-token VisionTransformer
+    clip_text = True
     VARIANTS = {
         "official": {"preset": "official"},
         # Table 2

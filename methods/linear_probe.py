@@ -72,7 +72,8 @@ class LinearProbe(Method):
         key = hashlib.sha256(
             repr((self.backbone.describe(), self.config.preprocessing, manifest, split_name, len(images))).encode()
         ).hexdigest()[:20]
-        path = cache_dir / "features" / f"{self.backbone.spec.name}-{split_name}-{key}.npy"
+        name = self.backbone.spec.name.replace("/", "--").replace(":", "-")  # hf-hub:org/name: one file name
+        path = cache_dir / "features" / f"{name}-{split_name}-{key}.npy"
         if path.is_file():
             try:
                 feats = np.load(path, allow_pickle=False)  # never unpickles: a planted object array is refused
