@@ -117,11 +117,12 @@ def run(
 
 
 def _print_runs(cfg: BenchConfig, run_ids: set[str]) -> None:
-    """The summary tables of these runs of the store, for the terminal."""
+    """The summary tables of these runs of the store, fitted to the terminal's width (numbers never wrap)."""
+    from bench.console_tables import fitted_tables
     from bench.reports import tables
 
     records, _ = tables.load_results(cfg.paths.results)
-    for table in tables.rich_tables(tables.summarise(tables.results_frame([r for r in records if r.run_id in run_ids]))):
+    for table in fitted_tables(tables.summarise(tables.results_frame([r for r in records if r.run_id in run_ids])), out.width):
         out.print(table)
 
 
@@ -136,6 +137,7 @@ def tune(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Existing Ray cluster (an address, or 'auto' for the one on this machine); also RAY_ADDRESS.")] = None,
     backbone: Annotated[Optional[str], typer.Option("--backbone", "-b", help="Backbone name (see `bench ls backbones`); overrides suite.backbone.")] = None,
     pretrained: PretrainedOpt = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress of the search and the refit (off: one line per event, for logs).")] = True,
 ) -> None:
     """Search hyperparameters on val (Optuna TPE + ASHA on Ray Tune), then refit the best over the seeds."""
     from bench.tune import run_tune
@@ -145,6 +147,8 @@ def tune(
     DATASETS.check(dataset)
     overrides = list(sets or []) + ([f"tune.num_samples={num_samples}"] if num_samples else [])
     cfg = _load(config, results, overrides, backbone=backbone, pretrained=pretrained)
+    if not progress:
+        cfg.engine.progress = False
     summary = run_tune(cfg, method, dataset, err, ray_address)
     _print_runs(cfg, set(summary["refit_run_ids"]))  # the refit's results, as `bench run` prints them
     err.print(
@@ -385,8 +389,12 @@ def pretrain_tiny_clip(
 
 
 from bench.cli_data import data_app  # noqa: E402
+from bench.cli_ops import doctor, reproduce, weights_app  # noqa: E402
 
 app.add_typer(data_app, name="data")
+app.add_typer(weights_app, name="weights")
+app.command("doctor")(doctor)
+app.command("reproduce")(reproduce)
 
 
 def main() -> None:

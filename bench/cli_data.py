@@ -1,4 +1,5 @@
-"""``bench data verify|prepare``: check a dataset's files and build its decoded-image cache.
+"""``bench data verify|prepare|import``: check a dataset's files, build its decoded-image cache, unpack a
+published archive.
 
 Mounted into the main CLI with ``app.add_typer(data_app, name="data")``. Both commands take the dataset's root
 from ``--root`` (alias ``--data-root``), else from ``[paths.data] <name>`` in bench.toml.
@@ -192,3 +193,55 @@ def prepare(
     out.print(f"manifest sha256: {data.manifest_sha256}")
     if info.get("split_file"):
         out.print(f"split file: {info['split_file']} (sha256 {info['split_sha256'][:16]})")
+
+
+@data_app.command("import")
+def import_(
+    dataset: DatasetOpt,
+    source: Annotated[Path, typer.Option("--from", help="The archive as obtained from the authors (.zip, .tar, .tar.gz, .tgz) or the folder it was extracted to.")],
+    root: RootOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    workers: WorkersOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Unpack EmotionROI or FI as published into ROOT in the layout the adapter reads (safely; a rerun writes
+    nothing, an interrupted import resumes), print the images per class and split, then verify."""
+    from bench.datasets.importers import import_dataset, split_counts
+
+    with _errors():
+        cfg = _config(config, dataset, root, sets)
+        data_root = cfg.data_root(dataset)
+        if data_root is None:
+            raise BenchError(f"no data root for {dataset}: pass --root DIR or set [paths.data] {dataset} in bench.toml")
+        with _progress(progress) as bar:
+            task = bar.add_task(f"import {dataset}", total=None)
+            report = import_dataset(dataset, source, data_root, progress=lambda k: bar.advance(task, k),
+                                    progress_total=lambda n: bar.update(task, total=n, completed=0))
+        adapter = _adapter(cfg, dataset, workers)
+        counts = split_counts(adapter.listing(), adapter.class_keys())
+    _print_import(report, counts)
+    verify(dataset, root=report.root, config=config, sets=sets, workers=workers, progress=progress)
+
+
+def _print_import(report, counts: dict[str, dict[str, int]]) -> None:
+    from rich.markup import escape
+
+    wrapper = f" (wrapper folder {report.wrapper})" if report.wrapper else ""
+    if report.written:
+        kept = f"; {report.kept:,} already there were kept" if report.kept else ""
+        line = f"imported {report.written:,} files ({report.bytes_written / 1e6:,.1f} MB) from {report.source}{wrapper} into {report.root}{kept}"
+    else:
+        line = f"{report.root} already holds every file of {report.source}: nothing to import"
+    out.print(escape(line), soft_wrap=True, highlight=False)
+    for note in report.notes:
+        out.print(f"note: {escape(note)}", soft_wrap=True, highlight=False)
+    splits = list(next(iter(counts.values()), {}))
+    table = Table(title=f"{report.dataset}: images per class and split")
+    for col in ("class", *splits, "all"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for cls, row in counts.items():
+        table.add_row(cls, *(f"{row[s]:,}" for s in splits), f"{sum(row.values()):,}")
+    totals = [sum(row[s] for row in counts.values()) for s in splits]
+    table.add_row("all", *(f"{t:,}" for t in totals), f"{sum(totals):,}", style="bold")
+    out.print(table)

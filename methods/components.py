@@ -51,7 +51,11 @@ class PromptTrainingConfig(TrainConfig):
     randaugment_magnitude: int = Field(default=9, ge=0, le=30)
 
     def loss(self, logit_pos: torch.Tensor, logit_neg: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``loss_weight`` x ASL with these settings."""
+        """``loss_weight`` x ASL with these settings. Single-label datasets (EmotionROI, FI) give class indices
+        ``[B]``: the loss sees them one-hot, as multi-label targets with one positive (the released code is
+        multi-label only; prediction is the argmax of the margins)."""
+        if labels.ndim == 1:
+            labels = F.one_hot(labels.long(), logit_pos.shape[1]).to(logit_pos.dtype)
         return self.loss_weight * asymmetric_loss(
             logit_pos, logit_neg, labels, self.gamma_neg, self.gamma_pos, self.asl_clip, self.asl_eps
         )

@@ -129,3 +129,19 @@ def test_linear_probe_cached_feature_scores_equal_a_pass_over_the_images(tmp_pat
     assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == 3  # train, val, test encoded once each
     recomputed = predict_split(probe, data.splits["test"], ctx)  # a fresh pass over the images
     np.testing.assert_allclose(out.test_scores, recomputed, atol=1e-5)
+
+
+def test_prompt_losses_take_single_label_class_indices_as_one_hot_targets():
+    """EmotionROI/FI give class indices [B]; IntCLIP and DualCoOp's ASL reads them as one positive per image (it
+    raised a shape error before)."""
+    from bench.methods.components import PromptTrainingConfig
+
+    torch.manual_seed(0)
+    pos, neg = torch.randn(5, 6), torch.randn(5, 6)
+    labels = torch.tensor([0, 3, 5, 2, 3])
+    config = PromptTrainingConfig()
+    one_hot = torch.zeros(5, 6)
+    one_hot[torch.arange(5), labels] = 1.0
+    assert config.loss(pos, neg, labels).item() == pytest.approx(config.loss(pos, neg, one_hot).item(), abs=0, rel=1e-7)
+    expected = config.loss_weight * asymmetric_loss(pos, neg, one_hot, config.gamma_neg, config.gamma_pos, config.asl_clip, config.asl_eps)
+    assert config.loss(pos, neg, labels).item() == expected.item()
