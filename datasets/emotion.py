@@ -61,7 +61,7 @@ def _multiclass_listing(root: Path, assignment: list[tuple[str, str, int]], info
 
 
 class EmotionROI(ImageFileDataset):
-    """EmotionROI (Peng et al., CVPR 2016): 1,980 images, 6 Ekman emotions, official training/testing lists."""
+    """EmotionROI (Peng et al., ICIP 2016): 1,980 images, 6 Ekman emotions, official training/testing lists."""
 
     name = "emotionroi"
     task = "multiclass"
@@ -71,7 +71,7 @@ class EmotionROI(ImageFileDataset):
         "  ROOT/training_testing_split/training.txt, testing.txt    (one 'class/file.jpg' per line)"
     )
     source_help = (
-        "the EmotionROI release of Peng et al. (CVPR 2016, 'Where do emotions come from? Predicting the emotion "
+        "the EmotionROI release of Peng et al. (ICIP 2016, 'Where do emotions come from? Predicting the emotion "
         "stimuli map'), from the authors' download page; unpack it so that images/ and training_testing_split/ "
         "are in ROOT"
     )
