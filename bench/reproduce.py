@@ -180,7 +180,7 @@ def _seconds_per_image(cfg: BenchConfig, method: str, backbone: str) -> tuple[fl
             devices.add(str(rec.env.get("device", "?")))
     if not rates:
         return None
-    return statistics.median(rates), f"store: {len(rates)} earlier run(s) on {', '.join(sorted(devices))}"
+    return statistics.median(rates), f"store: {len(rates)} run(s), {', '.join(sorted(devices))}"
 
 
 def estimate(cfg: BenchConfig, method: str, backbone: str, sizes: tuple[int, int, int] | None, epochs: int, runs: int) -> tuple[float | None, str]:
@@ -194,10 +194,10 @@ def estimate(cfg: BenchConfig, method: str, backbone: str, sizes: tuple[int, int
         seconds = max(epochs, 1) * train * per_image
     elif epochs:
         seconds = epochs * (train / ANCHOR_TRAIN + val / ANCHOR_EVAL) + test / ANCHOR_EVAL
-        basis = "anchor: IntCLIP RN101 on an H200, 770 img/s train, 2,780 eval" + ("" if method.startswith("intclip") else " (upper bound)")
+        basis = "anchor" + ("" if method.startswith("intclip") else ", upper bound")
     else:
         seconds = (train + val + test) / ANCHOR_EVAL
-        basis = "anchor: one eval pass at 2,780 img/s"
+        basis = "anchor, eval only"
     return runs * seconds / 3600, basis
 
 
@@ -232,7 +232,7 @@ def make_plan(config: Path | None, preset: Preset, tables: list[str] | None, sca
                 epochs = int(getattr(cfg.method_config(method, job.backbone), "epochs", 0) or 0)
                 owner = first.setdefault((job.backbone, dataset, method), job.table)
                 shared = owner if owner != job.table else None  # the same runs serve several tables: counted once
-                hours, basis = (0.0, f"the runs of Table {owner}") if shared else estimate(cfg, method, job.backbone, sizes, epochs, len(run_seeds))
+                hours, basis = (0.0, f"= Table {owner}") if shared else estimate(cfg, method, job.backbone, sizes, epochs, len(run_seeds))
                 done = _done(cfg, method, dataset, job.backbone, run_seeds)
                 plan.rows.append(PlanRow(job.table, job.backbone, dataset, method, len(run_seeds), done, epochs, hours, basis, shared))
     return plan
@@ -253,6 +253,10 @@ def print_plan(plan: Plan, preset: Preset, console) -> None:
         table.add_row(r.table, r.backbone, r.dataset, escape(r.method), str(r.runs), "?" if r.done is None else str(r.done),
                       str(r.epochs or "-"), hours, escape(r.basis))
     console.print(table)
+    console.print("anchor: the released IntCLIP code's RN101 training step on an NVIDIA H200 (770 img/s train, 2,780 img/s "
+                  "eval, images on the GPU; SPEC 9), an upper bound for methods with a frozen image side; store: the "
+                  "median seconds per training image of this store's earlier runs of that method and backbone; "
+                  "= Table N: the same runs serve that table, counted once.", highlight=False)
 
 
 def gate(plan: Plan, console, ray_address: str | None = None) -> list:
