@@ -16,6 +16,7 @@ method's request is checked against the alive nodes (:func:`preflight`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -23,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from bench.config import BenchConfig
 from bench.errors import ConfigError
 from bench.plan import PlannedRun, SuiteOutcome
+from bench.progress import Output, SuiteBoard, live_wanted, suite_board
 from bench.runner import execute_run, record_failure
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress view replaces Ray's tables
@@ -103,7 +103,27 @@ def storage_path(cfg: BenchConfig, address: str | None) -> str:
     return path
 
 
+class _StartupChatter(logging.Filter):
+    """Drops Ray's notice, on every run, that token authentication is on (it is on by design: README "What listens
+    where"; the notice that it is *off* still shows) and Optuna's "A new study created" (bench tune names its study);
+    every other record of those loggers passes."""
+
+    NOTICES = ("Token authentication is enabled for this Ray cluster", "A new study created in RDB")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.NOTICES)
+
+
+def quiet_startup() -> None:
+    """Attach :class:`_StartupChatter` to the two loggers that print those notices (once)."""
+    for name in ("ray._private.authentication.authentication_token_setup", "optuna.storages._rdb.storage"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _StartupChatter) for f in logger.filters):
+            logger.addFilter(_StartupChatter())
+
+
 def init_ray(cfg: BenchConfig, address: str | None) -> None:
+    quiet_startup()
     if ray.is_initialized():
         return
     common = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
@@ -140,7 +160,7 @@ def _trial(config: dict[str, Any], cfg: BenchConfig, datasets: dict[str, Any]) -
 
     def report(record: dict[str, Any]) -> None:
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
-        report_epoch({**metrics, "done": False}, plan.run_dir, record["epoch"] + 1)
+        report_epoch({**metrics, "epoch": record["epoch"] + 1, "done": False}, plan.run_dir, record["epoch"] + 1)
 
     from bench import locks
 
@@ -153,66 +173,34 @@ def _trial(config: dict[str, Any], cfg: BenchConfig, datasets: dict[str, Any]) -
 
 
 class SuiteView(Callback):
-    """A rich live table of the suite instead of Ray's: trial states, best val metric per method, elapsed, ETA."""
+    """The suite's trials on a :class:`bench.progress.SuiteBoard` (a live table on a terminal, else one line per
+    event) instead of Ray's tables: one row per running run with its epoch, last val score, elapsed and node."""
 
-    def __init__(self, plans: dict[str, PlannedRun], console: Console) -> None:
-        self.plans, self.console = plans, console
-        self.state: dict[str, str] = {}
-        self.best: dict[str, float] = {}
-        self.start = time.time()
-        self.live: Live | None = None
+    def __init__(self, board: SuiteBoard, console: Console | None, live: bool) -> None:
+        self.board, self.out = board, Output(board, console, live)
 
-    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment state
-        return {**self.__dict__, "console": None, "live": None}
-
-    def _label(self, trial) -> str:
+    def _key(self, trial) -> str:
         return trial.config["plan"]["run_id"]
 
-    def _table(self) -> Table:
-        counts = {s: sum(1 for v in self.state.values() if v == s) for s in ("running", "done", "errored")}
-        pending = len(self.plans) - sum(counts.values())
-        elapsed = time.time() - self.start
-        finished = counts["done"] + counts["errored"]
-        eta = f"{elapsed / finished * (len(self.plans) - finished):.0f}s" if finished else "?"
-        table = Table(title=f"suite: {pending} waiting for resources, {counts['running']} running, {counts['done']} done, "
-                      f"{counts['errored']} errored; {elapsed:.0f}s elapsed, ETA {eta}", title_justify="left")
-        table.add_column("method")
-        table.add_column("best val selection metric", justify="right")
-        for method, value in sorted(self.best.items()):
-            table.add_row(method, f"{100 * value:.2f}")
-        return table
-
-    def _refresh(self) -> None:
-        if self.console is None:
-            return
-        if self.live is None:
-            self.live = Live(self._table(), console=self.console, transient=False, auto_refresh=False)
-            self.live.start()
-        self.live.update(self._table(), refresh=True)
-
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.state[self._label(trial)] = "running"
-        self._refresh()
+        self.out(self.board.started(self._key(trial)))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        method = trial.config["plan"]["method"]
-        value = result.get("selection_metric", result.get("val_macro_f1", result.get("val_accuracy")))
-        if value is not None:
-            self.best[method] = max(self.best.get(method, float("-inf")), float(value))
-        self._refresh()
+        if not result.get("done"):  # (the last report, the run's final val metric, ends it: on_trial_complete)
+            line = self.board.reported(self._key(trial), int(result.get("epoch", 0)), result.get("selection_metric"),
+                                       node=str(result.get("node_ip", "")))
+            self.out(line)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.state[self._label(trial)] = "done"
-        self._refresh()
+        final = trial.last_result or {}
+        value = next((final[k] for k in ("val_macro_f1", "val_accuracy") if k in final), None)
+        self.out(self.board.finished(self._key(trial), "done", value))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.state[self._label(trial)] = "errored"
-        self._refresh()
+        self.out(self.board.finished(self._key(trial), "errored"))
 
     def on_experiment_end(self, trials, **info):
-        if self.live is not None:
-            self.live.stop()
-            self.console.print()
+        self.out.close()
 
 
 def run_trials(
@@ -239,7 +227,7 @@ def run_trials(
     plans = {p.run_id: p for p in todo}
     space = [{**p.__dict__, "run_dir": str(p.run_dir)} for p in todo]
     name = f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
-    view = SuiteView(plans, console)
+    view = SuiteView(suite_board(cfg, todo), console, live_wanted(console, cfg.engine.progress))
     tuner = tune.Tuner(
         trainable,
         param_space={"plan": tune.grid_search(space)},
@@ -249,7 +237,7 @@ def run_trials(
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
             verbose=0,
-            callbacks=[view] if cfg.engine.progress else [],
+            callbacks=[view],
         ),
     )
     grid = _fit(tuner, storage or cfg.paths.results)

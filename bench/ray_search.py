@@ -8,13 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 
 from bench.config import BenchConfig
 from bench.errors import ConfigError
+from bench.progress import Output, SearchBoard, live_wanted
 from bench.ray_executor import report_epoch, init_ray, preflight, storage_path, trial_placement
 
 from ray import tune
+from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 
@@ -105,6 +108,38 @@ def _pruned(metrics: dict[str, Any], epochs: int) -> bool:
     return not metrics.get(FINISHED) and int(metrics.get("training_iteration", 0) or 0) < epochs
 
 
+class SearchView(Callback):
+    """The search's trials on a :class:`bench.progress.SearchBoard` as they report (a live table on a terminal,
+    else one line per event): trial id, params, epoch, val, best val, RUNNING / PRUNED / DONE / ERRORED."""
+
+    def __init__(self, board: SearchBoard, console: Console | None, live: bool, keys: list[str], epochs: int) -> None:
+        self.board, self.out, self.keys, self.epochs = board, Output(board, console, live), keys, epochs
+
+    def _key(self, trial) -> str:  # (a restored search's trials were never started here)
+        self.board.add_trial(trial.trial_id, {k: trial.config[k] for k in self.keys if k in trial.config})
+        return trial.trial_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.out(self.board.started(self._key(trial)))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        known = self.board.trials[self._key(trial)]
+        if result.get(FINISHED) and known.units and known.epoch == epoch:
+            return  # the closing report repeats the last epoch's
+        self.out(self.board.reported(trial.trial_id, epoch, result.get("selection_metric"), result.get("best_selection_metric")))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        state = "pruned" if _pruned(trial.last_result or {}, self.epochs) else "done"
+        self.out(self.board.finished(self._key(trial), state))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.out(self.board.finished(self._key(trial), "errored"))
+
+    def on_experiment_end(self, trials, **info):
+        self.out.close()
+
+
 def search(cfg, cls, method, spec, base, data, study, folder: Path, address, console) -> dict[str, Any]:
     import optuna
     from ray.tune.schedulers import ASHAScheduler
@@ -117,12 +152,12 @@ def search(cfg, cls, method, spec, base, data, study, folder: Path, address, con
         tune.with_parameters(_search_trial, cfg=cfg, data=data, method=method, trials_dir=str(folder / "trials")),
         {"cpu": r.cpu, "gpu": r.gpu, **r.custom},
     )
+    epochs = getattr(base, "epochs", 1)
     experiment = f"{storage.rstrip('/')}/tune-{study}"
     if tune.Tuner.can_restore(experiment):
         console.print(f"restoring the interrupted search {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        epochs = getattr(base, "epochs", 1)
         searcher = PruningAwareOptunaSearch(
             space=optuna_space(spec),
             metric="best_selection_metric",
@@ -137,6 +172,8 @@ def search(cfg, cls, method, spec, base, data, study, folder: Path, address, con
             time_attr="training_iteration", max_t=epochs, grace_period=min(cfg.tune.grace_period, epochs),
             reduction_factor=cfg.tune.reduction_factor,
         )
+        board = SearchBoard(method, data.name, cfg.tune.num_samples, getattr(base, "epochs", None))
+        view = SearchView(board, console, live_wanted(console, cfg.engine.progress), list(spec), epochs)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -144,14 +181,19 @@ def search(cfg, cls, method, spec, base, data, study, folder: Path, address, con
                 num_samples=cfg.tune.num_samples, max_concurrent_trials=cfg.tune.max_concurrent_trials,
             ),
             run_config=tune.RunConfig(
-                name=f"tune-{study}", storage_path=storage, verbose=0,
+                name=f"tune-{study}", storage_path=storage, verbose=0, callbacks=[view],
                 failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
             ),
         )
     console.print(f"searching {method} on {data.name}: {cfg.tune.num_samples} trials, ASHA on val, study {study}")
-    grid = tuner.fit()
+    summary = _summarise(tuner.fit(), spec, epochs, study, folder, method, data)
+    console.print(_study_table(summary, spec))
+    return summary
+
+
+def _summarise(grid: Any, spec: dict[str, Any], epochs: int, study: str, folder: Path, method: str, data: Any) -> dict[str, Any]:
+    """summary.json: every trial (params, epochs, best val, state) and the best config."""
     best = grid.get_best_result(metric="selection_metric", mode="max", scope="all")
-    epochs = getattr(base, "epochs", 1)
     trials = []
     for result in grid:
         frame = result.metrics_dataframe
@@ -162,7 +204,7 @@ def search(cfg, cls, method, spec, base, data, study, folder: Path, address, con
             "state": "pruned" if _pruned(result.metrics, epochs) else ("errored" if result.error is not None else "complete"),
             "error": None if result.error is None else str(result.error).strip().splitlines()[-1],
         })
-    summary = {
+    return {
         "study": study,
         "storage": str(folder / "study.db"),
         "method": method,
@@ -176,12 +218,15 @@ def search(cfg, cls, method, spec, base, data, study, folder: Path, address, con
         "best_val_selection_metric": float(best.metrics_dataframe["selection_metric"].max()),
         "trials": trials,
     }
-    table = Table(title=f"study {study}: best val {100 * summary['best_val_selection_metric']:.2f}", title_justify="left")
-    for col in [*spec, "epochs", "best val"]:
-        table.add_column(col, justify="right")
-    for t in trials:
+
+
+def _study_table(summary: dict[str, Any], spec: dict[str, Any]) -> Table:
+    table = Table(title=f"study {summary['study']}: best val {100 * summary['best_val_selection_metric']:.2f}",
+                  title_justify="left")
+    for col in [*spec, "epochs", "best val", "state"]:
+        table.add_column(col, justify="left" if col == "state" else "right", no_wrap=True)
+    for t in summary["trials"]:
         value = t["best_val_selection_metric"]
         cells = [f"{v:.3g}" if isinstance(v := t["params"].get(k, ""), float) else str(v) for k in spec]
-        table.add_row(*cells, str(t["epochs"]), "-" if value is None else f"{100 * value:.2f}")
-    console.print(table)
-    return summary
+        table.add_row(*cells, str(t["epochs"]), "-" if value is None else f"{100 * value:.2f}", t["state"])
+    return table

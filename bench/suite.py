@@ -13,6 +13,7 @@ from rich.markup import escape
 from bench import locks, store
 from bench.config import BenchConfig
 from bench.plan import PlannedRun, SuiteOutcome, plan_suite, triage
+from bench.progress import EtaColumn, live_wanted, suite_board
 from bench.runner import execute_run, record_failure
 
 
@@ -91,32 +92,45 @@ def _ray(cfg: BenchConfig, todo: list[PlannedRun], datasets: dict[str, Any], out
 
 def _serial(cfg: BenchConfig, todo: list[PlannedRun], datasets: dict[str, Any], outcome: SuiteOutcome,
             console: Console, *, wait: bool) -> list[PlannedRun]:
-    """Run ``todo`` in-process, each under its lock; a run held elsewhere is waited for (``wait``) or returned."""
+    """Run ``todo`` in-process, each under its lock; a run held elsewhere is waited for (``wait``) or returned.
+    Live: the engine's row shows the run's epoch/epochs and last val score, the suite's row the ETA from the epochs
+    finished so far (:class:`bench.progress.SuiteBoard`); else (``--no-progress``, not a terminal) a line per event."""
     if not todo:
         return []
     deferred: list[PlannedRun] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=not cfg.engine.progress, transient=False) as progress:
-        suite_task = progress.add_task("suite", total=len(todo))
+    board, live = suite_board(cfg, todo), live_wanted(console, cfg.engine.progress)
+    say = (lambda line: None) if live else (lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), EtaColumn())
+    with Progress(*columns, console=console, disable=not live, transient=False) as progress:
+        suite_task = progress.add_task("suite", total=len(todo), board=board)
 
         def one(plans: list[PlannedRun]) -> None:
             (plan,) = plans
             progress.update(suite_task, description=f"suite: {plan.label}")
+            say(board.started(plan.run_id))
+
+            def report(record: dict[str, Any]) -> None:
+                say(board.reported(plan.run_id, record["epoch"] + 1, record.get("selection_metric")))
+
             try:
-                execute_run(plan, datasets[plan.data], cfg, progress=progress, log=progress.console.print)
+                execute_run(plan, datasets[plan.data], cfg, progress=progress, report=report, log=progress.console.print)
                 outcome.completed.append(plan.run_id)
+                say(board.finished(plan.run_id, "done"))
             except Exception as err:  # one failed run must not stop the suite
                 record_failure(plan, err, outcome)
+                board.finished(plan.run_id, "errored")
                 progress.console.print(f"[red]failed {escape(plan.label)}: {type(err).__name__}: {escape(str(err))}[/]")
 
         for plan in todo:
             lock = locks.wait_lock(plan.run_dir, progress.console.print) if wait else locks.try_lock(plan.run_dir)
             if lock is None:
                 deferred.append(plan)
+                board.discard(plan.run_id)  # (not this board's work: it leaves the ETA)
                 continue
             try:
                 _run_if_missing(plan, outcome, one)
             finally:
                 lock.release()
+            board.discard(plan.run_id)  # a result another bench wrote meanwhile: nothing left to do
             progress.advance(suite_task)
     return deferred
