@@ -97,21 +97,30 @@ def load_dataset(cfg: BenchConfig, name: str, image_size: int, overrides: dict[s
     return adapter.load(image_size)
 
 
+def check_support(backbone: str, methods: list[str]) -> Any:
+    """Every method can run on ``backbone`` (by name and by the towers its open_clip config declares: nothing is
+    loaded; an hf-hub repo's config comes from the HF cache), else a ConfigError naming both; returns the spec."""
+    from bench.backbones import spec_towers
+    from bench.openclip_models import unsupported
+
+    spec = BACKBONES.get(backbone)
+    towers = spec_towers(spec)
+    for method in methods:
+        cls = METHODS.get(method)
+        if not any(fnmatch.fnmatchcase(backbone, pat) for pat in cls.supported_backbones):
+            raise ConfigError(f"method {method!r} does not support backbone {backbone!r} (supports {cls.supported_backbones})")
+        reason = unsupported(cls, *towers)
+        if reason:
+            raise ConfigError(f"method {method!r} cannot run on backbone {backbone!r}: {reason}")
+    return spec
+
+
 def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tuple[list[PlannedRun], dict[str, Any]]:
     """Resolve every run of the suite; loads each dataset once (its manifest hash is part of the run id)."""
     suite = cfg.suite
-    from bench.backbones import architecture, spec_towers, weights_identity
-    from bench.openclip_models import unsupported
+    from bench.backbones import architecture, weights_identity
 
-    spec = BACKBONES.get(suite.backbone)
-    towers = spec_towers(spec)  # from the open_clip config (an hf-hub repo's from the HF cache): nothing loaded yet
-    for method in suite.methods:
-        cls = METHODS.get(method)
-        if not any(fnmatch.fnmatchcase(suite.backbone, pat) for pat in cls.supported_backbones):
-            raise ConfigError(f"method {method!r} does not support backbone {suite.backbone!r} (supports {cls.supported_backbones})")
-        reason = unsupported(cls, *towers)
-        if reason:
-            raise ConfigError(f"method {method!r} cannot run on backbone {suite.backbone!r}: {reason}")
+    spec = check_support(suite.backbone, suite.methods)
     weights = weights_identity(spec, cfg.backbone_pretrained(suite.backbone), cfg.paths.weights)
     backbone = {"name": suite.backbone, "pretrained": cfg.backbone_pretrained(suite.backbone), "weights": weights,
                 "architecture": architecture(spec, cfg.backbone_pretrained(suite.backbone))}

@@ -6,6 +6,7 @@ scoring test once. Search trials never score test.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from typing import Any
 
@@ -15,7 +16,7 @@ from bench import store
 from bench.config import BenchConfig
 from bench.errors import ConfigError
 from bench.io import atomic_write_text
-from bench.plan import backbone_image_size, input_decode, load_dataset
+from bench.plan import backbone_image_size, check_support, input_decode, load_dataset
 from bench.protocol import get_protocol
 from bench.registry import METHODS
 from bench.suite import run_suite
@@ -39,11 +40,13 @@ def run_tune(cfg: BenchConfig, method: str, dataset: str, console: Console, ray_
     unknown = set(spec) - set(cls.Config.model_fields)
     if unknown:
         raise ConfigError(f"tune.search_space.{method}: {sorted(unknown)} are not keys of {method}'s config")
+    check_support(cfg.suite.backbone, [method])  # before any data is decoded or trial started
     base = cfg.method_config(method)
     data = load_dataset(cfg, dataset, backbone_image_size(cfg.suite.backbone), input_decode(cfg, method, dataset))
     identity = {"method": method, "base": base.model_dump(mode="json"), "space": {k: list(v) for k, v in spec.items()},
                 "dataset": data.manifest_sha256, "backbone": cfg.suite.backbone, "seed": cfg.tune.seed, "n": cfg.tune.num_samples}
-    study = f"{method.replace(':', '_')}-{dataset}-{cfg.suite.backbone}-{store.compute_run_id(identity)[:8]}"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{method}-{dataset}-{cfg.suite.backbone}")  # hf-hub:org/x: one folder
+    study = f"{name}-{store.compute_run_id(identity)[:8]}"
     folder = cfg.paths.results / "tune" / study
     folder.mkdir(parents=True, exist_ok=True)
     summary_path = folder / "summary.json"

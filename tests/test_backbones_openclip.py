@@ -269,3 +269,12 @@ def test_a_tag_loads_from_the_cache_with_the_hash_of_the_file_open_clip_read(hub
     assert weights_identity(spec, "fake-tag", None) == "tag:fake-tag"
     expected = _state(VIT, seed=7)
     assert all(torch.equal(v, expected[k]) for k, v in backbone.model.state_dict().items())
+
+
+def test_tune_refuses_an_unsupported_pair_before_it_decodes_anything(tiny_models, write_config, monkeypatch, tmp_path):
+    from bench import tune
+
+    monkeypatch.setattr(tune, "load_dataset", lambda *a, **k: pytest.fail("the dataset was loaded"))
+    cfg = load_config(write_config(methods=("dualcoop",)), {"suite.backbone": VIT, backbone_key(VIT): "none"})
+    with pytest.raises(ConfigError, match=f"method 'dualcoop' cannot run on backbone '{VIT}'"):
+        tune.run_tune(cfg, "dualcoop", "synthetic", None)
