@@ -1,11 +1,12 @@
-"""``bench data verify|prepare|import``: check a dataset's files, build its decoded-image cache, unpack a
-published archive.
+"""``bench data verify|prepare|download|import``: check a dataset's files, build its decoded-image cache, fetch its
+images, unpack a published archive.
 
 Mounted into the main CLI with ``app.add_typer(data_app, name="data")``. Both commands take the dataset's root
 from ``--root`` (alias ``--data-root``), else from ``[paths.data] <name>`` in bench.toml.
 
 Exit codes: 0 fine (train images may have been skipped: counted and shown); 1 a val or test image is missing or
-corrupt; 2 any other error (no data root, malformed annotation file, bad config), printed as one message.
+corrupt (or could not be downloaded); 2 any other error (no data root, malformed annotation file, bad config),
+printed as one message.
 """
 
 from __future__ import annotations
@@ -193,6 +194,54 @@ def prepare(
     out.print(f"manifest sha256: {data.manifest_sha256}")
     if info.get("split_file"):
         out.print(f"split file: {info['split_file']} (sha256 {info['split_sha256'][:16]})")
+
+
+@data_app.command()
+def download(
+    dataset: DatasetOpt,
+    root: RootOpt = None,
+    annotations: Annotated[Optional[list[Path]], typer.Option("--annotations", "-a", help="Folder or json files of the official annotations (default: ROOT/annotations); copied into ROOT/annotations.")] = None,
+    split: Annotated[str, typer.Option("--split", help="Comma-separated splits to fetch.")] = "train,val,test",
+    workers: Annotated[int, typer.Option("--workers", "-j", min=1, help="Concurrent downloads.")] = 16,
+    rate: Annotated[float, typer.Option("--rate", min=0, help="Requests per second across all workers (0: no limit).")] = 10.0,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.01, help="Seconds per connect and per read.")] = 30.0,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries per image on 429/5xx/timeouts/resets/truncation.")] = 5,
+    backoff: Annotated[float, typer.Option("--backoff", min=0, help="First retry's delay ceiling in seconds (doubles per retry, jittered).")] = 1.0,
+    base_url: Annotated[Optional[str], typer.Option("--base-url", envvar="BENCH_DOWNLOAD_BASE_URL", help="Fetch from a mirror: replaces each url's scheme and host, keeps path and query.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be fetched; download nothing.")] = False,
+    check: Annotated[bool, typer.Option("--verify/--no-verify", help="Run `bench data verify` afterwards (when every split was fetched).")] = True,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Download every image listed in the annotation files (Intentonomy: each 'unsplash_url' to ROOT/<filename>),
+    resumably, then verify. Images that can no longer be fetched are listed in ROOT/download-report.json; exits 1
+    when a val or test image is among them."""
+    from bench import download_plan as dp
+    from bench.datasets.base import SPLITS
+    from bench.download import Options
+
+    with _errors():
+        splits = [s.strip() for s in split.split(",") if s.strip()]
+        if not splits or set(splits) - set(SPLITS) or len(set(splits)) < len(splits):
+            raise BenchError(f"--split {split!r}: expected distinct names out of {', '.join(SPLITS)}")
+        cfg = _config(config, dataset, root, sets)
+        data_root = cfg.data_root(dataset)
+        if data_root is None:
+            raise BenchError(f"no data root for {dataset}: pass --root DIR or set [paths.data] {dataset} in bench.toml")
+        plan = dp.make_plan(_adapter(cfg, dataset, None), Path(data_root), [s for s in SPLITS if s in splits], annotations or [], base_url)
+        opts = Options(workers=workers, rate=rate, timeout=timeout, retries=retries, backoff=backoff)
+        if dry_run:
+            dp.print_dry_run(plan, opts, out)
+            return
+        result = dp.execute(plan, dataset, opts, base_url, err, progress)
+    dp.print_summary(result, out, err)
+    if check and set(splits) == set(SPLITS):
+        verify(dataset, root=Path(data_root), config=config, sets=sets, workers=None, progress=progress)
+    elif check:
+        err.print(f"verify skipped (only {', '.join(splits)} fetched): run `bench data verify --dataset {dataset}` once every split is in place")
+    if result.lost_eval:
+        raise typer.Exit(1)
 
 
 @data_app.command("import")

@@ -1,0 +1,469 @@
+"""``bench data download`` against local HTTP servers (127.0.0.1, free ports): generated annotation files in the
+official Intentonomy format, generated JPEGs, and a server that answers 404/410, 429 with Retry-After, 500, too
+slowly, or with a truncated body for chosen images; a client killed mid-download and a server killed and restarted.
+
+The image name in each url says how the server treats it: ``ok-*`` (or any other name) served, ``g404-*`` /
+``g410-*`` always gone, ``r429-*`` 429 + ``Retry-After: 1`` once, ``e500-*`` 500 once, ``slow-*`` answers after the
+client's timeout once, ``trunc-*`` sends half its Content-Length once. Run as a script (``serve``), this file is the
+server of the restart test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.server
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import bench  # noqa: E402  (after the environment is set)
+from bench.download import USER_AGENT, DownloadError, TokenBucket, backoff_delay, retry_after_seconds, rewrite_url  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "intentonomy"
+TIMEOUT = 2.5  # the client's --timeout in these tests; slow-* waits SLOW before answering
+SLOW = 4.0
+
+
+def image_bytes(name: str) -> bytes:
+    """The JPEG the servers serve for ``name`` (deterministic, ~10 kB of noise)."""
+    rng = np.random.default_rng(int(hashlib.md5(name.encode()).hexdigest()[:8], 16))
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def md5(name: str) -> str:
+    return hashlib.md5(name.encode()).hexdigest()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "test-images/1"
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        srv = self.server
+        url = urllib.parse.urlsplit(self.path)
+        name = url.path.removeprefix("/photo-")
+        with srv.lock:
+            srv.hits[name] += 1
+            n = srv.hits[name]
+            srv.log.append((time.monotonic(), name, self.headers.get("User-Agent"), url.query))
+        kind = name.split("-")[0]
+        body = image_bytes(name)
+        try:
+            if "q=30" not in url.query.split("&"):
+                self.send_error(400, "query lost")
+            elif kind in ("g404", "g410"):
+                self.send_error(int(kind[1:]))
+            elif kind == "r429" and n == 1:
+                self.send_response(429)
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif kind == "e500" and n == 1:
+                self.send_error(500)
+            elif kind == "trunc" and n == 1:
+                self._send(body, len(body), body[: len(body) // 2])
+            else:
+                if kind == "slow" and n == 1:
+                    time.sleep(SLOW)
+                self._send(body, len(body), body)
+                srv.completed(name)
+        except OSError:  # the client gave up (timeout) or was killed
+            pass
+
+    def _send(self, body: bytes, length: int, payload: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        for start in range(0, len(payload), 1024):
+            self.wfile.write(payload[start : start + 1024])
+            self.wfile.flush()
+            if self.server.chunk_delay:
+                time.sleep(self.server.chunk_delay)
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int = 0, chunk_delay: float = 0.0, done_log: Path | None = None) -> None:
+        super().__init__(("127.0.0.1", port), Handler)
+        self.lock = threading.Lock()
+        self.hits: Counter[str] = Counter()
+        self.log: list[tuple[float, str, str | None, str]] = []
+        self.done: list[str] = []
+        self.chunk_delay = chunk_delay
+        self.done_log = done_log
+
+    def completed(self, name: str) -> None:
+        with self.lock:
+            self.done.append(name)
+            if self.done_log is not None:
+                with open(self.done_log, "a") as fh:
+                    fh.write(name + "\n")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def write_annotations(folder: Path, spec: dict[str, list[str]]) -> None:
+    """``intentonomy_<split>2020.json`` per split in the official format, one image per name."""
+    from bench.datasets.intentonomy import _class_infos
+
+    categories = [{"id": i, "name": c.key} for i, c in enumerate(_class_infos()[0])]
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, names in spec.items():
+        images, annotations = [], []
+        for i, name in enumerate(names):
+            images.append({"id": md5(name), "filename": f"low/{md5(name)}.jpg", "original_id": name,
+                           "unsplash_url": f"https://images.unsplash.com/photo-{name}?ixid=eyJhcHBfaWQiOi0xM30=&q=30"})
+            if split == "train":
+                soft = [0.0] * 28
+                soft[i % 28] = 2 / 3
+                annotations.append({"id": i, "image_id": md5(name), "category_ids_softprob": soft})
+            else:
+                annotations.append({"id": i, "image_id": md5(name), "category_ids": [i % 28]})
+        data = {"info": {"description": "test"}, "categories": categories, "images": images, "annotations": annotations}
+        (folder / f"intentonomy_{split}2020.json").write_text(json.dumps(data))
+
+
+def args(root: Path, base: str, *more: str) -> list[str]:
+    return ["data", "download", "-d", "intentonomy", "--root", str(root), "--base-url", base, "--workers", "4",
+            "--rate", "0", "--timeout", str(TIMEOUT), "--retries", "3", "--backoff", "0.05", "--no-progress",
+            "--set", f"paths.cache={root.parent / 'cache'}", *more]
+
+
+def served(root: Path, names: list[str]) -> None:
+    """Every name's file is complete under its final name and byte-identical to what the server serves."""
+    for name in names:
+        assert (root / "low" / f"{md5(name)}.jpg").read_bytes() == image_bytes(name), name
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fixtures and helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server():
+    srv = Server()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join()
+
+
+def invoke(argv: list[str], **kw):
+    from bench.cli import app
+
+    return CliRunner().invoke(app, argv, **kw)
+
+
+def report(root: Path) -> dict:
+    return json.loads((root / "download-report.json").read_text())
+
+
+def all_names(spec: dict[str, list[str]]) -> list[str]:
+    return [n for names in spec.values() for n in names]
+
+
+def bench_subprocess(argv: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "bench", *argv], cwd=cwd, env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT)
+
+
+def wait_for(condition, what: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The pieces
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_rate_backoff_retry_after_and_base_url():
+    now = [100.0]
+    slept: list[float] = []
+    bucket = TokenBucket(10.0, burst=2, clock=lambda: now[0], sleep=slept.append)
+    waits = [bucket.acquire() for _ in range(5)]  # two from the burst, then one slot per 0.1 s, reserved in turn
+    assert waits == pytest.approx([0.0, 0.0, 0.1, 0.2, 0.3]) and slept == pytest.approx([0.1, 0.2, 0.3])
+    assert TokenBucket(0).acquire() == 0.0
+
+    import random
+
+    a = [backoff_delay(k, 1.0, 8.0, random.Random(7)) for k in range(6)]
+    assert a == [backoff_delay(k, 1.0, 8.0, random.Random(7)) for k in range(6)]  # seeded: reproducible
+    for k, d in enumerate(a):
+        ceiling = min(8.0, 2.0 ** k)
+        assert ceiling / 2 <= d <= ceiling
+
+    assert retry_after_seconds("7") == 7.0 and retry_after_seconds(" 0 ") == 0.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0  # in the past: at once
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None and retry_after_seconds("nan") is None
+
+    url = "https://images.unsplash.com/photo-1453134665671-824f7b70305b?ixid=eyJh==&q=30"
+    assert rewrite_url(url, "http://127.0.0.1:8080") == "http://127.0.0.1:8080/photo-1453134665671-824f7b70305b?ixid=eyJh==&q=30"
+    assert rewrite_url(url, "https://mirror.example/unsplash/") == "https://mirror.example/unsplash/photo-1453134665671-824f7b70305b?ixid=eyJh==&q=30"
+    assert rewrite_url(url, None) == url
+    with pytest.raises(DownloadError):
+        rewrite_url(url, "mirror.example")
+    assert USER_AGENT.startswith(f"intent-bench/{bench.__version__} (+https://")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Downloads against the local server
+# --------------------------------------------------------------------------------------------------------------
+
+SPEC = {
+    "train": ["ok-t1", "ok-t2", "g404-t3", "g410-t4", "e500-t5"],
+    "val": ["ok-v1", "r429-v2", "slow-v3", "trunc-v4"],
+    "test": ["ok-x1", "e500-x2", "trunc-x3", "slow-x4", "r429-x5"],
+}
+FLAKY = ("r429", "e500", "slow", "trunc")
+
+
+def test_download_retries_recovers_and_reports(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    write_annotations(root / "annotations", SPEC)
+    result = invoke(args(root, server.url))
+    assert result.exit_code == 0, result.output  # only train images are gone
+    recoverable = [n for n in all_names(SPEC) if not n.startswith("g4")]
+    served(root, recoverable)
+    assert sorted(p.name for p in (root / "low").iterdir()) == sorted(f"{md5(n)}.jpg" for n in recoverable)  # no .part
+    assert dict(server.hits) == {n: 2 if n.split("-")[0] in FLAKY else 1 for n in all_names(SPEC)}  # 404/410: no retry
+    assert {ua for _, _, ua, _ in server.log} == {USER_AGENT}
+    for name in ("r429-v2", "r429-x5"):  # Retry-After: 1 was honoured
+        first, second = [t for t, n, _, _ in server.log if n == name]
+        assert second - first >= 1.0
+    rep = report(root)
+    assert sorted((f["split"], f["id"], f["status"]) for f in rep["failed"]) == [("train", md5("g404-t3"), 404), ("train", md5("g410-t4"), 410)]
+    assert all(f["url"].startswith(f"{server.url}/photo-g4") and f["url"].endswith("&q=30") and f["attempts"] == 1 for f in rep["failed"])
+    assert rep["counts"] == {"train": {"images": 5, "present": 0, "downloaded": 3, "failed": 2},
+                             "val": {"images": 4, "present": 0, "downloaded": 4, "failed": 0},
+                             "test": {"images": 5, "present": 0, "downloaded": 5, "failed": 0}}
+    assert "train: 2 images could not be fetched" in result.output
+    assert "manifest sha256" in result.output and "train: low/" in result.output  # verify ran, train losses counted
+
+    server.hits.clear()  # a rerun skips every complete file and asks only for the gone ones again
+    again = invoke(args(root, server.url))
+    assert again.exit_code == 0, again.output
+    assert dict(server.hits) == {"g404-t3": 1, "g410-t4": 1}
+    assert report(root)["counts"]["test"] == {"images": 5, "present": 5, "downloaded": 0, "failed": 0}
+    served(root, recoverable)
+
+
+def test_a_lost_val_or_test_image_exits_1(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    write_annotations(root / "annotations", {"train": ["ok-a1", "g404-a2"], "val": ["ok-b1", "g410-b2"], "test": ["ok-c1", "g404-c2"]})
+    result = invoke(args(root, server.url))
+    assert result.exit_code == 1, result.output
+    assert sorted((f["split"], f["status"]) for f in report(root)["failed"]) == [("test", 404), ("train", 404), ("val", 410)]
+    assert "1 val, 1 test images could not be fetched" in " ".join(result.output.split())
+    served(root, ["ok-a1", "ok-b1", "ok-c1"])
+
+
+def test_dry_run_fetches_nothing_and_says_what_it_would(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root, ann = tmp_path / "root", tmp_path / "official"
+    spec = {"train": ["ok-d1", "ok-d2", "ok-d3"], "val": ["ok-d4", "ok-d5"], "test": ["ok-d6"]}
+    write_annotations(ann, spec)
+    (root / "low").mkdir(parents=True)
+    (root / "low" / f"{md5('ok-d1')}.jpg").write_bytes(image_bytes("ok-d1"))
+    base = ["data", "download", "-d", "intentonomy", "--root", str(root), "--annotations", str(ann), "--no-progress"]
+    env = {"BENCH_DOWNLOAD_BASE_URL": server.url}  # the mirror from the environment
+    result = invoke([*base, "--dry-run"], env=env)
+    assert result.exit_code == 0, result.output
+    assert sum(server.hits.values()) == 0
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == ["low", f"low/{md5('ok-d1')}.jpg"]
+    lines = result.output.splitlines()
+    for split, row in {"train": "3 1 2 0", "val": "2 0 2 0", "test": "1 0 1 0"}.items():
+        assert any(line.replace("│", " ").split() == [split, *row.split()] for line in lines), (split, result.output)
+    assert f"{server.url}/photo-ok-d2?ixid=eyJhcHBfaWQiOi0xM30=&q=30" in result.output
+    assert f"would fetch 5 images into {root}" in result.output
+
+    result = invoke([*base, "--workers", "2", "--set", f"paths.cache={tmp_path / 'cache'}"], env=env)
+    assert result.exit_code == 0, result.output
+    assert dict(server.hits) == {n: 1 for n in all_names(spec) if n != "ok-d1"}
+    served(root, all_names(spec))
+    for split in spec:  # copied into the root, where verify found them
+        name = f"intentonomy_{split}2020.json"
+        assert (root / "annotations" / name).read_bytes() == (ann / name).read_bytes()
+
+
+def test_stale_part_and_corrupt_files_are_replaced(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    spec = {"train": ["ok-s1", "ok-s2", "ok-s3"], "val": ["ok-s4"], "test": ["ok-s5"]}
+    write_annotations(root / "annotations", spec)
+    low = root / "low"
+    low.mkdir()
+    (low / f".{md5('ok-s1')}.jpg.part").write_bytes(b"left by a killed run")
+    (low / f"{md5('ok-s2')}.jpg").write_bytes(image_bytes("ok-s2")[:3000])  # cut off: not complete
+    (low / f"{md5('ok-s3')}.jpg").write_bytes(image_bytes("ok-s3"))
+    (low / f"{md5('ok-s4')}.jpg").write_bytes(image_bytes("ok-s4"))
+    (low / f".{md5('ok-s4')}.jpg.part").write_bytes(image_bytes("ok-s4")[:100])  # stale beside a complete file
+    result = invoke(args(root, server.url))
+    assert result.exit_code == 0, result.output
+    assert dict(server.hits) == {"ok-s1": 1, "ok-s2": 1, "ok-s5": 1}
+    served(root, all_names(spec))
+    assert not list(root.rglob("*.part"))
+
+
+SLOW_SPEC = {"train": [f"ok-k{i}" for i in range(8)], "val": [f"ok-k{i}" for i in range(8, 12)],
+             "test": [f"ok-k{i}" for i in range(12, 16)]}
+
+
+def test_a_killed_download_leaves_no_partial_file_and_resumes(tmp_path):
+    srv = Server(chunk_delay=0.02)  # ~10 chunks per image: each takes ~0.2 s
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        root = tmp_path / "root"
+        write_annotations(root / "annotations", SLOW_SPEC)
+        proc = bench_subprocess([*args(root, srv.url), "--workers", "2"], tmp_path, tmp_path / "client.log")
+        try:
+            wait_for(lambda: len(srv.done) >= 3 or proc.poll() is not None, "three images served")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert proc.returncode == -signal.SIGKILL, (tmp_path / "client.log").read_text()
+        by_file = {f"{md5(n)}.jpg": n for n in all_names(SLOW_SPEC)}
+        finals = [p for p in (root / "low").iterdir() if not p.name.startswith(".")]
+        assert len(finals) < 16  # killed mid-download ...
+        for path in finals:  # ... and what has its final name is complete
+            assert path.read_bytes() == image_bytes(by_file[path.name])
+
+        srv.chunk_delay = 0.0
+        result = invoke(args(root, srv.url))
+        assert result.exit_code == 0, result.output
+        served(root, all_names(SLOW_SPEC))
+        assert not list(root.rglob("*.part"))
+        assert all(srv.hits[by_file[p.name]] == 1 for p in finals)  # complete files were not fetched again
+        assert "manifest sha256" in result.output and report(root)["failed"] == []
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+def test_the_server_killed_and_restarted_mid_download(tmp_path):
+    port_file, done = tmp_path / "port", tmp_path / "done.log"
+    done.touch()
+
+    def start(port: int) -> tuple[subprocess.Popen, int]:
+        port_file.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, __file__, "serve", "--port", str(port), "--port-file", str(port_file),
+                                 "--chunk-delay", "0.02", "--done-log", str(done)])
+        wait_for(lambda: port_file.is_file() or proc.poll() is not None, "the server")
+        return proc, int(port_file.read_text())
+
+    def served_count() -> int:
+        return len(done.read_text().split())
+
+    server, port = start(0)
+    root = tmp_path / "root"
+    write_annotations(root / "annotations", SLOW_SPEC)
+    client = None
+    try:
+        client = bench_subprocess([*args(root, f"http://127.0.0.1:{port}"), "--workers", "2", "--retries", "10",
+                                   "--backoff", "0.1"], tmp_path, tmp_path / "client.log")
+        wait_for(lambda: served_count() >= 3 or client.poll() is not None, "three images served")
+        server.kill()
+        server.wait()
+        before = served_count()
+        server, _ = start(port)  # the same port: the client's retries reach it
+        assert client.wait(timeout=60) == 0, (tmp_path / "client.log").read_text()
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.wait()
+        server.kill()
+        server.wait()
+    assert before < 16 and served_count() > before  # the restarted server served the rest
+    served(root, all_names(SLOW_SPEC))
+    assert not list(root.rglob("*.part")) and report(root)["failed"] == []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The official annotation files
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not (SHARED / "intentonomy_test2020.json").is_file(), reason=f"no real annotations in {SHARED}")
+def test_the_official_annotation_files(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    base = ["data", "download", "-d", "intentonomy", "--root", str(root), "--base-url", server.url, "--no-progress"]
+    result = invoke([*base, "--annotations", str(SHARED), "--split", "val,test", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert sum(server.hits.values()) == 0 and not root.exists()
+    for split, row in {"val": "498 0 498 0", "test": "1,217 0 1,217 0"}.items():
+        assert any(line.replace("│", " ").split() == [split, *row.split()] for line in result.output.splitlines()), result.output
+    first = json.loads((SHARED / "intentonomy_val2020.json").read_text())["images"][0]
+    assert first["unsplash_url"].replace("https://images.unsplash.com", server.url) in result.output
+
+    ann = tmp_path / "official"  # the first 4 images of the real val and test files, a generated train file
+    write_annotations(ann, {"train": ["ok-r1", "ok-r2", "ok-r3"]})
+    urls = {}
+    for split in ("val", "test"):
+        data = json.loads((SHARED / f"intentonomy_{split}2020.json").read_text())
+        data["images"] = data["images"][:4]
+        keep = {img["id"] for img in data["images"]}
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+        (ann / f"intentonomy_{split}2020.json").write_text(json.dumps(data))
+        urls |= {img["filename"]: urllib.parse.urlsplit(img["unsplash_url"]).path.removeprefix("/photo-") for img in data["images"]}
+    result = invoke([*base, "--annotations", str(ann), "--set", f"paths.cache={tmp_path / 'cache'}"])
+    assert result.exit_code == 0, result.output
+    for filename, name in urls.items():
+        assert (root / filename).read_bytes() == image_bytes(name)
+    served(root, ["ok-r1", "ok-r2", "ok-r3"])
+    assert sum(server.hits.values()) == 11 and "manifest sha256" in result.output
+    manifests = list((tmp_path / "cache" / "datasets" / "intentonomy").glob("manifest-*.json"))
+    counts = json.loads(manifests[0].read_text())["counts"]
+    assert {s: (c["images"], c["ok"]) for s, c in counts.items()} == {"train": (3, 3), "val": (4, 4), "test": (4, 4)}
+
+
+if __name__ == "__main__":  # the restart test's server: `python tests/test_download.py serve --port-file F ...`
+    cli = argparse.ArgumentParser()
+    cli.add_argument("command", choices=["serve"])
+    cli.add_argument("--port", type=int, default=0)
+    cli.add_argument("--port-file", type=Path, required=True)
+    cli.add_argument("--chunk-delay", type=float, default=0.0)
+    cli.add_argument("--done-log", type=Path, required=True)
+    opts = cli.parse_args()
+    server = Server(opts.port, opts.chunk_delay, opts.done_log)
+    tmp = opts.port_file.with_suffix(".tmp")
+    tmp.write_text(str(server.server_address[1]))
+    os.replace(tmp, opts.port_file)
+    server.serve_forever()
