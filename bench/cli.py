@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from bench.cli_common import ConfigOpt, ResultsOpt, SetOpt, err, out
 from bench.config import BenchConfig, load_config, parse_int_list, parse_name_list, parse_override
 from bench.errors import BenchError
 
@@ -34,14 +34,6 @@ def _main(
     """Benchmark harness for visual intention understanding with CLIP."""
 
 
-out = Console()
-if not out.is_terminal:  # logs and pipes: room for the whole table instead of truncated cells
-    out = Console(width=170)
-err = Console(stderr=True, soft_wrap=True)
-
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="bench.toml to use (default: ./bench.toml, else built-in defaults).")]
-ResultsOpt = Annotated[Optional[Path], typer.Option("--results", help="Results folder (overrides paths.results).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any bench.toml key: --set methods.linear-probe.refine_steps=2")]
 PretrainedOpt = Annotated[Optional[str], typer.Option("--pretrained", help="The backbone's weights: an open_clip tag (laion2b_s34b_b88k), a checkpoint file, local-dir:DIR or none (random); sets backbones.<backbone>.pretrained.")]
 
 

@@ -10,20 +10,10 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from bench.cli_common import ConfigOpt, RayOpt, ResultsOpt, SetOpt, err, out
 from bench.config import load_config, parse_name_list, parse_override
-
-out = Console()
-if not out.is_terminal:
-    out = Console(width=170)
-err = Console(stderr=True, soft_wrap=True)
-
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="bench.toml to use (default: ./bench.toml, else built-in defaults).")]
-ResultsOpt = Annotated[Optional[Path], typer.Option("--results", help="Results folder (overrides paths.results).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any bench.toml key: --set paths.data.intentonomy=\"/data/intentonomy\"")]
-RayOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Existing Ray cluster (an address, or 'auto'); also RAY_ADDRESS.")]
 
 weights_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                           help="Whether each backbone's weights are on this machine, and getting them.")

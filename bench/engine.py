@@ -294,7 +294,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         if ctx.report:
             ctx.report({**record, "best_metric": best["metric"], "checkpoint": str(ckpt_path)})
         if ctx.progress is not None:
-            ctx.progress.update(task_id, advance=1, description=f"  {method.name} epoch {epoch + 1} val {metric:.3f}")
+            ctx.progress.update(task_id, advance=1, description=f"  {method.name} epoch {epoch + 1} val {100 * metric:.2f}")
     if ctx.progress is not None:
         ctx.progress.remove_task(task_id)
 

@@ -58,8 +58,9 @@ class Intentonomy(ImageFileDataset):
     )
     source_help = (
         "the annotation json files from the official Intentonomy repository (github.com/kmnp/intentonomy); the "
-        "images are Unsplash photos, downloaded with that repository's script from each entry's 'unsplash_url' "
-        "(images that can no longer be downloaded are skipped in train and counted)"
+        "images are Unsplash photos, fetched from each entry's 'unsplash_url' by `bench data download --dataset "
+        "intentonomy --root ROOT` (or that repository's script); images that can no longer be downloaded are listed "
+        "in ROOT/download-report.json, skipped in train and counted"
     )
 
     class Config(ImageDatasetConfig):
