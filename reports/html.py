@@ -18,6 +18,7 @@ import pandas as pd
 from bench.reports import plots
 from bench.reports.downloads import downloads, table_records
 from bench.reports.escape import UNICODE_SYMBOLS, render_caption
+from bench.reports.latex import params_text
 from bench.reports.layout import PRIMARY, PaperTable
 from bench.reports.significance import format_p
 from bench.reports.tables import GROUP_KEYS
@@ -27,6 +28,7 @@ def _environment() -> jinja2.Environment:
     loader = jinja2.FunctionLoader(lambda name: resources.files("bench.reports").joinpath("templates", name).read_text())
     env = jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     env.filters["pct"] = lambda v: "-" if v is None else f"{v:.2f}"
+    env.filters["params"] = params_text  # as the LaTeX tables print them: 0.000012, 0.41, 82.4, 0
     env.filters["signed"] = lambda v: "" if v is None else f"{v:+.2f}"
     env.filters["slug"] = slug
     env.filters["pvalue"] = lambda v: "" if v is None else format_p(v)
@@ -93,17 +95,25 @@ def _run_downloads(runs: list[dict]) -> dict[str, str]:
     return downloads([{k: v for k, v in r.items() if k != "details"} for r in runs])
 
 
+def display_names(summary: pd.DataFrame) -> dict[str, str]:
+    """method label -> the name tables print ("IntCLIP (released code)" for ``intclip-official``), for legends."""
+    from bench.reports.layout import display_label
+
+    return {r["method"]: display_label(r["method"], r.get("display_name")) for _, r in summary.iterrows()}
+
+
 def _group_plots(summary: pd.DataFrame, records: list[RunResult], labels: dict[str, str], colors: dict[str, str], per_run: bool) -> list[dict]:
     """Per dataset group: score against learnable parameters (from the summary), and with ``per_run`` the per-class
     bars and training curves (from the records)."""
     groups = []
+    names = display_names(summary)
     for info in groups_of(summary):
         metric = PRIMARY.get(info["task"], "macro_f1")
         groups.append({
             "title": f"{info['dataset']} · {info['backbone']} · {info['protocol']} · manifest {str(info['manifest_sha256'])[:12]}",
-            "params": plots.params_plot(info, summary, metric, colors),
-            "per_class": plots.per_class_plot(info, records, labels, colors) if per_run else None,
-            "curves": plots.curves_plot(info, records, labels, colors) if per_run else None,
+            "params": plots.params_plot(info, summary, metric, colors, names),
+            "per_class": plots.per_class_plot(info, records, labels, colors, names) if per_run else None,
+            "curves": plots.curves_plot(info, records, labels, colors, names) if per_run else None,
         })
     return groups
 
@@ -129,7 +139,7 @@ def render_page(
     groups = _group_plots(summary, records, labels, colors, plots_per_run)
     history = history or []
     datasets = list(dict.fromkeys(summary["dataset"])) if not summary.empty else []
-    trends = [(d, plots.history_plot(history, d, colors)) for d in datasets] if history else []
+    trends = [(d, plots.history_plot(history, d, colors, display_names(summary))) for d in datasets] if history else []
     runs = _run_rows(records, labels)
     return _environment().get_template("page.html.j2").render(
         title=title,

@@ -28,7 +28,9 @@ PALETTE = (
 
 def method_colors(labels: Iterable[str]) -> dict[str, str]:
     """One colour per method label: the known methods in the paper's order first, then the others by name. Give it
-    every label of a site (or page) and each method keeps its colour on every plot drawn with the result."""
+    every label of a site (or page) and each method keeps its colour on every plot drawn with the result. Plots
+    key colours by these labels and write ``names`` (label -> display name, e.g. "IntCLIP (released code)") in
+    their legends."""
 
     def order(label: str) -> tuple[int, str]:
         base = label.split(" ")[0]
@@ -79,7 +81,8 @@ def _legend_above(ax, n: int) -> None:
 
 
 @_plain_text
-def per_class_plot(group_info: dict, records: list[RunResult], run_methods: dict[str, str], colors: dict[str, str]) -> str | None:
+def per_class_plot(group_info: dict, records: list[RunResult], run_methods: dict[str, str], colors: dict[str, str],
+                   names: dict[str, str] | None = None) -> str | None:
     """Grouped bars: per-class test F1 (multilabel) or accuracy (multiclass), mean over seeds, one bar per method."""
     from matplotlib.figure import Figure
 
@@ -99,7 +102,7 @@ def per_class_plot(group_info: dict, records: list[RunResult], run_methods: dict
     ax = fig.subplots()
     x = np.arange(len(classes))
     for i, m in enumerate(methods):
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, 100 * np.mean(by_method[m], axis=0), width, label=m, color=colors[m])
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, 100 * np.mean(by_method[m], axis=0), width, label=(names or {}).get(m, m), color=colors[m])
     ax.set_xticks(x, classes, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel(f"test {'F1' if key == 'f1' else 'accuracy'} (%)")
     ax.set_ylim(0, 100)
@@ -109,7 +112,8 @@ def per_class_plot(group_info: dict, records: list[RunResult], run_methods: dict
 
 
 @_plain_text
-def curves_plot(group_info: dict, records: list[RunResult], run_methods: dict[str, str], colors: dict[str, str]) -> str | None:
+def curves_plot(group_info: dict, records: list[RunResult], run_methods: dict[str, str], colors: dict[str, str],
+                names: dict[str, str] | None = None) -> str | None:
     """Val selection metric per epoch, one line per method (mean over seeds) with the seeds' range shaded."""
     from matplotlib.figure import Figure
 
@@ -129,7 +133,7 @@ def curves_plot(group_info: dict, records: list[RunResult], run_methods: dict[st
         n = min(len(line) for line in lines)
         values = np.array([line[:n] for line in lines])
         epochs = np.arange(1, n + 1)
-        ax.plot(epochs, values.mean(axis=0), label=m, color=colors[m], marker="o", markersize=3)
+        ax.plot(epochs, values.mean(axis=0), label=(names or {}).get(m, m), color=colors[m], marker="o", markersize=3)
         if len(lines) > 1:
             ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=colors[m], alpha=0.15, linewidth=0)
     ax.set_xlabel("epoch")
@@ -155,7 +159,8 @@ def _count(value: float) -> str:
 
 
 @_plain_text
-def params_plot(group_info: dict, summary: pd.DataFrame, metric: str, colors: dict[str, str]) -> str | None:
+def params_plot(group_info: dict, summary: pd.DataFrame, metric: str, colors: dict[str, str],
+                names: dict[str, str] | None = None) -> str | None:
     """Test ``metric`` (mean, std as error bars) against learnable parameters, one point per method of the group;
     the x axis is logarithmic above 1k parameters and linear below, so methods that learn nothing sit at 0."""
     from matplotlib.figure import Figure
@@ -171,7 +176,7 @@ def params_plot(group_info: dict, summary: pd.DataFrame, metric: str, colors: di
         x, y = r["params_learnable"], 100 * r[f"test_{metric}_mean"]
         std = r.get(f"test_{metric}_std")
         err = None if std is None or pd.isna(std) or int(r["n"]) < 2 else 100 * std
-        ax.errorbar([x], [y], yerr=None if err is None else [err], fmt="o", color=colors[r["method"]], label=r["method"], capsize=3)
+        ax.errorbar([x], [y], yerr=None if err is None else [err], fmt="o", color=colors[r["method"]], label=(names or {}).get(r["method"], r["method"]), capsize=3)
     ax.set_xscale("symlog", linthresh=1e3)
     ax.set_xlim(left=-100)
     top = max(1e4, float(rows["params_learnable"].max()))
@@ -185,7 +190,8 @@ def params_plot(group_info: dict, summary: pd.DataFrame, metric: str, colors: di
 
 
 @_plain_text
-def history_plot(history: list[dict], dataset: str, colors: dict[str, str]) -> str | None:
+def history_plot(history: list[dict], dataset: str, colors: dict[str, str],
+                 names: dict[str, str] | None = None) -> str | None:
     """The leaderboard's primary metric of every entry of ``dataset`` at each regeneration (oldest first), one line
     per method; an entry that is new, or gone, starts or ends its line there."""
     from matplotlib.figure import Figure
@@ -207,7 +213,7 @@ def history_plot(history: list[dict], dataset: str, colors: dict[str, str]) -> s
     for key in sorted(lines, key=lambda k: (list(colors).index(labels[k]) if labels[k] in colors else len(colors), k)):
         xs = sorted(lines[key])
         color = colors.get(labels[key], "#333333")
-        ax.plot(xs, [lines[key][x] for x in xs], marker="o", markersize=3, color=color, label=labels[key])
+        ax.plot(xs, [lines[key][x] for x in xs], marker="o", markersize=3, color=color, label=(names or {}).get(labels[key], labels[key]))
     ax.set_xticks(range(len(stamps)), stamps, rotation=30, ha="right", fontsize=7)
     ax.set_xlim(-0.5, len(stamps) - 0.5)
     ax.set_ylabel(f"{metric} (%)")

@@ -126,7 +126,7 @@ def test_one_colour_per_method_on_every_plot_and_page(tmp_path, monkeypatch):
     # a site's pages share one mapping: the overview's (score vs parameters only) and the dataset page's
     seen = []
     real = plots.params_plot
-    monkeypatch.setattr(plots, "params_plot", lambda info, summary, metric, colors: seen.append(dict(colors)) or real(info, summary, metric, colors))
+    monkeypatch.setattr(plots, "params_plot", lambda info, summary, metric, colors, names=None: seen.append(dict(colors)) or real(info, summary, metric, colors, names))
     make_run(results, "linear-probe", 0, dataset="fi", task="multiclass")
     records, _ = tables.load_results(results)
     summary = tables.summarise(tables.results_frame(records))
@@ -189,6 +189,8 @@ def test_the_leaderboard_overview_has_ranks_plots_trend_and_downloads(leaderboar
     assert "Val" not in re.search(r"<thead>.*?</thead>", html, re.S).group(0)  # the overview: test split only
     assert html.count('<figure class="trend">') == 1 and "intentonomy: the leaderboard's primary metric" in html
     assert "Test score against learnable parameters" in html and 'download="table1-1.csv"' in html
+    # #P as the LaTeX tables print it (it was "%.3f": 0.001 for 1,000 parameters, 82.000)
+    assert '">0.0010</td>' in html and '">82.0</td>' in html and ">0.001</td>" not in html
 
 
 @pytest.mark.parametrize("width", [1280, 800])
