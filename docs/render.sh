@@ -36,6 +36,7 @@ records, _ = tables.load_results(sys.argv[1])
 summary = tables.summarise(tables.results_frame(records))
 info = html.groups_of(summary)[0]
 colors = plots.method_colors(summary["method"])
-open(sys.argv[2], "w").write(plots.params_plot(info, summary, "macro_f1" if info["task"] == "multilabel" else "accuracy", colors))
+metric = "macro_f1" if info["task"] == "multilabel" else "accuracy"
+open(sys.argv[2], "w").write(plots.params_plot(info, summary, metric, colors, html.display_names(summary)))
 PY
 ls -l docs/table1.png docs/leaderboard.png docs/score-vs-params.svg

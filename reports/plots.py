@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bench.reports.escape import PLOT_RC
-from bench.reports.tables import METHOD_ORDER
+from bench.reports.tables import METHOD_ORDER, METRIC_LABELS
 from bench.schema import RunResult
 
 # matplotlib's tab10, then tab20's light shades: 20 methods before a colour repeats
@@ -183,7 +183,7 @@ def params_plot(group_info: dict, summary: pd.DataFrame, metric: str, colors: di
     ax.set_xticks([0.0] + [10.0**k for k in range(3, int(np.ceil(np.log10(top))) + 1)])
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _count(v)))
     ax.set_xlabel("learnable parameters")
-    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_ylabel(f"test {METRIC_LABELS.get(metric, metric)} (%)")
     _legend_above(ax, len(rows))
     ax.grid(alpha=0.3)
     return svg(fig)
