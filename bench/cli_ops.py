@@ -33,6 +33,7 @@ def doctor(
     sets: SetOpt = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Comma-separated datasets (overrides suite.datasets).")] = None,
     backbone: Annotated[Optional[str], typer.Option("--backbone", "-b", help="Backbone (overrides suite.backbone).")] = None,
+    executor: Annotated[Optional[Literal["ray", "serial"]], typer.Option("--executor", help="Overrides suite.executor (ray: check the cluster too).")] = None,
     ray_address: RayOpt = None,
     connect: Annotated[bool, typer.Option("--connect/--no-connect", help="Contact the configured Ray cluster (--no-connect: skip it).")] = True,
 ) -> None:
@@ -42,7 +43,7 @@ def doctor(
     from bench import doctor as checks
 
     cfg = load_config(config, _overrides(sets, results, **{
-        "suite.datasets": parse_name_list(dataset) if dataset else None, "suite.backbone": backbone}))
+        "suite.datasets": parse_name_list(dataset) if dataset else None, "suite.backbone": backbone, "suite.executor": executor}))
     found = checks.run_checks(cfg, ray_address, connect)
     checks.render(found, out)
     missing = checks.missing(found)

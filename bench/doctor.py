@@ -166,13 +166,21 @@ def run_checks(cfg: BenchConfig, ray_address: str | None = None, connect: bool =
 
 
 def render(checks: list[Check], console) -> None:
+    """A table on a terminal; one line per check for logs and pipes (no cell wrapped across lines)."""
     from rich.markup import escape
     from rich.table import Table
+
+    colour = {"ok": "green", "warn": "yellow", "missing": "red"}
+    if not console.is_terminal:
+        for c in checks:
+            fix = f" -> {escape(c.fix)}" if c.fix else ""
+            console.print(f"[{colour[c.status]}]{c.status:<7}[/] {c.area:<7} {escape(c.item)}: {escape(c.detail)}{fix}",
+                          soft_wrap=True, highlight=False)
+        return
 
     table = Table(title="bench doctor", title_justify="left", expand=False)
     for col in ("area", "item", "status", "detail", "fix"):
         table.add_column(col, overflow="fold")
-    colour = {"ok": "green", "warn": "yellow", "missing": "red"}
     for c in checks:
         table.add_row(c.area, escape(c.item), f"[{colour[c.status]}]{c.status}[/]", escape(c.detail), escape(c.fix))
     console.print(table)

@@ -78,6 +78,18 @@ def preflight(cfg: BenchConfig, methods: Any) -> None:
         )
 
 
+def cluster_nodes(cfg: BenchConfig, address: str) -> list[dict[str, float]]:
+    """The resources of every alive node of the cluster at ``address`` (``bench doctor``): connect, read, and
+    disconnect again unless this process was already connected. A cluster that cannot be reached is a ConfigError."""
+    connected = ray.is_initialized()
+    init_ray(cfg, resolve_address(cfg, address))
+    try:
+        return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    finally:
+        if not connected:
+            ray.shutdown()
+
+
 def storage_path(cfg: BenchConfig, address: str | None) -> str:
     """Where Tune keeps experiment state: required and checked up front on an existing cluster."""
     if cfg.ray.storage_path:

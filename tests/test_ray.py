@@ -191,6 +191,13 @@ def test_two_node_loopback_cluster_places_gpu_trials_and_applies_the_device_poli
         cfg = write_config(methods=("label-prior", "dualcoop"), seeds=(0, 1), extra=(
             f'[ray]\nstorage_path = "{storage}"\nmax_failures = 0\n'
             '[ray.resources.dualcoop]\ncpu = 1\ngpu = 0.5\ncustom = {accel = 1}\n'))
+        # bench doctor sees both nodes and holds each method's request against them
+        proc = _bench("doctor", "--config", str(cfg), "--ray-address", address, "--executor", "ray", cwd=tmp_path, env=auth)
+        assert "2 alive node(s)" in proc.stdout and "2 CPU/2 GPU" in proc.stdout, proc.stdout + proc.stderr
+        assert proc.returncode == 0, proc.stdout  # dualcoop's 0.5 GPU + accel fits the worker; the rest is ok or warn
+        proc = _bench("doctor", "--config", str(cfg), "--ray-address", address, "--executor", "ray",
+                      "--set", "ray.resources.dualcoop.gpu=4", cwd=tmp_path, env=auth)
+        assert proc.returncode == 1 and "missing ray     dualcoop: asks for 1 CPU, 4 GPU per trial; no node has that" in proc.stdout
         proc = _bench("run", "--config", str(cfg), "--ray-address", address, "--executor", "ray", "--no-progress",
                       cwd=tmp_path, env=auth, timeout=600)
         assert proc.returncode == 1, proc.stderr  # the two GPU trials failed (no CUDA here), the CPU one did not
