@@ -244,7 +244,10 @@ def print_plan(plan: Plan, preset: Preset, console) -> None:
 
     unknown = sum(1 for r in plan.rows if r.hours is None)
     hours = f"about {plan.hours:.1f} GPU-hours" + (f" (+ {unknown} rows of unknown size)" if unknown else "")
-    table = Table(title=f"{preset.title}: {plan.runs} runs, {hours}", title_justify="left")
+    tables = list(dict.fromkeys(r.table for r in plan.rows))
+    scope = preset.title if tables == preset.tables else f"{preset.name}: Table{'s' if len(tables) > 1 else ''} {', '.join(tables)}"
+    protocol = plan.configs[0].protocol.name if plan.configs else "?"
+    table = Table(title=f"{scope} (protocol {protocol}): {plan.runs} runs, {hours}", title_justify="left")
     for col, justify in (("table", "left"), ("backbone", "left"), ("dataset", "left"), ("method", "left"), ("runs", "right"),
                          ("done", "right"), ("epochs", "right"), ("GPU-h", "right"), ("estimate from", "left")):
         table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
