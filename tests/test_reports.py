@@ -409,3 +409,40 @@ def test_learnable_parameters_print_as_a_paper_prints_them():
 
     values = (0, 0.000012, 0.00078, 0.0013, 0.025, 0.409, 1.16, 82.4, None)
     assert [params_text(v) for v in values] == ["0", "0.000012", "0.00078", "0.0013", "0.025", "0.41", "1.16", "82.4", "-"]
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed (.ci/run installs it)")
+def test_every_paper_table_fits_a_two_column_article(tmp_path):
+    """Table 1, the four ablation tables and Table 6a, with the paper's rows and Δ, all `\\input` into a two-column
+    10 pt article: pdflatex reports no overfull box and no float too large, and each table is in the PDF."""
+    from bench import store
+    from bench.reports.paper import ABLATIONS
+
+    results = tmp_path / "results"
+    variants = sorted({n for a in ABLATIONS for _, names, _ in a.rows for n in names})
+    for method in ["label-prior", "zeroshot", "linear-probe", "dualcoop", "query2label", "intclip-official", *variants]:
+        for seed in (0, 1):
+            rec = make_run(results, method, seed, quality=0.4 + 0.01 * seed, params=(409_000, 57_000_000))
+            if ":" in method:
+                rec.method.display_name = f"IntCLIP ({method.split(':')[1]})"
+            store.write_result(store.runs_dir(results) / rec.run_id, rec, store.read_scores(store.runs_dir(results) / rec.run_id))
+    for dataset in ("emotionroi", "fi"):
+        for method in ("zeroshot", "linear-probe", "intclip"):
+            make_run(results, method, 0, dataset=dataset, task="multiclass", manifest=dataset[0] * 64)
+    res = CliRunner().invoke(app, ["report", "--results", str(results), "--format", "latex", "--reference", "--bootstrap", "0",
+                                   "--out", str(tmp_path / "tables.tex")])
+    assert res.exit_code == 0, res.output
+    tex = (tmp_path / "tables.tex").read_text()
+    assert tex.count(r"\begin{tabular}") == 6  # Table 1, Tables 2-5, Table 6a
+    (tmp_path / "paper.tex").write_text("\n".join([
+        r"\documentclass[10pt,twocolumn]{article}", r"\usepackage{booktabs}", r"\usepackage{graphicx}",
+        r"\begin{document}", r"\input{tables}", "Text.", r"\end{document}", ""]))
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    log = (tmp_path / "paper.log").read_text(errors="replace")
+    assert "Overfull" not in log and "Float too large" not in log, log[log.find("Overfull"):][:500]
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", "paper.pdf", "-"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        for title in ("Main comparison", "Component ablation", "Class text", "Image encoder", "Fusion of the two branches", "Image emotion recognition"):
+            assert title in text, title
