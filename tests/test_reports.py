@@ -71,6 +71,20 @@ def _joined_numbers(cells: list[str]) -> list[str]:
     return out
 
 
+def _two_column_article(folder: Path, after: str = "Text.") -> str:
+    """Compile ``folder/tables.tex`` \\input into a two-column 10 pt article (``after``: what follows it); assert
+    that pdflatex succeeds with no overfull box and no float too large; return the log."""
+    (folder / "paper.tex").write_text("\n".join([
+        r"\documentclass[10pt,twocolumn]{article}", r"\usepackage{booktabs}", r"\usepackage{graphicx}",
+        r"\pagestyle{empty}", r"\begin{document}", r"\input{tables}", after, r"\end{document}", ""]))
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=folder,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    log = (folder / "paper.log").read_text(errors="replace")
+    assert "Overfull" not in log and "Float too large" not in log, log[log.find("Overfull"):][:500]
+    return log
+
+
 def test_bold_best_and_underlined_second_follow_the_numbers(tmp_path):
     tex = to_latex(layout.paper_tables(_summary(_store(tmp_path))))
     # columns: label, #P, test macro, test micro, test samples, test mAP, val macro, ...
@@ -291,14 +305,7 @@ def test_latex_is_paper_ready_in_a_two_column_article(tmp_path):
     assert not any("pm" in c for c in _cells(tex, "DualCoOp")[2:])  # one run: no spread printed
     assert any("pm" in c for c in _cells(tex, "IntCLIP")[2:])
     assert r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}" in tex
-    (tmp_path / "paper.tex").write_text("\n".join([
-        r"\documentclass[10pt,twocolumn]{article}", r"\usepackage{booktabs}", r"\usepackage{graphicx}",
-        r"\begin{document}", r"\input{tables}", "Text.", r"\end{document}", ""]))
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    log = (tmp_path / "paper.log").read_text(errors="replace")
-    assert "Overfull \\hbox" not in log, log[log.index("Overfull"):][:500]
+    _two_column_article(tmp_path)
 
 
 def test_columns_and_metrics_choose_the_paper_tables_columns(tmp_path):
@@ -383,15 +390,7 @@ def test_single_column_table1_renders_inside_its_column(tmp_path):
     assert out.read_text().count(r"\begin{table}[t]") == 1
     # the caption's ± is LaTeX's (it was printed as the escaped text "$\pm$")
     assert r"Mean $\pm$ std over 2 seeds." in out.read_text() and r"\$\textbackslash{}pm\$" not in out.read_text()
-    (tmp_path / "paper.tex").write_text("\n".join([
-        r"\documentclass[10pt,twocolumn]{article}", r"\usepackage{booktabs}", r"\usepackage{graphicx}",
-        r"\pagestyle{empty}", r"\begin{document}", r"\input{tables}",
-        r"\typeout{GEOMETRY \the\oddsidemargin\space\the\hoffset\space\the\columnwidth}", r"\end{document}", ""]))
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    log = (tmp_path / "paper.log").read_text(errors="replace")
-    assert "Overfull" not in log and "Float too large" not in log
+    log = _two_column_article(tmp_path, r"\typeout{GEOMETRY \the\oddsidemargin\space\the\hoffset\space\the\columnwidth}")
     subprocess.run(["pdftoppm", "-png", "-r", "72", "-f", "1", "-l", "1", "paper.pdf", "page"], cwd=tmp_path, check=True, timeout=60)
     page = Image.open(next(tmp_path.glob("page-*1.png"))).convert("L")
     dark = page.point(lambda v: 255 if v < 128 else 0).getbbox()
@@ -434,14 +433,7 @@ def test_every_paper_table_fits_a_two_column_article(tmp_path):
     assert res.exit_code == 0, res.output
     tex = (tmp_path / "tables.tex").read_text()
     assert tex.count(r"\begin{tabular}") == 6  # Table 1, Tables 2-5, Table 6a
-    (tmp_path / "paper.tex").write_text("\n".join([
-        r"\documentclass[10pt,twocolumn]{article}", r"\usepackage{booktabs}", r"\usepackage{graphicx}",
-        r"\begin{document}", r"\input{tables}", "Text.", r"\end{document}", ""]))
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    log = (tmp_path / "paper.log").read_text(errors="replace")
-    assert "Overfull" not in log and "Float too large" not in log, log[log.find("Overfull"):][:500]
+    _two_column_article(tmp_path)
     if shutil.which("pdftotext"):
         text = subprocess.run(["pdftotext", "paper.pdf", "-"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
         for title in ("Main comparison", "Component ablation", "Class text", "Image encoder", "Fusion of the two branches", "Image emotion recognition"):
