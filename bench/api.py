@@ -99,6 +99,19 @@ def run(
     return frame
 
 
+def report_inputs(results: Path, bootstrap: int = 1000, warn: Callable[[str], None] | None = None,
+                  run_ids: set[str] | None = None) -> tuple[list, pd.DataFrame]:
+    """The records of the store at ``results`` (only ``run_ids`` when given) and their summary, with the
+    significance columns when ``bootstrap`` resamples are asked for: what every report renders."""
+    from bench.reports import tables
+
+    records = [r for r in _records(results, warn) if run_ids is None or r.run_id in run_ids]
+    summary = tables.summarise(tables.results_frame(records))
+    if bootstrap and not summary.empty:
+        summary = tables.add_significance(summary, records, results, bootstrap)
+    return records, summary
+
+
 def render_report(cfg: BenchConfig, fmt: ReportFormat, bootstrap: int = 1000, reference: bool = False,
                   standalone: bool = False, warn: Callable[[str], None] | None = None, columns: str | None = None,
                   metrics: Sequence[str] | None = None) -> tuple[str, int]:
@@ -113,10 +126,7 @@ def render_report(cfg: BenchConfig, fmt: ReportFormat, bootstrap: int = 1000, re
         raise BenchError(str(err)) from None
     from bench.reports import tables
 
-    records = _records(cfg.paths.results, warn)
-    summary = tables.summarise(tables.results_frame(records))
-    if bootstrap:
-        summary = tables.add_significance(summary, records, cfg.paths.results, bootstrap)
+    records, summary = report_inputs(cfg.paths.results, bootstrap, warn)
     if fmt == "md":
         return tables.to_markdown(summary), len(records)
     if fmt == "csv":

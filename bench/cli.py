@@ -11,7 +11,8 @@ import typer
 from rich.markup import escape
 
 from bench.cli_common import ConfigOpt, ResultsOpt, SetOpt, err, out
-from bench.config import BenchConfig, load_config, parse_int_list, parse_name_list, parse_override
+from bench.cli_common import load as _load
+from bench.config import BenchConfig, parse_int_list, parse_name_list
 from bench.errors import BenchError
 
 app = typer.Typer(
@@ -35,24 +36,6 @@ def _main(
 
 
 PretrainedOpt = Annotated[Optional[str], typer.Option("--pretrained", help="The backbone's weights: an open_clip tag (laion2b_s34b_b88k), a checkpoint file, local-dir:DIR or none (random); sets backbones.<backbone>.pretrained.")]
-
-
-def _load(config: Path | None, results: Path | None = None, sets: list[str] | None = None, sections: bool = True,
-          values: dict[str, object] | None = None, pretrained: str | None = None, pretrained_for: str = "suite",
-          **suite: object) -> BenchConfig:
-    """The config with ``--set`` strings (parsed as TOML values), typed ``values`` (CLI paths and numbers, never
-    re-parsed: a path may hold quotes or backslashes) and the suite flags applied; ``--pretrained`` sets
-    ``backbones.<name>.pretrained`` of the backbone ``[<pretrained_for>]`` then runs on (a recorded override)."""
-    from bench.config import backbone_key, configured_backbone
-
-    overrides: dict[str, object] = dict(parse_override(s) for s in sets or [])
-    overrides.update(values or {})
-    if results is not None:
-        overrides["paths.results"] = str(results.resolve())
-    overrides.update({f"suite.{k}": v for k, v in suite.items() if v is not None})
-    if pretrained is not None:
-        overrides[backbone_key(configured_backbone(config, overrides, pretrained_for))] = pretrained
-    return load_config(config, overrides, sections=sections)
 
 
 @app.command()

@@ -75,9 +75,9 @@ def _config(config: Path | None, dataset: str, root: Path | None, sets: list[str
 
 
 def _adapter(cfg: BenchConfig, dataset: str, workers: int | None):
-    from bench.registry import DATASETS
+    from bench.plan import dataset_adapter
 
-    adapter = DATASETS.get(dataset)(cfg.dataset_config(dataset), cfg.data_root(dataset), cfg.paths.cache / "datasets")
+    adapter = dataset_adapter(cfg, dataset)
     if workers is not None:
         adapter.workers = workers
     return adapter

@@ -6,25 +6,16 @@ Exit codes: 0 fine; 1 something is missing (doctor, weights status) or runs fail
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
 from rich.markup import escape
 
-from bench.cli_common import ConfigOpt, RayOpt, ResultsOpt, SetOpt, err, out
-from bench.config import load_config, parse_name_list, parse_override
+from bench.cli_common import ConfigOpt, RayOpt, ResultsOpt, SetOpt, err, load, out, overrides
+from bench.config import parse_name_list
 
 weights_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                           help="Whether each backbone's weights are on this machine, and getting them.")
-
-
-def _overrides(sets: list[str] | None, results: Path | None, **values: object) -> dict[str, object]:
-    overrides: dict[str, object] = dict(parse_override(s) for s in sets or [])
-    if results is not None:
-        overrides["paths.results"] = str(results.resolve())
-    overrides.update({k: v for k, v in values.items() if v is not None})
-    return overrides
 
 
 def doctor(
@@ -42,8 +33,7 @@ def doctor(
     backbone's resolution; print ok/warn/missing with the command that fixes each. Exits 1 when anything is missing."""
     from bench import doctor as checks
 
-    cfg = load_config(config, _overrides(sets, results, **{
-        "suite.datasets": parse_name_list(dataset) if dataset else None, "suite.backbone": backbone, "suite.executor": executor}))
+    cfg = load(config, results, sets, datasets=parse_name_list(dataset) if dataset else None, backbone=backbone, executor=executor)
     found = checks.run_checks(cfg, ray_address, connect)
     checks.render(found, out)
     missing = checks.missing(found)
@@ -64,7 +54,7 @@ def weights_status(
 
     from bench.weights import weights_status as status
 
-    cfg = load_config(config, _overrides(sets, None))
+    cfg = load(config, None, sets)
     names = backbones or list(dict.fromkeys([cfg.suite.backbone, *([cfg.leaderboard.backbone] if cfg.leaderboard.backbone else []), *cfg.backbones]))
     table = Table(title="backbone weights", title_justify="left")
     for col in ("backbone", "weights", "present", "where / how to get them"):
@@ -93,7 +83,7 @@ def weights_fetch(
     from bench.io import sha256_file
     from bench.weights import fetch
 
-    cfg = load_config(config, _overrides(sets, None, **({backbone_key(backbone): pretrained} if pretrained else {})))
+    cfg = load(config, None, sets, values={backbone_key(backbone): pretrained} if pretrained else None)
     path = fetch(cfg, backbone)
     out.print(f"{escape(backbone)}: {escape(str(path))} (sha256 {sha256_file(path)})")
 
@@ -120,8 +110,8 @@ def reproduce(
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}: expected one of {', '.join(PRESETS)}")
     chosen = PRESETS[preset]
-    overrides = _overrides(sets, results, **{"protocol.name": protocol, "suite.executor": executor})
-    plan = make_plan(config, chosen, parse_name_list(tables) if tables else None, scale, overrides)
+    found = overrides(results, sets, {"protocol.name": protocol} if protocol else None, executor=executor)
+    plan = make_plan(config, chosen, parse_name_list(tables) if tables else None, scale, found)
     print_plan(plan, chosen, out)
     if dry_run:
         return

@@ -36,10 +36,10 @@ def _dataset_checks(cfg: BenchConfig, name: str, image_size: int) -> tuple[list[
     """Root, annotation files (the adapter's listing) and manifest of dataset ``name``; and the bytes its decoded
     cache needs at ``image_size`` (0 when unknown)."""
     from bench.datasets.images import ImageFileDataset
-    from bench.datasets.manifest import Manifest, root_tag
-    from bench.registry import DATASETS
+    from bench.datasets.manifest import Manifest
+    from bench.plan import dataset_adapter
 
-    adapter = DATASETS.get(name)(cfg.dataset_config(name), cfg.data_root(name), cfg.paths.cache / "datasets")
+    adapter = dataset_adapter(cfg, name)
     if not isinstance(adapter, ImageFileDataset):
         return [Check("data", name, "ok", "generated on the fly (no files needed)")], 0
     fetch = {"intentonomy": f"bench data download --dataset intentonomy --root /data/{name}"}.get(
@@ -52,7 +52,7 @@ def _dataset_checks(cfg: BenchConfig, name: str, image_size: int) -> tuple[list[
     n = sum(len(p) for p in listing.paths.values())
     sizes = ", ".join(f"{s} {len(p):,}" for s, p in listing.paths.items())
     checks = [Check("data", f"{name} annotations", "ok", f"{listing.root}: {sizes}")]
-    path = adapter.work_dir / f"manifest-{root_tag(listing.root)}.json"
+    path = adapter.manifest_path(listing)
     manifest = Manifest.read(path) if path.is_file() else None
     verify = f"bench data verify --dataset {name}"
     if manifest is None:  # never verified, damaged, or of another format: verify writes it

@@ -91,10 +91,13 @@ def data_key(dataset: str, overrides: dict[str, Any]) -> str:
     return dataset + "".join(f"@{k}={v}" for k, v in sorted(overrides.items()))
 
 
+def dataset_adapter(cfg: BenchConfig, name: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The adapter of dataset ``name`` with its validated config, its data root and the cache folder."""
+    return DATASETS.get(name)(cfg.dataset_config(name, overrides), cfg.data_root(name), cfg.paths.cache / "datasets")
+
+
 def load_dataset(cfg: BenchConfig, name: str, image_size: int, overrides: dict[str, Any] | None = None):
-    adapter_cls = DATASETS.get(name)
-    adapter = adapter_cls(cfg.dataset_config(name, overrides), cfg.data_root(name), cfg.paths.cache / "datasets")
-    return adapter.load(image_size)
+    return dataset_adapter(cfg, name, overrides).load(image_size)
 
 
 def check_support(backbone: str, methods: list[str]) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +67,7 @@ class Trial:
         return "-" if self.epochs is None else f"{self.epoch}/{self.epochs}"
 
 
-class Board:
+class Board(ABC):
     """Trials, their events and their table. ``clock`` is injectable (tests); every event method returns the
     one-line text of the event. Thread safe: a live view renders from its refresh thread."""
 
@@ -170,11 +171,13 @@ class Board:
         return running + ended[: self.KEEP]
 
     # rendering
+    @abstractmethod
     def title(self) -> str:
-        raise NotImplementedError
+        """The header line: counts, elapsed, ETA."""
 
+    @abstractmethod
     def cells(self, trial: Trial) -> list[str]:
-        raise NotImplementedError
+        """One table row for ``trial``, in ``COLUMNS`` order."""
 
     def table(self) -> Group:
         """The header line (counts, elapsed, ETA) over one row per shown trial, as of now."""
@@ -189,14 +192,17 @@ class Board:
     def __rich__(self) -> Group:
         return self.table()
 
+    @abstractmethod
     def start_line(self, trial: Trial) -> str:
-        raise NotImplementedError
+        """The log line of a trial that starts."""
 
+    @abstractmethod
     def epoch_line(self, trial: Trial) -> str:
-        raise NotImplementedError
+        """The log line of a trial's reported epoch."""
 
+    @abstractmethod
     def end_line(self, trial: Trial) -> str:
-        raise NotImplementedError
+        """The log line of a trial that ended (done, pruned or errored)."""
 
 
 _NUM = {"justify": "right", "no_wrap": True}

@@ -125,7 +125,7 @@ class PlanRow:
     dataset: str
     method: str
     runs: int
-    done: int | None  # None: not known (the dataset is not there, so no run id)
+    done: int  # complete records of these names and seeds already in the store
     epochs: int
     hours: float | None
     basis: str
@@ -148,9 +148,9 @@ class Plan:
 
 
 def _sizes(cfg: BenchConfig, dataset: str) -> tuple[int, int, int] | None:
-    from bench.registry import DATASETS
+    from bench.plan import dataset_adapter
 
-    adapter = DATASETS.get(dataset)(cfg.dataset_config(dataset), cfg.data_root(dataset), cfg.paths.cache / "datasets")
+    adapter = dataset_adapter(cfg, dataset)
     try:
         paths = adapter.listing().paths
         return tuple(len(paths.get(s, [])) for s in ("train", "val", "test"))  # type: ignore[return-value]
@@ -163,15 +163,20 @@ def _sizes(cfg: BenchConfig, dataset: str) -> tuple[int, int, int] | None:
     return known
 
 
-def _seconds_per_image(cfg: BenchConfig, method: str, backbone: str) -> tuple[float, str] | None:
-    """Seconds per training image (each epoch's eval included) from the store's earlier runs of ``method`` on
-    ``backbone`` (the median)."""
+def _stored(results: Path) -> list:
+    """The store's readable records, read once per plan (rows look runs up in them)."""
     from bench import store
 
+    return [rec for _, rec in store.iter_results(results) if not isinstance(rec, BenchError)]
+
+
+def _seconds_per_image(records: list, method: str, backbone: str) -> tuple[float, str] | None:
+    """Seconds per training image (each epoch's eval included) from the store's earlier runs of ``method`` on
+    ``backbone`` (the median)."""
     rates = []
     devices = set()
-    for _, rec in store.iter_results(cfg.paths.results):
-        if isinstance(rec, BenchError) or rec.method.name != method or rec.backbone.get("name") != backbone:
+    for rec in records:
+        if rec.method.name != method or rec.backbone.get("name") != backbone:
             continue
         seconds, epochs = rec.timing.get("seconds_train_and_eval"), rec.training.epochs_run
         n = rec.dataset.split_sizes.get("train", 0)
@@ -183,12 +188,12 @@ def _seconds_per_image(cfg: BenchConfig, method: str, backbone: str) -> tuple[fl
     return statistics.median(rates), f"store: {len(rates)} run(s), {', '.join(sorted(devices))}"
 
 
-def estimate(cfg: BenchConfig, method: str, backbone: str, sizes: tuple[int, int, int] | None, epochs: int, runs: int) -> tuple[float | None, str]:
-    """GPU-hours of ``runs`` runs and what the estimate rests on."""
+def estimate(records: list, method: str, backbone: str, sizes: tuple[int, int, int] | None, epochs: int, runs: int) -> tuple[float | None, str]:
+    """GPU-hours of ``runs`` runs and what the estimate rests on (``records``: the store's, for measured rates)."""
     if sizes is None:
         return None, "dataset size unknown"
     train, val, test = sizes
-    measured = _seconds_per_image(cfg, method, backbone)
+    measured = _seconds_per_image(records, method, backbone)
     if measured is not None:
         per_image, basis = measured
         seconds = max(epochs, 1) * train * per_image
@@ -201,17 +206,10 @@ def estimate(cfg: BenchConfig, method: str, backbone: str, sizes: tuple[int, int
     return runs * seconds / 3600, basis
 
 
-def _done(cfg: BenchConfig, method: str, dataset: str, backbone: str, seeds: list[int | None]) -> int:
-    """Complete records in the store for these names and seeds (the real run triages by run id)."""
-    from bench import store
-
-    found = set()
-    for _, rec in store.iter_results(cfg.paths.results):
-        if isinstance(rec, BenchError):
-            continue
-        if (rec.method.name, rec.dataset.name, rec.backbone.get("name"), rec.protocol.name) == (method, dataset, backbone, cfg.protocol.name) and rec.seed in seeds:
-            found.add(rec.seed)
-    return len(found)
+def _done(records: list, key: tuple[str, str, str, str], seeds: list[int | None]) -> int:
+    """Records for ``key`` = (method, dataset, backbone, protocol) and these seeds (the real run triages by run id)."""
+    return len({rec.seed for rec in records if rec.seed in seeds and
+                (rec.method.name, rec.dataset.name, rec.backbone.get("name"), rec.protocol.name) == key})
 
 
 def make_plan(config: Path | None, preset: Preset, tables: list[str] | None, scale: str, overrides: dict[str, Any]) -> Plan:
@@ -221,9 +219,13 @@ def make_plan(config: Path | None, preset: Preset, tables: list[str] | None, sca
     seeds = (0,) if scale == "tiny" else preset.seeds
     plan = Plan()
     first: dict[tuple[str, str, str], str] = {}  # (backbone, dataset, method) -> the table that plans its runs
+    stored: dict[Path, list] = {}
     for job in _scale(select(preset, tables), scale):
         cfg = job_config(config, job, seeds, overrides, scale)
         plan.configs.append(cfg)
+        if cfg.paths.results not in stored:  # every job shares one store: read it once
+            stored[cfg.paths.results] = _stored(cfg.paths.results)
+        records = stored[cfg.paths.results]
         fixed = cfg.backbone_pretrained(job.backbone) != "none"
         for dataset in job.datasets:
             sizes = _sizes(cfg, dataset)
@@ -232,8 +234,8 @@ def make_plan(config: Path | None, preset: Preset, tables: list[str] | None, sca
                 epochs = int(getattr(cfg.method_config(method, job.backbone), "epochs", 0) or 0)
                 owner = first.setdefault((job.backbone, dataset, method), job.table)
                 shared = owner if owner != job.table else None  # the same runs serve several tables: counted once
-                hours, basis = (0.0, f"= Table {owner}") if shared else estimate(cfg, method, job.backbone, sizes, epochs, len(run_seeds))
-                done = _done(cfg, method, dataset, job.backbone, run_seeds)
+                hours, basis = (0.0, f"= Table {owner}") if shared else estimate(records, method, job.backbone, sizes, epochs, len(run_seeds))
+                done = _done(records, (method, dataset, job.backbone, cfg.protocol.name), run_seeds)
                 plan.rows.append(PlanRow(job.table, job.backbone, dataset, method, len(run_seeds), done, epochs, hours, basis, shared))
     return plan
 
@@ -253,7 +255,7 @@ def print_plan(plan: Plan, preset: Preset, console) -> None:
         table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in plan.rows:
         hours = "?" if r.hours is None else f"{r.hours:.2f}"
-        table.add_row(r.table, r.backbone, r.dataset, escape(r.method), str(r.runs), "?" if r.done is None else str(r.done),
+        table.add_row(r.table, r.backbone, r.dataset, escape(r.method), str(r.runs), str(r.done),
                       str(r.epochs or "-"), hours, escape(r.basis))
     console.print(table)
     console.print("anchor: the released IntCLIP code's RN101 training step on an NVIDIA H200 (770 img/s train, 2,780 img/s "
@@ -294,16 +296,14 @@ def write_report(plan: Plan, folder: Path, preset: Preset, bootstrap: int = 1000
     import subprocess
     import tempfile
 
+    from bench.api import report_inputs
     from bench.io import atomic_write_bytes, atomic_write_text
-    from bench.reports import layout, tables
+    from bench.reports import layout
     from bench.reports.html import render_page
     from bench.reports.latex import to_latex
 
     results = plan.configs[0].paths.results
-    records = [r for r in tables.load_results(results)[0] if r.run_id in plan.run_ids]
-    summary = tables.summarise(tables.results_frame(records))
-    if bootstrap and not summary.empty:
-        summary = tables.add_significance(summary, records, results, bootstrap)
+    records, summary = report_inputs(results, bootstrap, run_ids=plan.run_ids)
     paper = layout.paper_tables(summary, reference=True)
     written = [folder / f"{preset.name}.html", folder / f"{preset.name}.tex"]
     atomic_write_text(written[0], render_page(preset.title, paper, summary, records, subtitle=f"{len(records)} runs in {results}"))

@@ -35,7 +35,7 @@ from bench.io import atomic_write_bytes, ensure_free_space
 
 from .base import DatasetError, SplitIncompleteError
 
-from .manifest import CACHE_FORMAT, RESAMPLE, Entry, Listing, Manifest, _examples, _run_pool, default_workers, new_manifest, reconcile, root_tag, scan_file
+from .manifest import CACHE_FORMAT, RESAMPLE, Entry, Listing, Manifest, _examples, _run_pool, default_workers, manifest_file, new_manifest, reconcile, scan_file
 
 def cache_dir_name(images_sha256: str, size: int, resample: str, draft: bool) -> str:
     """The cache key as a folder name: size, resize method and the manifest's image-entries hash."""
@@ -158,7 +158,7 @@ def materialize(
     if resample not in RESAMPLE:
         raise DatasetError(f"unknown resample {resample!r} (expected one of {', '.join(RESAMPLE)})")
     strict = set(strict_splits)
-    manifest_path = Path(work_dir) / f"manifest-{root_tag(root)}.json"
+    manifest_path = manifest_file(work_dir, root)
     previous = Manifest.read(manifest_path)
     entries, stale = reconcile(listing, previous)
 

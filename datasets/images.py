@@ -41,6 +41,7 @@ from .manifest import (  # noqa: F401  (re-exported: adapters and tests import t
     check_relative,
     decode_image,
     default_workers,
+    manifest_file,
     new_manifest,
     reconcile,
     root_tag,
@@ -142,10 +143,14 @@ class ImageFileDataset(DatasetAdapter):
     def class_keys(self) -> list[str]:
         return [c.key for c in self.classes()]
 
+    def manifest_path(self, listing: Listing) -> Path:
+        """Where ``verify`` writes the manifest of the root ``listing`` reads (one per root, in the cache)."""
+        return manifest_file(self.work_dir, listing.root)
+
     def verify(self) -> tuple[Manifest, Path]:
         """``bench data verify``: full decode + sha256 of every listed image; writes and returns the manifest."""
         listing = self.listing()
-        path = self.work_dir / f"manifest-{root_tag(listing.root)}.json"
+        path = self.manifest_path(listing)
         if self.progress_total:
             self.progress_total(sum(len(p) for p in listing.paths.values()))
         manifest = verify_files(self.name, listing, self.class_keys(), path, workers=self.workers, progress=self.progress)

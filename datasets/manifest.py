@@ -67,6 +67,11 @@ def root_tag(root: Path) -> str:
     return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
 
 
+def manifest_file(work_dir: Path, root: Path) -> Path:
+    """Where the manifest of data root ``root`` lives in a dataset's cache folder (one per root)."""
+    return Path(work_dir) / f"manifest-{root_tag(root)}.json"
+
+
 def check_relative(path: str, where: str) -> str:
     """A listed image path must stay under the data root: relative, posix, no ``..``."""
     p = Path(path)

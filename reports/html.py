@@ -102,11 +102,11 @@ def display_names(summary: pd.DataFrame) -> dict[str, str]:
     return {r["method"]: display_label(r["method"], r.get("display_name")) for _, r in summary.iterrows()}
 
 
-def _group_plots(summary: pd.DataFrame, records: list[RunResult], labels: dict[str, str], colors: dict[str, str], per_run: bool) -> list[dict]:
+def _group_plots(summary: pd.DataFrame, records: list[RunResult], labels: dict[str, str], colors: dict[str, str],
+                 names: dict[str, str], per_run: bool) -> list[dict]:
     """Per dataset group: score against learnable parameters (from the summary), and with ``per_run`` the per-class
     bars and training curves (from the records)."""
     groups = []
-    names = display_names(summary)
     for info in groups_of(summary):
         metric = PRIMARY.get(info["task"], "macro_f1")
         groups.append({
@@ -136,10 +136,11 @@ def render_page(
     colour, shared by every page of a site (default: from this page's summary)."""
     labels = method_labels(summary)
     colors = colors or plots.method_colors(summary["method"] if not summary.empty else [])
-    groups = _group_plots(summary, records, labels, colors, plots_per_run)
+    names = display_names(summary)
+    groups = _group_plots(summary, records, labels, colors, names, plots_per_run)
     history = history or []
     datasets = list(dict.fromkeys(summary["dataset"])) if not summary.empty else []
-    trends = [(d, plots.history_plot(history, d, colors, display_names(summary))) for d in datasets] if history else []
+    trends = [(d, plots.history_plot(history, d, colors, names)) for d in datasets] if history else []
     runs = _run_rows(records, labels)
     return _environment().get_template("page.html.j2").render(
         title=title,

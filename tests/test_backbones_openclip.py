@@ -216,7 +216,7 @@ def test_local_checkpoint_runs_end_to_end_and_the_record_names_model_tag_and_has
         assert record["config_file"]["overrides"][f"backbones.{VIT}.pretrained"] == str(weights)
     assert records["intclip"]["training"]["epochs_run"] == 1 and records["zeroshot"]["params"]["learnable"] == 0
     loaded = load_backbone(BACKBONES.get(VIT), str(weights))
-    assert torch.equal(loaded.model.visual.proj, torch.load(weights)["visual.proj"])
+    assert torch.equal(loaded.model.visual.proj, torch.load(weights, weights_only=True)["visual.proj"])
 
 
 @pytest.mark.parametrize("repo, model, file", [("tiny-vit", VIT, "open_clip_model.safetensors"), ("tiny-rn", RN, "open_clip_pytorch_model.bin")])
