@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os as _os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # 0.2.0: val selections with a tie rule (every run id changes)
 
 # Installed, ``methods/``, ``datasets/`` and ``reports/`` live at ``bench/methods`` etc. (setuptools
 # ``package-dir``). Imported straight from a source checkout (``python -m bench`` in the repo root), they are the

@@ -100,15 +100,18 @@ def run(
 
 
 def report_inputs(results: Path, bootstrap: int = 1000, warn: Callable[[str], None] | None = None,
-                  run_ids: set[str] | None = None) -> tuple[list, pd.DataFrame]:
+                  run_ids: set[str] | None = None, *, ref: str | None = "intclip", test: str = "seed-t",
+                  alpha: float = 0.05) -> tuple[list, pd.DataFrame]:
     """The records of the store at ``results`` (only ``run_ids`` when given) and their summary, with the
-    significance columns when ``bootstrap`` resamples are asked for: what every report renders."""
+    significance columns against the declared reference ``ref`` (``test``, see
+    :func:`bench.reports.tables.add_significance`) unless ``bootstrap`` is 0 or ``ref`` None: what every report
+    renders."""
     from bench.reports import tables
 
     records = [r for r in _records(results, warn) if run_ids is None or r.run_id in run_ids]
     summary = tables.summarise(tables.results_frame(records))
-    if bootstrap and not summary.empty:
-        summary = tables.add_significance(summary, records, results, bootstrap)
+    if bootstrap and ref and not summary.empty:
+        summary = tables.add_significance(summary, records, results, bootstrap, reference=ref, test=test, alpha=alpha)
     return records, summary
 
 
@@ -117,7 +120,8 @@ def render_report(cfg: BenchConfig, fmt: ReportFormat, bootstrap: int = 1000, re
                   metrics: Sequence[str] | None = None) -> tuple[str, int]:
     """The text of a report on ``cfg``'s result store, and how many runs it covers (the command line's too).
     ``columns`` ("test", "val", "both") and ``metrics`` choose the paper tables' columns (LaTeX, HTML; see
-    :class:`bench.reports.layout.TableOptions`)."""
+    :class:`bench.reports.layout.TableOptions`). The significance test and the declared reference method it
+    compares against come from ``cfg.report``."""
     from bench.reports.layout import TableOptions
 
     try:
@@ -126,7 +130,8 @@ def render_report(cfg: BenchConfig, fmt: ReportFormat, bootstrap: int = 1000, re
         raise BenchError(str(err)) from None
     from bench.reports import tables
 
-    records, summary = report_inputs(cfg.paths.results, bootstrap, warn)
+    records, summary = report_inputs(cfg.paths.results, bootstrap, warn, ref=cfg.report.reference,
+                                     test=cfg.report.test, alpha=cfg.report.alpha)
     if fmt == "md":
         return tables.to_markdown(summary), len(records)
     if fmt == "csv":
@@ -147,10 +152,13 @@ def render_report(cfg: BenchConfig, fmt: ReportFormat, bootstrap: int = 1000, re
 
 def report(results: Path | str = "results", format: ReportFormat = "md", *, bootstrap: int = 1000,
            reference: bool = False, standalone: bool = False, columns: str | None = None,
-           metrics: Sequence[str] | None = None) -> str:
+           metrics: Sequence[str] | None = None, ref: str | None = "intclip", test: str = "seed-t") -> str:
     """The text `bench report --format <format>` writes for the store at ``results``: Markdown or CSV summaries, the
     paper's tables in LaTeX (``standalone``: a whole document) or one self-contained HTML page (``reference``: with
     the paper's rows; LaTeX and HTML). ``bootstrap`` resamples for the significance column (0: none); ``columns`` and
-    ``metrics`` choose the paper tables' columns, as ``--columns``/``--metrics`` do."""
-    cfg = load_config(None, {"paths.results": str(Path(results).resolve())}, sections=False)
+    ``metrics`` choose the paper tables' columns, as ``--columns``/``--metrics`` do. ``ref`` is the method every
+    other is tested against, declared before the results (``None``: no p-values); ``test`` is ``"seed-t"``
+    (calibrated) or ``"bootstrap"``, as ``--ref``/``--test`` do."""
+    cfg = load_config(None, {"paths.results": str(Path(results).resolve()), "report.reference": ref, "report.test": test},
+                      sections=False)
     return render_report(cfg, format, bootstrap, reference, standalone, columns=columns, metrics=metrics)[0]

@@ -141,7 +141,9 @@ def tune(
 def report(
     fmt: Annotated[Literal["md", "csv", "latex", "html"], typer.Option("--format", "-f", help="Markdown, CSV, the paper's tables in LaTeX, or one HTML page.")] = "md",
     output: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Paired-bootstrap resamples vs the best method (0: off).", min=0)] = 1000,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Resamples of the bootstrap tests (0: no significance column).", min=0)] = 1000,
+    ref: Annotated[Optional[str], typer.Option("--ref", help="The method every other is tested against, declared before the results (default: report.reference, intclip; 'none': no p-values).")] = None,
+    test: Annotated[Optional[Literal["seed-t", "bootstrap"]], typer.Option("--test", help="seed-t: t-test over seeds (calibrated; default); bootstrap: hierarchical bootstrap (anti-conservative at few seeds).")] = None,
     reference: Annotated[bool, typer.Option("--reference", help="latex/html: add the paper's rows and a reproduced-minus-paper column.")] = False,
     standalone: Annotated[bool, typer.Option("--standalone", help="latex: a complete document that compiles on its own.")] = False,
     columns: Annotated[Optional[Literal["test", "val", "both"]], typer.Option("--columns", help="latex/html: the splits every paper table shows (default: as the paper, Table 1 test and val, the others test).")] = None,
@@ -150,8 +152,8 @@ def report(
     config: ConfigOpt = None,
 ) -> None:
     """Summarise the result store: mean +- std over seeds per method, dataset, backbone and protocol, with a
-    paired bootstrap (over test images) of every method against the best; md, csv, the paper's tables in LaTeX
-    (booktabs) or a self-contained HTML page."""
+    one-sided test of every method against the declared reference (a t-test over seeds, Holm-corrected); md, csv,
+    the paper's tables in LaTeX (booktabs) or a self-contained HTML page."""
     if standalone and fmt != "latex":
         raise BenchError("--standalone applies to --format latex only")
     if reference and fmt not in ("latex", "html"):
@@ -160,7 +162,12 @@ def report(
         raise BenchError("--columns and --metrics apply to --format latex and html (md and csv list every metric)")
     from bench.api import render_report
 
-    cfg = _load(config, results, sections=False)  # reads results only: no method module (and no torch) is imported
+    values: dict[str, object] = {}
+    if ref is not None:
+        values["report.reference"] = None if ref.strip().lower() == "none" else ref
+    if test is not None:
+        values["report.test"] = test
+    cfg = _load(config, results, sections=False, values=values)  # reads results only: no method module (no torch)
     text, n_runs = render_report(cfg, fmt, bootstrap, reference, standalone, warn=lambda m: err.print(f"[yellow]{escape(m)}[/]"),
                                  columns=columns, metrics=parse_name_list(metrics) if metrics else None)
     if output is None:

@@ -167,6 +167,16 @@ class LeaderboardConfig(_Strict):
         return value
 
 
+class ReportConfig(_Strict):
+    """`bench report` (and the leaderboard's tables): the significance test and the reference it compares every
+    method against. The reference is declared here, before any result exists (never picked from the results):
+    by default the paper's method, IntCLIP; a table without it prints no p-values and says why."""
+
+    reference: str | None = "intclip"  # a method name (or a table's row label); None: no significance column
+    test: Literal["seed-t", "bootstrap"] = "seed-t"  # seed-t: calibrated at 3, 5 and 10 seeds (see README)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+
+
 class BackboneConfig(_Strict):
     """Weights of one backbone: an open_clip pretrained tag, a local checkpoint path, or ``"none"`` (random); and
     method settings that apply only on this backbone (``[backbones.<name>.methods.<method>]``, over
@@ -186,6 +196,7 @@ class BenchConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     leaderboard: LeaderboardConfig = Field(default_factory=LeaderboardConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     backbones: dict[str, BackboneConfig] = Field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)

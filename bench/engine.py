@@ -30,6 +30,7 @@ from bench.datasets.base import DatasetData, Split
 from bench.errors import OrphanedRunError, TrainingDivergedError
 from bench.io import atomic_save, ensure_free_space
 from bench.protocol import Protocol, get_protocol
+from bench.selection import TOLERANCE, select
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -82,6 +83,7 @@ class Outcome:
     epochs_run: int = 0
     resumed_from_epoch: int | None = None
     fit_info: dict[str, Any] = field(default_factory=dict)
+    selections: dict[str, dict[str, Any]] = field(default_factory=dict)  # what -> Selection.to_dict() (epoch, C)
 
 
 def seed_everything(seed: int) -> None:
@@ -257,7 +259,9 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     scaler = torch.amp.GradScaler("cuda", enabled=precision(ctx.device, ctx.amp, cfg)[1])  # (autocast: run_method)
 
     start_epoch, history = 0, []
-    best: dict[str, Any] = {"epoch": None, "variant": None, "metric": -math.inf, "state": None}
+    # the val selection so far: every (epoch, variant) within the tie tolerance of the best metric keeps its state,
+    # so the tie rule (earliest epoch) can pick among them once training ends (bench.selection)
+    best: dict[str, Any] = {"top": -math.inf, "candidates": []}
     resumed_from = None
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = ctx.run_dir / CHECKPOINT
@@ -270,7 +274,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     patience = getattr(cfg, "early_stop_patience", None)
     task_id = ctx.progress.add_task(f"  {method.name} epochs", total=cfg.epochs, completed=start_epoch) if ctx.progress else None
     for epoch in range(start_epoch, cfg.epochs):
-        if patience is not None and best["epoch"] is not None and epoch - 1 - best["epoch"] >= patience:
+        if patience is not None and best["candidates"] and epoch - 1 - _top_epoch(best) >= patience:
             ctx.log(f"early stop after epoch {epoch} ({patience} epochs without improvement)")
             break
         t0 = time.perf_counter()
@@ -292,39 +296,79 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         ctx.check_owner()
         atomic_save(checkpoint_state(epoch + 1, method, optimizer, scheduler, scaler, best, history), ckpt_path)
         if ctx.report:
-            ctx.report({**record, "best_metric": best["metric"], "checkpoint": str(ckpt_path)})
+            ctx.report({**record, "best_metric": best["top"], "checkpoint": str(ckpt_path)})
         if ctx.progress is not None:
             ctx.progress.update(task_id, advance=1, description=f"  {method.name} epoch {epoch + 1} val {100 * metric:.2f}")
     if ctx.progress is not None:
         ctx.progress.remove_task(task_id)
 
-    if best["state"] is not None:
-        method.load_state_dict(best["state"])
+    selection, chosen = _epoch_selection(method, history, best)
+    if chosen is not None:
+        method.load_state_dict(chosen["state"])
     return Outcome(
         *_final_scores(method, data, ctx, lambda name: score_split(method, data.splits[name], ctx)),
         history=history,
-        best_epoch=best["epoch"],
-        best_variant=best.get("variant"),
+        best_epoch=None if chosen is None else chosen["epoch"],
+        best_variant=None if chosen is None else chosen["variant"],
         epochs_run=len(history),
         resumed_from_epoch=resumed_from,
+        selections={} if selection is None else {"epoch": selection.to_dict()},
     )
+
+
+def _top_epoch(best: dict[str, Any]) -> int:
+    """The epoch of the highest selection metric so far (early stopping counts from it)."""
+    return max(best["candidates"], key=lambda c: (c["metric"], -c["epoch"]))["epoch"]
+
+
+def _epoch_selection(method: Method, history: list[dict[str, Any]], best: dict[str, Any]):
+    """The tie rule over every (epoch, variant) of the history: the earliest epoch (then the variant's order)
+    within the tolerance of the best; returns the Selection and the kept candidate it chose (None: no epochs)."""
+    variants = list(method.eval_variants())
+    candidates = []
+    for h in history:
+        per_variant = h.get("variant_metrics") or {variants[0]: h["selection_metric"]}
+        candidates += [((h["epoch"], v), m) for v, m in per_variant.items()]
+    if not candidates:
+        return None, None
+    order = {v: i for i, v in enumerate(variants)}
+    selection = select(candidates, "epoch", lambda key: (key[0], order.get(key[1], len(order))))
+    epoch, variant = selection.chosen
+    kept = {(c["epoch"], c["variant"]): c for c in best["candidates"]}
+    if (epoch, variant) not in kept:  # cannot happen: a candidate is dropped only once it is out of every tie set
+        raise RuntimeError(f"{method.name}: the selected epoch {epoch} ({variant}) was not kept")
+    return selection, kept[(epoch, variant)]
 
 
 def _select(
     method: Method, task: str, split: Split, protocol: Protocol, ctx: RunContext, epoch: int, best: dict[str, Any]
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Score every eval variant (e.g. raw and EMA weights) on the selection split; return the variants' metrics
-    and the best selection so far (a copy of the winning variant's state when this epoch beats it)."""
+    and the selection state: the best metric so far (``top``) and a CPU copy of the state of every candidate within
+    the tie tolerance of it (``candidates``; one that falls out of that band can never be chosen again)."""
     variant_metrics = {}
+    candidates = list(best["candidates"])
+    top = best["top"]
     for variant in method.eval_variants():
         method.use_variant(variant)
         scores = predict_split(method, split, ctx)
-        variant_metrics[variant] = protocol.selection_metric(task, scores, split.labels)
-        if variant_metrics[variant] > best["metric"]:
-            state = copy.deepcopy(method.variant_state(variant))
-            best = {"epoch": epoch, "variant": variant, "metric": variant_metrics[variant], "state": state}
+        metric = protocol.selection_metric(task, scores, split.labels)
+        variant_metrics[variant] = metric
+        if metric >= max(top, metric) - TOLERANCE:
+            state = _on_cpu(method.variant_state(variant))
+            candidates.append({"epoch": epoch, "variant": variant, "metric": metric, "state": state})
+        top = max(top, metric)
     method.use_variant(method.eval_variants()[0])
-    return variant_metrics, best
+    return variant_metrics, {"top": top, "candidates": [c for c in candidates if c["metric"] >= top - TOLERANCE]}
+
+
+def _on_cpu(state: Any) -> Any:
+    """A copy of a (nested) state with every tensor on the CPU: kept candidates do not hold accelerator memory."""
+    if isinstance(state, dict):
+        return {k: _on_cpu(v) for k, v in state.items()}
+    if torch.is_tensor(state):
+        return state.detach().to("cpu", copy=True)
+    return copy.deepcopy(state)
 
 
 def _check_optimizer_covers_learnable(method: Method, optimizer: torch.optim.Optimizer) -> None:
@@ -345,6 +389,7 @@ def run_method(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     if method.trainer == "engine":
         return train(method, data, ctx)
     fit_info = method.fit(data, ctx) if method.trainer == "fit" else {}
+    selections = fit_info.pop("selections", {})  # e.g. the probe's C
 
     def scores(name: str) -> tuple[np.ndarray, np.ndarray]:
         cached = method.split_scores(name, data, ctx)  # e.g. the linear probe's cached frozen features
@@ -352,7 +397,7 @@ def run_method(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
             return score_split(method, data.splits[name], ctx)
         return _checked(method, cached, len(data.splits[name]))
 
-    return Outcome(*_final_scores(method, data, ctx, scores), fit_info=fit_info)
+    return Outcome(*_final_scores(method, data, ctx, scores), fit_info=fit_info, selections=selections)
 
 
 def _final_scores(method: Method, data: DatasetData, ctx: RunContext, scores: Callable) -> tuple[np.ndarray, ...]:

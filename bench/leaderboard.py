@@ -62,7 +62,8 @@ def run_leaderboard(cfg: BenchConfig, console: Console, ray_address: str | None 
     summary = tables.summarise(tables.results_frame(records))
     lb = cfg.leaderboard
     if lb.bootstrap and not summary.empty:
-        summary = tables.add_significance(summary, records, cfg.paths.results, lb.bootstrap)
+        summary = tables.add_significance(summary, records, cfg.paths.results, lb.bootstrap, reference=cfg.report.reference,
+                                          test=cfg.report.test, alpha=cfg.report.alpha)
     from bench import locks
 
     # one regeneration at a time: each compares with the history record the previous one wrote

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bench.selection import Selection, select, threshold_preference
+
 ArrayLike = Any  # np.ndarray or nested sequences
 
 #: Candidate thresholds 0.05, 0.10, ..., 0.95, rounded to 2 decimals (no float drift).
@@ -53,24 +55,32 @@ def macro_f1(scores: ArrayLike, labels: ArrayLike, threshold: float) -> float:
     return float(np.mean(_f1(_predict(_float_scores(scores), threshold), labels, axis=0)))
 
 
-def choose_threshold(
+def threshold_selection(
     val_scores: ArrayLike, val_labels: ArrayLike, grid: Sequence[float] = THRESHOLD_GRID
-) -> float:
-    """Grid threshold with the best validation macro F1; ties keep the lowest threshold.
+) -> Selection:
+    """The global threshold chosen on val by macro F1 with the tie rule (:mod:`bench.selection`): thresholds
+    within the tolerance of the best val macro F1 are tied, and the tied one nearest 0.5 (then the lower) is chosen.
 
     Args:
         val_scores: Validation scores [N, C].
         val_labels: Binary validation labels [N, C].
-        grid: Candidate thresholds, ascending.
+        grid: Candidate thresholds.
 
     Returns:
-        The chosen threshold, as a Python float.
+        The :class:`bench.selection.Selection` (``chosen`` is the threshold, a Python float).
     """
     grid = [float(t) for t in grid]
     s = _float_scores(val_scores)
     pred = _predict(s[None], np.asarray(grid)[:, None, None])  # [T, N, C]
     per_threshold = _f1(pred, val_labels, axis=1).mean(axis=1)  # [T]
-    return grid[int(np.argmax(per_threshold))]  # argmax keeps the first maximum
+    return select(list(zip(grid, per_threshold.tolist())), "threshold", threshold_preference)
+
+
+def choose_threshold(
+    val_scores: ArrayLike, val_labels: ArrayLike, grid: Sequence[float] = THRESHOLD_GRID
+) -> float:
+    """The threshold :func:`threshold_selection` chooses, as a Python float."""
+    return float(threshold_selection(val_scores, val_labels, grid).chosen)
 
 
 def per_class_average_precision(scores: ArrayLike, labels: ArrayLike) -> np.ndarray:

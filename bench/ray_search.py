@@ -192,11 +192,16 @@ def search(cfg, cls, method, spec, base, data, study, folder: Path, address, con
 
 
 def _summarise(grid: Any, spec: dict[str, Any], epochs: int, study: str, folder: Path, method: str, data: Any) -> dict[str, Any]:
-    """summary.json: every trial (params, epochs, best val, state) and the best config."""
-    best = grid.get_best_result(metric="selection_metric", mode="max", scope="all")
-    trials = []
-    for result in grid:
+    """summary.json: every trial (params, epochs, best val, state) and the chosen config: the tie rule of
+    :mod:`bench.selection` over the trials' best val selection metrics (within the tolerance of the best, the
+    earliest trial: the paper's defaults, evaluated first, win a near-tie)."""
+    from bench.selection import select
+
+    trials, candidates, results = [], [], sorted(grid, key=_trial_order)
+    for index, result in enumerate(results):
         frame = result.metrics_dataframe
+        if frame is not None and len(frame) and "selection_metric" in frame:
+            candidates.append((index, float(frame["selection_metric"].max())))
         trials.append({
             "params": {k: result.config[k] for k in spec if k in result.config},
             "epochs": int(result.metrics.get("training_iteration", 0) or 0),
@@ -204,6 +209,10 @@ def _summarise(grid: Any, spec: dict[str, Any], epochs: int, study: str, folder:
             "state": "pruned" if _pruned(result.metrics, epochs) else ("errored" if result.error is not None else "complete"),
             "error": None if result.error is None else str(result.error).strip().splitlines()[-1],
         })
+    if not candidates:
+        raise RuntimeError(f"study {study}: no trial reported a val selection metric")
+    selection = select(candidates, "config", lambda i: i)
+    best = results[selection.chosen]
     return {
         "study": study,
         "storage": str(folder / "study.db"),
@@ -215,9 +224,17 @@ def _summarise(grid: Any, spec: dict[str, Any], epochs: int, study: str, folder:
         "stopped_early": sum(1 for t in trials if t["state"] == "pruned"),
         "value": "best_val_selection_metric: each trial's val selection metric at its best epoch (the study's value too)",
         "best_params": {k: best.config[k] for k in spec},
-        "best_val_selection_metric": float(best.metrics_dataframe["selection_metric"].max()),
+        "best_val_selection_metric": selection.value,
+        "selection": selection.to_dict(),
         "trials": trials,
     }
+
+
+def _trial_order(result: Any) -> tuple[int, str]:
+    """Trials in the order Ray created them: the counter that ends a trial id ('3f2a1_00004' -> 4)."""
+    trial_id = str((result.metrics or {}).get("trial_id", ""))
+    tail = trial_id.rsplit("_", 1)[-1]
+    return (int(tail) if tail.isdigit() else 1 << 30, trial_id)
 
 
 def _study_table(summary: dict[str, Any], spec: dict[str, Any]) -> Table:

@@ -6,7 +6,7 @@ from typing import Any
 
 from bench.config import BenchConfig
 from bench.plan import PlannedRun
-from bench.schema import DatasetRecord, MethodRecord, MetricsRecord, ParamsRecord, ProtocolRecord, RunResult, TrainingRecord
+from bench.schema import DatasetRecord, SelectionRecord, MethodRecord, MetricsRecord, ParamsRecord, ProtocolRecord, RunResult, TrainingRecord
 
 
 def split_metrics(val_m: dict[str, Any], test_m: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list]]]:
@@ -39,6 +39,7 @@ def build_record(
     env: dict[str, Any],
     artifacts: dict[str, str],
     main_metric: str | None = None,
+    selections: dict[str, dict[str, Any]] | None = None,
 ) -> RunResult:
     """The validated :class:`RunResult` of one finished run."""
     scalars, per_class = split_metrics(val_metrics, test_metrics)
@@ -81,5 +82,6 @@ def build_record(
         env=env,
         artifacts=artifacts,
         config_file=cfg.config_file(),
+        selections={k: SelectionRecord(**v) for k, v in (selections or {}).items()},
         extra=plan.extra,
     )

@@ -92,8 +92,12 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
 
     val, test = data.splits["val"], data.splits["test"]
     protocol = get_protocol(cfg.protocol.name)
+    selections, threshold = dict(outcome.selections), protocol.threshold
+    if threshold is None and data.task == "multilabel":  # the threshold's val selection, with its tie set and margin
+        chosen = metrics.threshold_selection(outcome.val_scores, val.labels)
+        threshold, selections["threshold"] = chosen.chosen, chosen.to_dict()
     val_m, test_m = metrics.evaluate(
-        data.task, outcome.val_scores, val.labels, outcome.test_scores, test.labels, protocol.threshold,
+        data.task, outcome.val_scores, val.labels, outcome.test_scores, test.labels, threshold,
         val_ranking=outcome.val_logits, test_ranking=outcome.test_logits,
         official_ap=protocol.official_ap and data.task == "multilabel",
     )
@@ -126,6 +130,7 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
         },
         artifacts=artifacts,
         main_metric=DATASETS.get(plan.dataset).main_metric,
+        selections=selections,
     )
     scores = {"val_scores": outcome.val_scores, "val_labels": val.labels, "val_logits": outcome.val_logits,
               "test_scores": outcome.test_scores, "test_labels": test.labels, "test_logits": outcome.test_logits}

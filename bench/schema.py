@@ -75,6 +75,20 @@ class TrainingRecord(_Record):
     fit_info: dict[str, Any] = Field(default_factory=dict, description="What a fitted method chose, e.g. the probe's C.")
 
 
+class SelectionRecord(_Record):
+    what: str = Field(description="'threshold', 'C', 'epoch' or 'config'.")
+    chosen: Any = Field(description="The chosen candidate: a threshold, a C, [epoch (0-based), variant], a trial.")
+    value: float = Field(description="Its val selection metric (fraction).")
+    best: float = Field(description="The best val selection metric of any candidate.")
+    tie_set: list[Any] = Field(description="Candidates within the tolerance of the best, in the tie rule's order.")
+    margin: float | None = Field(description="value minus the best candidate outside the tie set (None: all tied); "
+                                 "below the tolerance, the selection is flagged in reports.")
+    tolerance: float = Field(description="Candidates with value >= best - tolerance are tied.")
+    rule: str = Field(description="How ties are broken (never by a metric), e.g. 'nearest 0.5, then lower'.")
+    candidates: int = Field(ge=1, description="How many candidates were compared.")
+    fragile: bool = Field(default=False, description="margin < tolerance: a candidate outside the tie set is nearly as good.")
+
+
 class ConfigFileRecord(_Record):
     path: str | None = Field(description="The config file the run came from ('package:bench/default.toml' for the built-in defaults).")
     sha256: str | None = Field(description="Hash of that file's bytes.")
@@ -114,6 +128,11 @@ class RunResult(_Record):
     )
     config_file: ConfigFileRecord | None = Field(default=None, description="Where the run's settings came from.")
     extra: dict[str, Any] = Field(default_factory=dict, description="e.g. {'tuning': {...}} for a refit of a tuned config.")
+    selections: dict[str, SelectionRecord] = Field(
+        default_factory=dict,
+        description="Each val selection of the run (threshold, C, epoch; config for a tuned refit) with its tie set and "
+        "margin (bench.selection); empty in records written before selections were kept.",
+    )
 
     @model_validator(mode="after")
     def _metrics_complete(self) -> RunResult:

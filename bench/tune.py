@@ -62,7 +62,10 @@ def run_tune(cfg: BenchConfig, method: str, dataset: str, console: Console, ray_
     refit = cfg.model_copy(deep=True)
     refit.methods[method] = {**cfg.methods.get(method, {}), **summary["best_params"]}
     refit.suite.methods, refit.suite.datasets = [method], [dataset]
-    tuning = {k: summary[k] for k in ("study", "storage", "num_trials", "stopped_early", "best_params", "best_val_selection_metric")}
+    tuning = {k: summary[k] for k in ("study", "storage", "num_trials", "stopped_early", "best_params", "best_val_selection_metric")
+              if k in summary}
+    if "selection" in summary:  # the config's val selection (tie set: trial numbers in creation order)
+        tuning["selection"] = summary["selection"]
     outcome = run_suite(refit, console, ray_address, extra={"tuning": tuning})
     summary["refit_run_ids"] = [p.run_id for p in outcome.planned]
     summary["refit_failed"] = outcome.failed

@@ -88,7 +88,8 @@ def table_latex(table: PaperTable, env: str | None = None) -> str:
         start += 3 * span
     top += [""] * len(table.delta_columns)
     header = ["Method"] + ([r"\#P (M)"] if table.show_params else []) + [rf"\multicolumn{{3}}{{c}}{{{escape(c.label)}}}" for c in table.columns]
-    header += [rf"$\Delta$ {escape(table.columns[c].block)}" if len(table.delta_columns) > 1 else r"$\Delta$" for c in table.delta_columns]
+    # a Δ names its block (Test, EmotionROI) wherever the table has several, even when only one of them has a Δ
+    header += [rf"$\Delta$ {escape(table.columns[c].block)}" if len(table.blocks) > 1 else r"$\Delta$" for c in table.delta_columns]
     label = re.sub(r"[^a-z0-9]+", "-", f"bench-{table.key}-{table.info.get('dataset', '')}-{table.info.get('backbone', '')}-{table.info.get('protocol', '')}".lower())
     lines = [
         rf"\begin{{{env}}}[t]",

@@ -5,6 +5,11 @@
 - Tables 2-5: IntCLIP's ablations (components, class text, trained layers, fusion), test metrics, built only when
   at least one ablation variant of that table has results beside the full ``intclip``.
 - Table 6a: accuracy on the emotion datasets (one column per multiclass dataset).
+- Table 6b: HCI with IntCLIP and HLEG (val F1), with the paper's rows, for an Intentonomy group holding ``intclip``.
+
+With the paper's rows (``reference``), every table applies one rule (:func:`paper_delta`): a reproduced row gets a
+Δ, reproduced minus paper, only against the paper's row of the same method (variant) on the same backbone
+(``paper.PAPER_BACKBONE``); a table shows a Δ column only where some row has a Δ.
 
 Best (bold) and second best (underlined) are computed per column from the numbers as printed (two decimals),
 among the reproduced rows only: the paper's rows are a different protocol and are shown for reference. Renderers
@@ -20,6 +25,7 @@ import pandas as pd
 
 from bench.reports.escape import DAGGER, DELTA, GE, PLUS_MINUS, QUOTE_CLOSE, QUOTE_OPEN, Symbol
 from bench.reports.paper import ABLATIONS, PAPER_DATASET, REFERENCE_FAMILIES, TABLE1_REFERENCE, Ablation, reference_frame  # noqa: F401 (re-exported)
+from bench.reports.paper import HCI_GENERALISATION, PAPER_BACKBONE, TABLE6A_REFERENCE, backbone_note, paper_backbone
 from bench.reports.tables import FAMILIES, GROUP_KEYS, METRIC_LABELS, TABLE_METRICS
 
 PRIMARY = {"multilabel": "macro_f1", "multiclass": "accuracy"}
@@ -71,12 +77,14 @@ class Row:
     reference: bool = False
     method: str | None = None  # the summary's method label (reproduced rows)
     n: int | None = None
-    p_value: float | None = None  # hierarchical bootstrap vs the group's reference (best on val), Holm-corrected
+    p_value: float | None = None  # the report's test vs the table's declared reference, Holm-corrected
+    p_text: str | None = None  # how the tables print it ("0.012", "<= 0.006", "ref", "n/a: one run each ...")
+    p_test: str | None = None  # the test's name ("seed-t", "bootstrap")
     deterministic: bool = False  # a method without randomness, run once (n = 1)
     experiment_id: str | None = None  # the summary row's identity (method, version, config, weights)
     deltas: dict[int, float] = field(default_factory=dict)  # column -> reproduced minus paper (points)
     run_ids: list[str] = field(default_factory=list)
-    bootstrap_reference: bool = False  # the row every other row's p-value compares against
+    bootstrap_reference: bool = False  # the declared reference: the row every other row's p-value compares against
     change: float | None = None  # leaderboard: primary metric now minus at the previous regeneration (points)
     regression: bool = False  # leaderboard: a drop larger than the configured tolerance
 
@@ -150,6 +158,14 @@ def _p_value(row: pd.Series, metric: str) -> float | None:
     return None if p is None or pd.isna(p) else float(p)
 
 
+def _p_text(row: pd.Series, metric: str) -> str | None:
+    text = row.get(f"test_{metric}_p_text")
+    return text if isinstance(text, str) else None
+
+
+TEST_NAMES = {"seed-t": "one-sided t-test over seeds", "bootstrap": "one-sided hierarchical bootstrap over seeds and test images"}
+
+
 def display_label(label: str, display_name: object = None) -> str:
     """A row's label for a paper: the method's display name ("IntCLIP (released code)") for its registry name,
     keeping what the label adds ("(tuned)", "[weights: none]")."""
@@ -175,6 +191,8 @@ def _reproduced_row(r: pd.Series, label: str, family: str, columns: list[tuple[s
         deterministic=bool(r.get("deterministic", False)),
         experiment_id=r.get("experiment_id"),
         p_value=_p_value(r, primary),
+        p_text=_p_text(r, primary),
+        p_test=r.get("significance_test") if isinstance(r.get("significance_test"), str) else None,
         bootstrap_reference=bool(r.get("reference", False)),
         run_ids=str(r.get("run_ids", "")).split(",") if r.get("run_ids") else [],
     )
@@ -205,6 +223,22 @@ def _paper_value(table: str, method: str, split: str, metric: str, dataset: str 
     ref = reference_frame()
     hit = ref[(ref["table"] == table) & (ref["method"] == method) & (ref["split"] == split) & (ref["metric"] == metric) & (ref["dataset"] == dataset)]
     return float(hit["value"].iloc[0]) if len(hit) else None
+
+
+def paper_delta(row: Row, backbone: str, table: str, labels: tuple[str, ...], cells: dict[int, tuple[str, str, str]]) -> None:
+    """The Δ rule of every table: ``row`` (a reproduced row on ``backbone``) gets reproduced minus paper in the columns
+    ``cells`` (column -> dataset, split, metric) that the paper prints, against the paper row of ``table`` among
+    ``labels`` (those of the row's method or variant) whose backbone is ``backbone``; none when there is no such row."""
+    label = next((lb for lb in labels if paper_backbone(table, lb) == backbone), None)
+    for c, (dataset, split, metric) in cells.items() if label else ():
+        value = _paper_value(table, label, split, metric, dataset)
+        if value is not None and row.cells[c].mean is not None:
+            row.deltas[c] = row.cells[c].mean - value
+
+
+def _delta_columns(rows: list[Row]) -> list[int]:
+    """The columns a table shows a Δ for: those where some row has one (no empty Δ column)."""
+    return sorted({c for r in rows for c in r.deltas})
 
 
 def mark_best(table: PaperTable) -> PaperTable:
@@ -268,12 +302,8 @@ def table1(group: pd.DataFrame, info: dict, reference: bool, options: TableOptio
             continue
         label = display_label(r["method"], r.get("display_name"))
         row = _reproduced_row(r, label, family_of(r["method"], r.get("family")), columns, "macro_f1")
-        if reference and info["dataset"] == "intentonomy":
-            paper = TABLE1_REFERENCE.get(base_method(r["method"]), {})
-            paper_label = paper.get(info["backbone"], paper.get("*"))
-            value = _paper_value("table1", paper_label, *columns[0]) if paper_label else None
-            if value is not None and row.cells[0].mean is not None:
-                row.deltas[0] = row.cells[0].mean - value
+        if reference:
+            paper_delta(row, info["backbone"], "table1", TABLE1_REFERENCE.get(base_method(r["method"]), ()), {0: (info["dataset"], *columns[0])})
         rows.append(row)
     table = PaperTable(
         key="table1",
@@ -286,9 +316,9 @@ def table1(group: pd.DataFrame, info: dict, reference: bool, options: TableOptio
     if reference:
         if info["dataset"] == "intentonomy":
             table.rows += _reference_rows("table1", None, columns)
-            table.delta_columns = [0]
         else:
             table.info = {**info, "reference_note": f"The paper reports no numbers for dataset {info['dataset']!r}."}
+        table.delta_columns = _delta_columns(table.rows)
     table.caption = _caption(table, "#P: learnable parameters (millions).", _delta_metric(columns))
     return mark_best(table)
 
@@ -303,12 +333,15 @@ def _caption(table: PaperTable, first: str, delta_metric: str) -> list[str | Sym
         parts.append(f" Dataset manifest {str(info['manifest_sha256'])[:12]}.")
     if any(r.reference for r in table.rows):
         parts += [" Rows headed ", QUOTE_OPEN, "Paper", QUOTE_CLOSE, " are the numbers printed in the IntCLIP paper "
-                  "(ECCV 2024); ", DELTA, f": reproduced minus paper, {delta_metric}."]
+                  "(ECCV 2024). ", DELTA, f" (reproduced minus paper, {delta_metric}) is printed only against the paper's row "
+                  f"of the same method on the same backbone (the paper's: {backbone_note(table.key)})."]
     if info.get("reference_note"):
         parts.append(" " + info["reference_note"])
     if any(r.p_value is not None and r.p_value >= 0.05 for r in table.rows):
-        parts += [" ", DAGGER, ": not significantly below the reference row (best on val): one-sided hierarchical "
-                  "bootstrap over seeds and test images, Holm-corrected, p ", GE, " 0.05."]
+        ref = next((r.label for r in table.rows if r.bootstrap_reference), "the declared reference")
+        test = next((TEST_NAMES.get(r.p_test, r.p_test) for r in table.rows if r.p_test), TEST_NAMES["seed-t"])
+        parts += [" ", DAGGER, f": not significantly below {ref}, the reference declared before the results "
+                  f"({test}, Holm-corrected, p ", GE, " 0.05)."]
     return parts
 
 
@@ -328,11 +361,9 @@ def ablation_tables(group: pd.DataFrame, info: dict, reference: bool, options: T
                 continue
             row = _reproduced_row(by_method[present], label, ablation.title, columns, "macro_f1")
             row.method = present
-            row.p_value, row.bootstrap_reference = None, False  # the bootstrap compares against the best of the whole group
-            if reference and paper_label and info["dataset"] == "intentonomy":
-                value = _paper_value(ablation.key, paper_label, *columns[0])
-                if value is not None and row.cells[0].mean is not None:
-                    row.deltas[0] = row.cells[0].mean - value
+            row.p_value, row.p_text, row.bootstrap_reference = None, None, False  # the bootstrap compares against the best of the whole group
+            if reference and paper_label:
+                paper_delta(row, info["backbone"], ablation.key, (paper_label,), {0: (info["dataset"], *columns[0])})
             rows.append(row)
         table = PaperTable(
             key=ablation.key,
@@ -346,11 +377,49 @@ def ablation_tables(group: pd.DataFrame, info: dict, reference: bool, options: T
         if reference and info["dataset"] == "intentonomy" and any(p for _, _, p in ablation.rows):
             wanted = [p for _, _, p in ablation.rows if p]
             table.rows += _reference_rows(ablation.key, wanted, columns, family="Paper")
-            table.delta_columns = [0]
+        table.delta_columns = _delta_columns(table.rows)
         shown = "Test metrics, as in the paper." if {s for s, _ in columns} == {"test"} else "The paper reports test metrics."
         table.caption = _caption(table, shown, _delta_metric(columns))
         tables.append(mark_best(table))
     return tables
+
+
+def hci_table(group: pd.DataFrame, info: dict, reference: bool, options: TableOptions = TableOptions()) -> list[PaperTable]:
+    """Table 6b (val F1, as the paper) for one Intentonomy multilabel group that holds a run of one of its IntCLIP rows:
+    the reproduced rows beside the paper's four (HLEG's only the paper's). Only with the paper's rows (``reference``):
+    alone, its one reproducible row repeats Table 1's. Only on the paper's backbone for it (ViT-B/32): elsewhere its
+    IntCLIP row would stand beside paper rows it cannot be compared with."""
+    if not reference or info["dataset"] != "intentonomy" or info["backbone"] not in set(PAPER_BACKBONE["table6b"].values()):
+        return []
+    ablation = HCI_GENERALISATION
+    by_method = {base_method(m): r for m, (_, r) in zip(group["method"], group.iterrows()) if m == base_method(m)}
+    metrics = tuple(m for m in options.metrics or () if m in TABLE_METRICS["multilabel"]) or ("macro_f1", "micro_f1", "samples_f1")
+    columns = [(split, m) for split in options.splits(("val",)) for m in metrics]
+    rows = []
+    for label, names, paper_label in ablation.rows:
+        present = next((n for n in names if n in by_method), None)
+        if present is None:
+            continue
+        row = _reproduced_row(by_method[present], label, ablation.title, columns, "macro_f1")
+        row.method = present
+        row.p_value, row.p_text, row.bootstrap_reference = None, None, False  # the bootstrap compares test scores against the whole group
+        paper_delta(row, info["backbone"], ablation.key, (paper_label,), {0: (info["dataset"], *columns[0])})
+        rows.append(row)
+    if not rows:
+        return []
+    table = PaperTable(
+        key=ablation.key,
+        title=f"{ablation.title}: {PAPER_DATASET['intentonomy']}, backbone {info['backbone']}",
+        caption=[],
+        columns=[Column(METRIC_LABELS[m], split.capitalize()) for split, m in columns],
+        rows=rows + _reference_rows(ablation.key, None, columns, family="Paper"),
+        info=info,
+    )
+    table.delta_columns = _delta_columns(table.rows)
+    shown = "Val metrics, as in the paper." if {s for s, _ in columns} == {"val"} else "The paper reports val metrics."
+    table.caption = _caption(table, shown + " HLEG [33] (with or without HCI) is not implemented in the harness and no "
+                             "IntCLIP variant has the paper's HCI-FG sentences: those rows are the paper's only.", _delta_metric(columns))
+    return [mark_best(table)]
 
 
 def emotion_table(summary: pd.DataFrame, reference: bool, options: TableOptions = TableOptions()) -> list[PaperTable]:
@@ -377,7 +446,8 @@ def emotion_table(summary: pd.DataFrame, reference: bool, options: TableOptions 
                     row.cells[c] = _shown_cell(r, split, m)
             row.n = int(r["n"])
             if len(keys) == 1:  # the bootstrap compares within one dataset
-                row.p_value = _p_value(r, "accuracy")
+                row.p_value, row.p_text = _p_value(r, "accuracy"), _p_text(r, "accuracy")
+                row.p_test = r.get("significance_test") if isinstance(r.get("significance_test"), str) else None
                 row.bootstrap_reference = bool(r.get("reference", False))
             row.deterministic = bool(r.get("deterministic", False))
             row.experiment_id = r.get("experiment_id")
@@ -401,7 +471,7 @@ def emotion_table(summary: pd.DataFrame, reference: bool, options: TableOptions 
 
 
 def _emotion_reference(table: PaperTable, body: list[Row], columns: list[tuple], backbone: str) -> None:
-    """The paper's Table 6a rows (test accuracy) and reproduced-minus-paper for IntCLIP on RN101."""
+    """The paper's Table 6a rows (test accuracy) and, by :func:`paper_delta`, reproduced minus paper for IntCLIP."""
     ref = reference_frame()
     ref = ref[ref["table"] == "table6a"]
     paper_columns = [c for c, ((d, _), split, m) in enumerate(columns) if (split, m) == ("test", "accuracy") and d in ("emotionroi", "fi")]
@@ -410,12 +480,9 @@ def _emotion_reference(table: PaperTable, body: list[Row], columns: list[tuple],
         cells = [Cell(values.get(d)) if c in paper_columns else Cell(None) for c, ((d, _), _, _) in enumerate(columns)]
         table.rows.append(Row(label=method, family="Paper", params_m=None, cells=cells, reference=True))
     for row in body:
-        if base_method(row.method).split(":")[0] in ("intclip", "intclip-official") and backbone == "RN101":
-            for c in paper_columns:
-                value = _paper_value("table6a", "IntCLIP (R101)", "test", "accuracy", columns[c][0][0])
-                if value is not None and row.cells[c].mean is not None:
-                    row.deltas[c] = row.cells[c].mean - value
-    table.delta_columns = paper_columns
+        paper_delta(row, backbone, "table6a", TABLE6A_REFERENCE.get(base_method(row.method), ()),
+                    {c: (columns[c][0][0], "test", "accuracy") for c in paper_columns})
+    table.delta_columns = _delta_columns(table.rows)
 
 
 def paper_tables(summary: pd.DataFrame, reference: bool = False, options: TableOptions = TableOptions()) -> list[PaperTable]:
@@ -429,5 +496,6 @@ def paper_tables(summary: pd.DataFrame, reference: bool = False, options: TableO
             continue
         tables.append(table1(group, info, reference, options))
         tables.extend(ablation_tables(group, info, reference, options))
+        tables.extend(hci_table(group, info, reference, options))
     tables.extend(emotion_table(summary, reference, options))
     return tables

@@ -1,6 +1,6 @@
 """The IntCLIP paper (ECCV 2024) as data: its datasets' names, the paper rows that a reproduced method corresponds
-to, the ablation tables (2-5) and the numbers printed in every table (``reference/intclip_eccv2024_tables.csv``).
-``reports.layout`` fills its tables from these."""
+to and the backbone of each paper row, the ablation tables (2-5), Table 6b (HCI with another method) and the numbers
+printed in every table (``reference/intclip_eccv2024_tables.csv``). ``reports.layout`` fills its tables from these."""
 
 from __future__ import annotations
 
@@ -12,13 +12,43 @@ import pandas as pd
 
 PAPER_DATASET = {"intentonomy": "Intentonomy", "emotionroi": "EmotionROI", "fi": "FI", "synthetic": "Synthetic intentions"}  # and their order
 
-# Paper rows of Table 1 that a reproduced method corresponds to (dataset intentonomy), by backbone for IntCLIP.
+# Paper rows of Table 1 (dataset intentonomy) and of Table 6a that a reproduced method corresponds to; which one a
+# row is compared with, if any, is the one on the row's backbone (PAPER_BACKBONE; layout.paper_delta).
 TABLE1_REFERENCE = {
-    "query2label": {"*": "Query2Label"},
-    "dualcoop": {"*": "DualCoOp"},
-    "intclip": {"RN101": "IntCLIP (RN101)", "ViT-B-32": "IntCLIP (ViT-B/32)"},
-    "intclip-official": {"RN101": "IntCLIP (RN101)", "ViT-B-32": "IntCLIP (ViT-B/32)"},
+    "query2label": ("Query2Label",),
+    "dualcoop": ("DualCoOp",),
+    "intclip": ("IntCLIP (RN101)", "IntCLIP (ViT-B/32)"),
+    "intclip-official": ("IntCLIP (RN101)", "IntCLIP (ViT-B/32)"),
 }
+TABLE6A_REFERENCE = {"intclip": ("IntCLIP (R101)",), "intclip-official": ("IntCLIP (R101)",)}
+
+# The backbone (the harness's names) of each paper row a reproduced row can be compared with, per table ("*": every
+# row of it). Tables 2-5 and 6a are RN101 (their full IntCLIP is Table 1's RN101 row); Table 6b's IntCLIP (HCI) row
+# is Table 1's IntCLIP (ViT-B/32) val row (reference/README.md).
+PAPER_BACKBONE: dict[str, dict[str, str]] = {
+    "table1": {"DualCoOp": "RN101", "Query2Label": "RN101", "IntCLIP (RN101)": "RN101", "IntCLIP (ViT-B/32)": "ViT-B-32"},
+    **{table: {"*": "RN101"} for table in ("table2", "table3", "table4", "table5", "table6a")},
+    "table6b": {"IntCLIP (HCI)": "ViT-B-32", "IntCLIP (HCI-FG)": "ViT-B-32"},
+}
+
+
+def paper_backbone(table: str, label: str) -> str | None:
+    """The backbone of the paper's row ``label`` of ``table`` (None: not one a reproduced row is compared with)."""
+    rows = PAPER_BACKBONE.get(table, {})
+    return rows.get(label, rows.get("*"))
+
+
+def backbone_note(table: str) -> str:
+    """The backbones of a table's comparable paper rows, for a caption: "RN101", or "RN101 for DualCoOp, Query2Label
+    and IntCLIP (RN101); ViT-B-32 for IntCLIP (ViT-B/32)"."""
+    by_backbone: dict[str, list[str]] = {}
+    for label, backbone in PAPER_BACKBONE.get(table, {}).items():
+        by_backbone.setdefault(backbone, []).append(label)
+    if len(by_backbone) == 1:
+        return next(iter(by_backbone))
+    join = lambda names: ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]  # noqa: E731
+    return "; ".join(f"{backbone} for {join(labels)}" for backbone, labels in by_backbone.items())
+
 REFERENCE_FAMILIES = {"multi-label": "Paper: multi-label methods", "intention": "Paper: intention methods", "ours": "Paper: IntCLIP"}
 
 
@@ -69,6 +99,19 @@ ABLATIONS = (
             ("Concat + MLP", ("intclip:fusion-concat-mlp",), None),
             ("SA (IntCLIP)", ("intclip",), None),
         ),
+    ),
+)
+
+# Table 6b, "Generalization of HCI": val F1 of IntCLIP with its HCI sentences (the shipped ones: ``intclip``) and with
+# the paper's fine-grained HCI sentences (HCI-FG: no method variant has them; ``intclip:no-hci`` is Table 3's
+# fine-grained class names, without HCI), and of HLEG [33] without and with HCI (HLEG is not in the harness). Rows
+# without a method are the paper's only.
+HCI_GENERALISATION = Ablation(
+    "table6b",
+    "Generalization of HCI (the paper's Table 6b)",
+    (
+        ("IntCLIP (HCI)", ("intclip",), "IntCLIP (HCI)"),
+        ("IntCLIP (HCI-FG)", (), "IntCLIP (HCI-FG)"),
     ),
 )
 

@@ -241,6 +241,7 @@ def _result(observed: float, draws: np.ndarray, n_boot: int, seed: int, test: st
         "ci95_low": float(low),
         "ci95_high": float(high),
         "p_value": float((1 + np.count_nonzero(draws <= 0)) / (n_boot + 1)),
+        "p_bound": bool(np.count_nonzero(draws <= 0) == 0),  # at the resample floor: only p <= p_value is known
         "n_boot": int(n_boot),
         "seed": int(seed),
         "test": test,
@@ -343,37 +344,55 @@ def compare_to_reference(
         for name in others:
             diff = observed[reference] - observed[name]
             out[name][metric] = _result(diff, resampled[reference] - resampled[name], n_boot, seed, HIERARCHICAL_TEST)
-        for name, p in zip(others, holm([out[name][metric]["p_value"] for name in others])):
-            out[name][metric]["p_holm"] = p
+        adjusted, bounds = holm_bounds([out[name][metric]["p_value"] for name in others],
+                                       [out[name][metric]["p_bound"] for name in others])
+        for name, p, bound in zip(others, adjusted, bounds):
+            out[name][metric]["p_holm"], out[name][metric]["p_holm_bound"] = p, bound
     return out
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values, in input order: the ``i``-th smallest of ``m`` becomes
     ``max over j <= i of min(1, (m - j + 1) p_(j))``. NaNs stay NaN and do not count in ``m``."""
+    return holm_bounds(pvalues, [False] * len(pvalues))[0]
+
+
+def holm_bounds(pvalues: Sequence[float], bounds: Sequence[bool]) -> tuple[list[float], list[bool]]:
+    """:func:`holm` for p-values of which some are only upper bounds (a bootstrap p at its resample floor).
+
+    An adjusted p is a bound when the term that sets it, ``(m - j + 1) p_(j)`` for the maximising ``j``, comes
+    from a bound (and is below 1: a p of 1 is exact whatever its inputs).
+
+    Returns:
+        ``(adjusted, adjusted_is_bound)`` in input order.
+    """
     p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
+    out, is_bound = np.full(p.shape, np.nan), [False] * len(p)
     valid = np.flatnonzero(~np.isnan(p))
     order = valid[np.argsort(p[valid], kind="stable")]
-    m = order.size
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order])) if m else np.zeros(0)
-    out[order] = adjusted
-    return [float(x) for x in out]
+    running, running_bound = -np.inf, False
+    for rank, index in enumerate(order):
+        term = min(1.0, (order.size - rank) * p[index])
+        if term > running:
+            running, running_bound = term, bool(bounds[index]) and term < 1.0
+        out[index], is_bound[index] = running, running_bound
+    return [float(x) for x in out], is_bound
 
 
-def format_p(p: float, n_boot: int | None = None) -> str:
-    """A p-value for a table: ``"< 0.001"`` below 0.001, else 3 decimals (``"0.012"``); NaN or None: ``"-"``.
-
-    With ``n_boot``, a p at the bootstrap's floor ``1 / (n_boot + 1)`` is only a bound and is shown as
-    ``"<= floor"`` (rounded up to 3 decimals) when that floor is 0.001 or more (fewer than 999 resamples).
-    """
+def format_p(p: float | None, bound: bool = False) -> str:
+    """A p-value for a table: ``"<= 0.006"`` when ``p`` is only an upper bound (a bootstrap at its resample floor,
+    after Holm's correction too; rounded up to 3 decimals), ``"< 0.001"`` below 0.001, else 3 decimals
+    (``"0.012"``); NaN or None: ``"-"``."""
     if p is None or math.isnan(p):
         return "-"
-    if n_boot is not None:
-        floor = 1.0 / (n_boot + 1)
-        if floor >= 0.001 and p <= floor * (1 + 1e-9):
-            return f"<= {math.ceil(floor * 1000 - 1e-9) / 1000:.3f}"
+    if bound:
+        return f"<= {math.ceil(p * 1000 - 1e-9) / 1000:.3f}" if p >= 0.001 else "< 0.001"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def at_floor(p: float, n_boot: int) -> bool:
+    """A bootstrap p of ``(1 + 0) / (n_boot + 1)``: no resample went the other way, so it only bounds the p-value."""
+    return bool(p <= (1.0 + 1e-9) / (n_boot + 1))
 
 
 def seed_welch(reference_values: Sequence[float], other_values: Sequence[float]) -> float:
@@ -386,3 +405,62 @@ def seed_welch(reference_values: Sequence[float], other_values: Sequence[float])
     from scipy import stats
 
     return float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+
+
+SEED_TEST = "seed-level t-test"
+
+
+def seed_test(reference_values: Sequence[float], other_values: Sequence[float]) -> tuple[float, str]:
+    """The report's default test: one-sided, of "the reference's mean over seeds is greater", on the runs' test
+    scores (one number per run: each already carries its test set's image-level noise for that seed).
+
+    * both sides with 2 or more runs: Welch's t-test (:func:`seed_welch`);
+    * one side a single run (a deterministic method, or one seed): a one-sample t-test of the other side's runs
+      against that value (``df = n - 1``; the single run's value is taken as exact, which it is for a deterministic
+      method on the fixed test set);
+    * both sides single runs, or no variation on any side: no test (NaN) and the reason.
+
+    Returns:
+        ``(p, why)``: ``why`` is ``""`` when ``p`` was computed, else a short reason in words.
+    """
+    from scipy import stats
+
+    a, b = np.asarray(reference_values, dtype=np.float64), np.asarray(other_values, dtype=np.float64)
+    if a.size < 1 or b.size < 1:
+        return math.nan, "no runs"
+    if a.size == 1 and b.size == 1:
+        return math.nan, "one run each: no seed variance to test against"
+    if a.size >= 2 and b.size >= 2:
+        if np.ptp(a) == 0 and np.ptp(b) == 0:
+            return math.nan, "no side varies over its seeds"
+        return float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue), ""
+    if a.size >= 2:  # the other is a single run: is the reference's mean above it?
+        if np.ptp(a) == 0:
+            return math.nan, "the reference's seeds do not vary"
+        return float(stats.ttest_1samp(a, b[0], alternative="greater").pvalue), ""
+    if np.ptp(b) == 0:
+        return math.nan, "the compared method's seeds do not vary"
+    return float(stats.ttest_1samp(b, a[0], alternative="less").pvalue), ""
+
+
+def seed_mdd(std: float, n_seeds: int, alpha: float = 0.05, power: float = 0.8, draws: int = 200_000) -> float:
+    """The smallest true difference that the one-sided Welch test at ``alpha`` detects with probability ``power``,
+    for two methods of ``n_seeds`` normal runs each with seed standard deviation ``std`` (in ``std``'s unit).
+
+    Welch's test rejects when ``(mean_a - mean_b) / se > t_crit(df)``, where ``se`` and ``df`` depend only on the
+    sample variances. For one draw of null samples (statistic ``t0``), a true difference ``d`` adds ``d / se``, so
+    the draw rejects exactly when ``d > (t_crit(df) - t0) se``: the power at ``d`` is the fraction of draws whose
+    threshold is below ``d``, and the answer is the ``power`` quantile of those thresholds (``draws`` Monte Carlo
+    draws from a fixed seed: the same number every call). NaN for fewer than 2 seeds or a non-positive std."""
+    if n_seeds < 2 or not std > 0:
+        return math.nan
+    from scipy import stats
+
+    rng = np.random.default_rng(20241204)
+    a, b = rng.standard_normal((2, draws, n_seeds))
+    va, vb = a.var(axis=1, ddof=1) / n_seeds, b.var(axis=1, ddof=1) / n_seeds
+    se = np.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (n_seeds - 1) + vb**2 / (n_seeds - 1))
+    t0 = (a.mean(axis=1) - b.mean(axis=1)) / se
+    thresholds = (stats.t.ppf(1 - alpha, df) - t0) * se
+    return float(std * np.quantile(thresholds, power))

@@ -125,12 +125,12 @@ def test_the_paper_plan_counts_every_run_once(tmp_path, no_caches):
     # variants x 3 seeds (IntCLIP and the consolidated names shared); Table 6a: (2 + 3) x 2 datasets
     assert plan.runs == 15 + 4 + 3 * (3 + 1 + 5 + 2) + 10 == 62
     shared = {(r.table, r.method): r.shared for r in plan.rows if r.shared}
-    assert shared == {("2", "intclip"): "1", ("3", "intclip"): "1", ("3", "intclip:consolidated"): "2", ("4", "intclip"): "1", ("5", "intclip"): "1"}
+    assert shared == {("2", "intclip"): "1", ("3", "intclip"): "1", ("3", "intclip:consolidated"): "2", ("4", "intclip"): "1", ("5", "intclip"): "1", ("6b", "intclip"): "1"}
     row = next(r for r in plan.rows if (r.table, r.backbone, r.method) == ("1", "RN101", "intclip"))
     # no bench.toml: the methods' own settings (50 epochs), not the embedded default's cut for 2 cores
     assert row.epochs == 50 and row.hours == pytest.approx(3 * (50 * (12740 / 770 + 498 / 2780) + 1217 / 2780) / 3600)
     res = runner.invoke(app, ["reproduce", "intclip-eccv2024", "--dry-run", "--tables", "1,7", "--results", str(tmp_path / "r")])
-    assert res.exit_code == 1 and "--tables 7: intclip-eccv2024 has tables 1, 2, 3, 4, 5, 6a" in str(res.exception)
+    assert res.exit_code == 1 and "--tables 7: intclip-eccv2024 has tables 1, 2, 3, 4, 5, 6a, 6b" in str(res.exception)
 
 
 def test_reproduce_end_to_end_on_the_tiny_clip(tmp_path, no_caches):

@@ -7,24 +7,55 @@ definitions) as weight containers, but none of the harness's IntCLIP, DualCoOp o
 matrix products, and trains with torch's own SGD over the official parameter groups. Every path is exercised:
 BatchNorm running statistics and affine weights far from their defaults, a semantic branch that differs from the
 sight branch, and SA's gamma at 0.5 (0 at init would hide the attention).
+
+It runs on two towers: the tiny CLIP (one bottleneck per stage) and a deeper ModifiedResNet whose layer3 has, like
+RN101's (1 + 22 blocks), bottlenecks without a downsample path after the first: their identity is the block's input
+itself, and the residual add and the last ReLU work in place on the block's output, which the next block keeps as
+its identity. Every gradient tensor of both copies of layer3 and layer4 is checked by name: each tensor of the
+semantic copy (convolutions and BatchNorm affine weights) against the reference's, to 1e-5 relative; the sight copy,
+frozen in the released code, must get no gradient in either.
 """
 
 import copy
+import json
 
+import open_clip
+import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.backbones import TINY_CLIP, load_backbone
+from bench.backbones import TINY_CLIP, BackboneSpec, load_backbone
 from bench.engine import RunContext, train_step
 from bench.params import placeholder_task
 from bench.registry import METHODS
 
 CPU = torch.device("cpu")
 
+# layer3: 3 bottlenecks (the first with the downsample path, as every stage's), layer4: 2; 3x3 maps at 96 px. (Its
+# name matches no pattern that tests of `bench ls backbones` list.)
+DEEP_RN = "intclip-reference-deep-rn"
+DEEP_RN_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 96, "layers": [1, 1, 3, 2], "width": 16, "head_width": 64},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 
-def _perturbed_clip():
+
+@pytest.fixture(scope="module")
+def deep_resnet(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("deep-rn-config")
+    (folder / f"{DEEP_RN}.json").write_text(json.dumps(DEEP_RN_CONFIG))
+    open_clip.add_model_config(folder)
+    yield BackboneSpec("deep-rn", DEEP_RN, "none")
+    factory = open_clip.factory  # unregister it again (best effort: open_clip keeps its registry private)
+    if folder in getattr(factory, "_MODEL_CONFIG_PATHS", []):
+        factory._MODEL_CONFIG_PATHS.remove(folder)
+    getattr(factory, "_MODEL_CONFIGS", {}).pop(DEEP_RN, None)
+
+
+def _perturbed_clip(spec=TINY_CLIP):
     torch.manual_seed(0)
-    backbone = load_backbone(TINY_CLIP, "none")
+    backbone = load_backbone(spec, "none")
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in backbone.model.visual.modules():
@@ -95,8 +126,10 @@ def reference_loss(logit_pos, logit_neg, y):
     return -0.03 * (loss * weight).sum()
 
 
-def test_intclip_official_equals_an_independent_reference_of_the_released_code(tmp_path):
-    backbone = _perturbed_clip()
+@pytest.mark.parametrize("tower", ["tiny-clip", "deep-resnet"])
+def test_intclip_official_equals_an_independent_reference_of_the_released_code(tmp_path, request, tower):
+    spec = TINY_CLIP if tower == "tiny-clip" else request.getfixturevalue("deep_resnet")
+    backbone = _perturbed_clip(spec)
     data = placeholder_task(5)
     config = METHODS.get("intclip-official").Config(n_ctx=4, augment="none", preprocessing="official", class_text="hci")
     method = METHODS.get("intclip-official")(config, backbone, data, CPU)
@@ -117,9 +150,12 @@ def test_intclip_official_equals_an_independent_reference_of_the_released_code(t
     for m in (clip, sem3, sem4):
         m.eval()  # the released code keeps every BatchNorm in eval mode
     tokens = net.prompts.tokens
-    ref_visual = [p for m in (sem3, sem4) for p in m.parameters()]
+    ref_semantic = torch.nn.Sequential(sem3, sem4)  # named as net.semantic: 0.* the layer3 copy, 1.* the layer4 copy
+    ref_visual = list(ref_semantic.parameters())
     for p in clip.parameters():
         p.requires_grad_(False)
+    if tower == "deep-resnet":  # the structure this tower is here for
+        assert len(net.semantic[0]) == 3 and all(block.downsample is None for block in net.semantic[0][1:])
 
     g = torch.Generator().manual_seed(5)
     images = torch.randint(0, 256, (2, 96, 96, 3), dtype=torch.uint8, generator=g)
@@ -137,14 +173,33 @@ def test_intclip_official_equals_an_independent_reference_of_the_released_code(t
     assert abs(loss.item() - ref_loss.item()) / abs(ref_loss.item()) < 1e-5
     ref_loss.backward()
     loss.backward()
+    # what trains is what the released code trains: the prompts, SA and every tensor of the semantic copies
+    semantic, theirs_semantic = dict(net.semantic.named_parameters()), dict(ref_semantic.named_parameters())
+    assert semantic.keys() == theirs_semantic.keys()
+    names = ["prompts.ctx_pos", "prompts.ctx_neg", *(f"fusion.{k}" for k in sa), *(f"semantic.{n}" for n in semantic)]
+    trained = {n for n, p in net.named_parameters() if p.grad is not None}
+    assert trained == {n for n, p in net.named_parameters() if p.requires_grad} == set(names)
+    # the sight copy (the tower's own layer3 and layer4) is frozen in both and gets no gradient in either; it
+    # shares no tensor with the semantic copy
+    sight = dict(net.sight.named_parameters())
+    assert sight.keys() == semantic.keys()
+    for n, p in sight.items():
+        assert not p.requires_grad and p.grad is None, n
+        assert p.data_ptr() != semantic[n].data_ptr() and not torch.equal(p, semantic[n]), n
+    for layer in (clip.visual.layer3, clip.visual.layer4):
+        assert all(p.grad is None for p in layer.parameters())
     pairs = [(net.prompts.ctx_pos, ctx_pos), (net.prompts.ctx_neg, ctx_neg)]
     pairs += [(net.fusion.state_dict(keep_vars=True)[k], sa[k]) for k in sa]
-    pairs += list(zip(net.semantic.parameters(), ref_visual))
-    for ours, theirs in pairs:
+    pairs += [(semantic[n], theirs_semantic[n]) for n in semantic]
+    errors = {}
+    for name, (ours, theirs) in zip(names, pairs, strict=True):
         if theirs.grad.norm() < 1e-15:  # SA's key bias: softmax over keys cancels it, its exact gradient is 0
-            assert ours.grad.norm() < 1e-7
+            assert ours.grad.norm() < 1e-7, name
             continue
-        assert _relative(ours.grad.double(), theirs.grad) < 1e-5
+        errors[name] = _relative(ours.grad.double(), theirs.grad)
+    assert len(errors) == len(pairs) - 1  # every tensor but SA's key bias
+    worst = sorted(errors.items(), key=lambda kv: -kv[1])[:5]
+    assert max(errors.values()) < 1e-5, worst
 
     # two SGD steps with the official groups (4e-4 prompts; 4e-5 semantic layers and SA), momentum 0.9, wd 5e-4
     method.model.zero_grad(set_to_none=True)

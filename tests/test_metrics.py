@@ -98,8 +98,10 @@ def test_strict_threshold_on_ties(dtype):
     assert M.macro_f1(scores, labels, 0.3) == pytest.approx(0.5)
     assert M.macro_f1(scores, labels, 0.5) == pytest.approx((2 / 3 + 0) / 2)
     assert sk_f1s(scores, labels, 0.3)["macro_f1"] == pytest.approx(0.5)
-    # perfect for 0.3 <= thr < 0.6 under strict '>' (0.35 <= thr <= 0.6 under '>='): the first is 0.3
-    assert M.choose_threshold(np.array([[0.6], [0.3]], dtype=dtype), np.array([[1], [0]])) == 0.3
+    # perfect for 0.3 <= thr < 0.6 under strict '>' (0.35 <= thr <= 0.6 under '>='): all tied, 0.5 is nearest 0.5
+    assert M.choose_threshold(np.array([[0.6], [0.3]], dtype=dtype), np.array([[1], [0]])) == 0.5
+    # perfect only for 0.3 <= thr < 0.45: the tied one nearest 0.5 is 0.4 (strict '>' keeps 0.45 out)
+    assert M.choose_threshold(np.array([[0.45], [0.3]], dtype=dtype), np.array([[1], [0]])) == 0.4
 
 
 def test_hand_computed_example():
@@ -121,15 +123,16 @@ def test_hand_computed_example():
 
 
 def naive_protocol(val_scores, val_labels, test_scores, test_labels):
-    """Official Intentonomy threshold protocol, written plainly: loop thresholds, keep the first best val macro F1."""
-    best_thr, best_f1 = None, -1.0
+    """The Intentonomy threshold protocol with the harness's tie rule, written plainly: sklearn's val macro F1 at
+    each threshold 0.05 ... 0.95; those within 0.001 of the best are tied; the tied one nearest 0.5, then the lower."""
+    f1s = {}
     thr = 0.05
     while thr < 0.96:
         t = round(thr, 2)
-        f1 = f1_score(val_labels, (val_scores > t).astype(int), average="macro", zero_division=0)
-        if f1 > best_f1:
-            best_thr, best_f1 = t, f1
+        f1s[t] = f1_score(val_labels, (val_scores > t).astype(int), average="macro", zero_division=0)
         thr += 0.05
+    best = max(f1s.values())
+    best_thr = min((t for t, f in f1s.items() if f >= best - 0.001), key=lambda t: (round(abs(t - 0.5), 9), t))
     return best_thr, sk_f1s(val_scores, val_labels, best_thr), sk_f1s(test_scores, test_labels, best_thr)
 
 
@@ -152,12 +155,41 @@ def test_evaluate_matches_naive_protocol(seed, maker):
     assert fixed_test["macro_f1"] == pytest.approx(sk_f1s(test_scores, test_labels, 0.35)["macro_f1"], abs=1e-12)
 
 
-def test_choose_threshold_ties_keep_lowest():
+def test_choose_threshold_ties_nearest_half():
     labels = np.ones((6, 3), dtype=int)
-    assert M.choose_threshold(np.full((6, 3), 0.99), labels) == 0.05  # F1 = 1 everywhere
-    assert M.choose_threshold(np.zeros((6, 3)), labels) == 0.05  # F1 = 0 everywhere
+    assert M.choose_threshold(np.full((6, 3), 0.99), labels) == 0.5  # F1 = 1 everywhere
+    assert M.choose_threshold(np.zeros((6, 3)), labels) == 0.5  # F1 = 0 everywhere
     scores = np.tile([[0.42], [0.2]], (1, 2))
-    assert M.choose_threshold(scores, np.array([[1, 1], [0, 0]])) == 0.2  # 0.2 ... 0.4 all perfect
+    assert M.choose_threshold(scores, np.array([[1, 1], [0, 0]])) == 0.4  # 0.2 ... 0.4 all perfect: 0.4 nearest 0.5
+    from bench.selection import threshold_preference
+
+    assert sorted([0.55, 0.45, 0.6], key=threshold_preference) == [0.45, 0.55, 0.6]  # equally near 0.5: the lower
+
+
+def test_threshold_selection_tolerance_and_margin():
+    """1000 val images, one class: F1 is exact from counts, so the tie set and margin can be computed by hand."""
+    n = 1000
+    labels = np.zeros((n, 1), dtype=int)
+    labels[:100] = 1
+    scores = np.full((n, 1), 0.01)
+    scores[:100] = 0.97  # every positive above every threshold
+    scores[100:101] = 0.32  # one more negative above 0.05 ... 0.30: 4 FP there, F1 = 200/204
+    scores[101:104] = 0.62  # three negatives above 0.05 ... 0.60: 3 FP at 0.35 ... 0.60, F1 = 200/203
+    sel = M.threshold_selection(scores, labels)
+    assert sel.best == pytest.approx(1.0) and sel.chosen == 0.65  # 0.65 ... 0.95 perfect; nearest 0.5
+    assert sel.tie_set == [0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    assert sel.margin == pytest.approx(1.0 - 200 / 203)  # the best outside the tie set: 0.35 ... 0.6
+    assert not sel.fragile
+    # a tie set reaching the edge: perfect F1 minus 0.0007 is tied (inside 0.001)
+    big = np.zeros((3000, 1), dtype=int)
+    big[:1500] = 1
+    s = np.full((3000, 1), 0.01)
+    s[:1500] = 0.97
+    s[1500:1502] = 0.62  # two negatives above 0.05 ... 0.60: F1 = 3000/3002 = 1 - 0.00067
+    sel = M.threshold_selection(s, big)
+    assert 1 - 3000 / 3002 < 1e-3
+    assert sel.chosen == 0.5 and sel.margin is None  # every threshold is tied: the rule picks 0.5
+    assert M.choose_threshold(s, big) == 0.5
 
 
 def test_outputs_are_json_floats():

@@ -133,7 +133,7 @@ def test_ablation_tables_appear_only_with_their_variants(tmp_path):
     _store(tmp_path, extra_methods=("intclip:no-sa", "intclip:single-none"))
     paper = layout.paper_tables(_summary(tmp_path), reference=True)
     keys = [t.key for t in paper]
-    assert keys == ["table1", "table2", "table4", "table5"]  # no Table 3 variant ran
+    assert keys == ["table1", "table2", "table4", "table5"]  # no Table 3 variant ran; no 6b off ViT-B/32
     table2 = paper[1]
     assert [r.label for r in table2.rows if not r.reference] == ["w/o SA", "Full IntCLIP"]
     # paper Table 2: w/o SA 35.15 -> 35.00 - 35.15 = -0.15
@@ -165,31 +165,90 @@ def test_different_manifests_make_different_tables(tmp_path):
     assert {t.info["manifest_sha256"] for t in paper} == {"a" * 64, "b" * 64}
 
 
-def test_identical_methods_are_not_significantly_different(tmp_path):
+def _test_values(root, method, metric="macro_f1"):
+    return [r.metrics.test[metric] for r in tables.load_results(root)[0] if r.method.name == method]
+
+
+def test_significance_compares_against_the_declared_reference(tmp_path):
+    """The default test is the seed-level t-test against the declared reference (intclip), never the val-best."""
+    from scipy import stats
+
+    for seed in (0, 1, 2):
+        make_run(tmp_path, "intclip", seed, quality=0.6, config={"lr": 1})
+        make_run(tmp_path, "intclip-official", seed, quality=0.6, config={"lr": 1}, val={"macro_f1": 0.99})  # best on val
+        make_run(tmp_path, "label-prior", seed, quality=0.0)
+    summary = _summary(tmp_path, bootstrap=200).set_index("method")
+    assert summary.index[summary["reference"]].tolist() == ["intclip"]  # declared, although another is best on val
+    assert set(summary["significance_test"]) == {"seed-t"} and set(summary["significance_reference"]) == {"intclip"}
+    ref = {m: _test_values(tmp_path, "intclip", m) for m in ("macro_f1", "mAP")}
+    raw = {}
+    for metric in ("macro_f1", "mAP"):
+        assert summary.loc["intclip-official", f"test_{metric}_diff"] == 0.0  # the very same scores
+        for other in ("intclip-official", "label-prior"):
+            expected = stats.ttest_ind(ref[metric], _test_values(tmp_path, other, metric), equal_var=False, alternative="greater").pvalue
+            assert summary.loc[other, f"test_{metric}_p_raw"] == pytest.approx(expected)
+            raw[other] = expected
+        assert summary.loc["intclip-official", f"test_{metric}_p_raw"] == pytest.approx(0.5)
+        # Holm over the two comparisons: the smallest raw p doubles, the other is max(itself, that)
+        assert summary.loc["label-prior", f"test_{metric}_p_vs_ref"] == pytest.approx(2 * raw["label-prior"])
+        assert not summary.loc["label-prior", f"test_{metric}_p_bound"]  # a t-test has no resample floor
+        assert summary.loc["intclip", f"test_{metric}_p_text"] == "ref"
+        assert pd.isna(summary.loc["intclip", f"test_{metric}_p_vs_ref"])
+    assert summary.loc["label-prior", "test_macro_f1_p_text"] == f"{min(1.0, 2 * raw['label-prior']):.3f}" or raw["label-prior"] < 0.0005
+    note = summary["significance_note"].iloc[0]
+    assert "declared reference intclip" in note and "never chosen on val or test" in note
+    assert "smallest difference this test detects with power 0.8" in note and "With 3 seeds" in note
+    md = tables.to_markdown(summary.reset_index())
+    assert md.count("| ref |") == 1 and "t-test" in md and "NaN" not in md and "nan" not in md
+
+
+def test_significance_without_the_declared_reference_says_why(tmp_path):
+    for seed in (0, 1):
+        make_run(tmp_path, "dualcoop", seed, quality=0.6)
+        make_run(tmp_path, "label-prior", seed, quality=0.0)
+    summary = _summary(tmp_path, bootstrap=100)
+    assert not summary["reference"].any()
+    assert set(summary["test_macro_f1_p_text"]) == {"-"}
+    assert "No p-values: the declared reference intclip has no runs in this table." in tables.to_markdown(summary)
+    summary = tables.add_significance(tables.summarise(tables.results_frame(tables.load_results(tmp_path)[0])),
+                                      tables.load_results(tmp_path)[0], tmp_path, 100, reference="dualcoop")
+    assert summary.set_index("method").loc["label-prior", "test_macro_f1_p_text"] not in ("-", "ref")
+
+
+def test_single_runs_are_compared_by_the_image_bootstrap_with_floor_bounds(tmp_path):
+    """Two deterministic methods (one run each): the paired bootstrap over test images; a p at its floor of
+    1 / (n_boot + 1) is a bound, printed as such after Holm's correction."""
+    make_run(tmp_path, "linear-probe", 0, quality=0.8)
+    make_run(tmp_path, "label-prior", 0, quality=0.0)
+    make_run(tmp_path, "zeroshot", 0, quality=0.0)
+    records = tables.load_results(tmp_path)[0]
+    summary = tables.add_significance(tables.summarise(tables.results_frame(records)), records, tmp_path, 200,
+                                      reference="linear-probe").set_index("method")
+    for other in ("label-prior", "zeroshot"):
+        assert summary.loc[other, "test_macro_f1_p_raw"] == pytest.approx(1 / 201)
+        assert summary.loc[other, "test_macro_f1_p_bound"]
+        assert summary.loc[other, "test_macro_f1_p_text"] == "<= 0.010"  # 2/201 = 0.00995, rounded up
+
+
+def test_bootstrap_test_on_identical_methods(tmp_path):
     for seed in (0, 1):
         make_run(tmp_path, "intclip", seed, quality=0.6, config={"lr": 1})
         make_run(tmp_path, "intclip-official", seed, quality=0.6, config={"lr": 1})  # the very same scores
         make_run(tmp_path, "label-prior", seed, quality=0.0)
-    summary = _summary(tmp_path, bootstrap=200).set_index("method")
-    reference = summary.index[summary["reference"]][0]
-    assert reference == summary["val_macro_f1_mean"].idxmax()  # chosen on val, never on test
-    other = "intclip-official" if reference == "intclip" else "intclip"
+    records = tables.load_results(tmp_path)[0]
+    summary = tables.add_significance(tables.summarise(tables.results_frame(records)), records, tmp_path, 200,
+                                      test="bootstrap").set_index("method")
+    assert summary.index[summary["reference"]].tolist() == ["intclip"]
     for metric in ("macro_f1", "mAP"):  # each resample recomputes both
         # same scores: only the seed resampling moves the difference, symmetric around 0
-        assert summary.loc[other, f"test_{metric}_p_vs_ref"] >= 0.5
-        assert summary.loc[other, f"test_{metric}_diff"] == 0.0
+        assert summary.loc["intclip-official", f"test_{metric}_p_vs_ref"] >= 0.5
+        assert summary.loc["intclip-official", f"test_{metric}_diff"] == 0.0
         assert summary.loc["label-prior", f"test_{metric}_p_raw"] < 0.01
         # Holm over the two comparisons: the smallest raw p doubles
         assert summary.loc["label-prior", f"test_{metric}_p_vs_ref"] == pytest.approx(2 * summary.loc["label-prior", f"test_{metric}_p_raw"])
-        assert pd.isna(summary.loc[reference, f"test_{metric}_p_vs_ref"])
+        assert pd.isna(summary.loc["intclip", f"test_{metric}_p_vs_ref"])
     assert set(summary["bootstrap_n"]) == {200} and set(summary["bootstrap_seed"]) == {0}
-    # the seed-level test beside it, from the records' test macro F1 (scipy's Welch, one-sided)
-    from scipy import stats
-
-    values = {m: [r.metrics.test["macro_f1"] for r in tables.load_results(tmp_path)[0] if r.method.name == m] for m in (reference, "label-prior")}
-    expected = stats.ttest_ind(values[reference], values["label-prior"], equal_var=False, alternative="greater").pvalue
-    assert summary.loc["label-prior", "test_macro_f1_p_seed_welch"] == pytest.approx(expected)
-    assert pd.isna(summary.loc[reference, "test_macro_f1_p_seed_welch"])
+    assert "hierarchical bootstrap" in summary["significance_note"].iloc[0]
 
 
 def test_escape():
@@ -264,13 +323,16 @@ def test_a_new_method_lands_in_the_family_it_declares_and_datasets_choose_their_
     _declare(tmp_path, "prior-knn", **{"method.family": "Multi-label methods", "method.display_name": "Prior kNN"})
     (table,) = layout.paper_tables(_summary(tmp_path))
     assert [(r.label, r.family) for r in table.rows] == [("Prior kNN", "Multi-label methods"), ("intclip", "IntCLIP")]  # its display name
-    # the reference row follows the dataset's main metric: macro F1 by default, mAP where the dataset says so
+    # the reference row is the declared one (intclip) whatever the scores; the p-values follow the dataset's main
+    # metric: macro F1 by default, mAP where the dataset says so
     summary = _summary(tmp_path, bootstrap=50).set_index("method")
     assert summary.loc["intclip", "reference"] and not summary.loc["prior-knn", "reference"]
+    assert "test_macro_f1_p_text" in summary and "p vs ref (Macro F1)" in tables.to_markdown(summary.reset_index())
     for method in ("intclip", "prior-knn"):
         _declare(tmp_path, method, **{"dataset.main_metric": "mAP"})
     summary = _summary(tmp_path, bootstrap=50).set_index("method")
-    assert summary.loc["prior-knn", "reference"] and set(summary["main_metric"]) == {"mAP"}
+    assert summary.loc["intclip", "reference"] and set(summary["main_metric"]) == {"mAP"}
+    assert summary.loc["intclip", "test_mAP_p_text"] == "ref" and "p vs ref (mAP)" in tables.to_markdown(summary.reset_index())
     from bench.reports.site import snapshot
 
     entries = snapshot(summary.reset_index(), "auto", "test")
@@ -432,7 +494,7 @@ def test_every_paper_table_fits_a_two_column_article(tmp_path):
                                    "--out", str(tmp_path / "tables.tex")])
     assert res.exit_code == 0, res.output
     tex = (tmp_path / "tables.tex").read_text()
-    assert tex.count(r"\begin{tabular}") == 6  # Table 1, Tables 2-5, Table 6a
+    assert tex.count(r"\begin{tabular}") == 6  # Table 1, Tables 2-5, Table 6a (6b only on ViT-B/32: test_paper_reference)
     _two_column_article(tmp_path)
     if shutil.which("pdftotext"):
         text = subprocess.run(["pdftotext", "paper.pdf", "-"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout

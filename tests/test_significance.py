@@ -10,7 +10,11 @@ from bench import metrics
 from bench.reports.significance import (
     RunScores,
     compare_to_reference,
+    at_floor,
     format_p,
+    holm_bounds,
+    seed_mdd,
+    seed_test,
     hierarchical_bootstrap,
     holm,
     image_weights,
@@ -248,7 +252,7 @@ def test_compare_to_reference_shares_one_draw_and_adjusts_with_holm():
     two = {"a-ref": methods["a-ref"], "b": methods["b"]}
     pair = compare_to_reference(two, "a-ref", ["mAP"], n_boot=150, seed=1)["b"]["mAP"]
     single = hierarchical_bootstrap(methods["a-ref"], methods["b"], "mAP", n_boot=150, seed=1)
-    assert pair.pop("p_holm") == pair["p_value"] and pair == single
+    assert pair.pop("p_holm") == pair["p_value"] and pair.pop("p_holm_bound") == pair["p_bound"] and pair == single
     # given image weights: the same draws as drawing them from the seed
     weights = image_weights(70, 150, np.random.default_rng(1))
     with_weights = hierarchical_bootstrap(methods["a-ref"], methods["b"], "mAP", seed=1, weights=weights)
@@ -288,10 +292,51 @@ def test_holm_against_hand_computation():
 def test_format_p():
     assert format_p(0.0004) == "< 0.001" and format_p(1 / 1001) == "< 0.001"
     assert format_p(0.0123) == "0.012" and format_p(0.001) == "0.001" and format_p(1.0) == "1.000"
-    assert format_p(math.nan) == "-" and format_p(float("nan"), 1000) == "-"
-    assert format_p(1 / 1001, n_boot=1000) == "< 0.001"
-    assert format_p(1 / 101, n_boot=100) == "<= 0.010"  # at the floor of 100 resamples: a bound
-    assert format_p(2 / 101, n_boot=100) == "0.020"
+    assert format_p(math.nan) == "-" and format_p(None) == "-"
+    assert format_p(1 / 101, bound=True) == "<= 0.010"  # at the floor of 100 resamples: a bound, rounded up
+    assert format_p(6 / 1001, bound=True) == "<= 0.006"  # README's old table: 1/1001 times Holm's 6
+    assert format_p(0.0004, bound=True) == "< 0.001"
+
+
+def test_holm_keeps_bounds():
+    """Six comparisons at the floor of 1000 resamples: every adjusted p is 6/1001 and only a bound; a bound that
+    does not set the adjusted value leaves it exact, and a p capped at 1 is exact."""
+    floor = 1 / 1001
+    adjusted, bounds = holm_bounds([floor] * 6, [True] * 6)
+    assert adjusted == pytest.approx([6 * floor] * 6) and all(bounds)
+    adjusted, bounds = holm_bounds([floor, 0.04], [True, False])  # 2 x floor, then max(2 x floor, 0.04) = 0.04
+    assert adjusted == pytest.approx([2 * floor, 0.04]) and bounds == [True, False]
+    adjusted, bounds = holm_bounds([0.6, 0.7], [True, False])
+    assert adjusted == [1.0, 1.0] and bounds == [False, False]
+    assert holm_bounds([0.02, math.nan], [False, True])[0][0] == pytest.approx(0.02)
+    assert at_floor(1 / 1001, 1000) and not at_floor(2 / 1001, 1000)
+
+
+def test_seed_test_matches_scipy_and_says_why():
+    ref, other = [0.52, 0.55, 0.53], [0.48, 0.47, 0.50]
+    p, why = seed_test(ref, other)
+    assert why == "" and p == pytest.approx(stats.ttest_ind(ref, other, equal_var=False, alternative="greater").pvalue)
+    p, why = seed_test(ref, [0.50])  # a deterministic method: one-sample t of the reference's seeds against it
+    assert why == "" and p == pytest.approx(stats.ttest_1samp(ref, 0.50, alternative="greater").pvalue)
+    p, why = seed_test([0.50], other)  # a deterministic reference: is the other's mean below it?
+    assert why == "" and p == pytest.approx(stats.ttest_1samp(other, 0.50, alternative="less").pvalue)
+    for a, b, words in (([0.5], [0.4], "one run each"), ([0.5, 0.5], [0.4, 0.4], "varies"), ([0.5, 0.5], [0.4], "do not vary")):
+        p, why = seed_test(a, b)
+        assert math.isnan(p) and words in why
+
+
+def test_seed_mdd_has_the_stated_power():
+    """At the minimum detectable difference, an independent simulation of scipy's Welch test (normal seeds, std 1,
+    other draws than seed_mdd's) rejects 80% of the time; the difference scales with the std."""
+    rng = np.random.default_rng(0)
+    assert seed_mdd(2.0, 3) == pytest.approx(2 * seed_mdd(1.0, 3))
+    for n in (3, 5, 10):
+        mdd = seed_mdd(1.0, n)
+        a = rng.normal(mdd, 1.0, size=(20000, n))
+        b = rng.normal(0.0, 1.0, size=(20000, n))
+        rejected = stats.ttest_ind(a, b, axis=1, equal_var=False, alternative="greater").pvalue < 0.05
+        assert rejected.mean() == pytest.approx(0.8, abs=0.01), n
+    assert seed_mdd(1.0, 3) > seed_mdd(1.0, 5) > seed_mdd(1.0, 10) and math.isnan(seed_mdd(1.0, 1))
 
 
 def test_seed_welch():
