@@ -371,12 +371,13 @@ def pretrain_tiny_clip(
 
 
 from bench.cli_data import data_app  # noqa: E402
-from bench.cli_ops import doctor, reproduce, weights_app  # noqa: E402
+from bench.cli_ops import crosscheck, doctor, reproduce, weights_app  # noqa: E402
 
 app.add_typer(data_app, name="data")
 app.add_typer(weights_app, name="weights")
 app.command("doctor")(doctor)
 app.command("reproduce")(reproduce)
+app.command("crosscheck")(crosscheck)
 
 
 def main() -> None:

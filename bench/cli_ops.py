@@ -6,6 +6,7 @@ Exit codes: 0 fine; 1 something is missing (doctor, weights status) or runs fail
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
@@ -127,3 +128,55 @@ def reproduce(
         err.print(f"[red]failed: {escape(message)}[/]")
     if failed:
         raise typer.Exit(1)
+
+
+def crosscheck(
+    results: ResultsOpt = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", help="The reference file (default: the shipped bench/assets/default_reference.json).")] = None,
+    run: Annotated[bool, typer.Option("--run/--no-run", help="--no-run: compare the store as it is (default: run what is missing of the default suite first).")] = True,
+    draws: Annotated[int, typer.Option("--draws", min=0, help="Perturbed repeats of every val selection (inputs scaled by 1 + 1e-7 noise; 0: skip).")] = 10,
+    executor: Annotated[Optional[Literal["ray", "serial"]], typer.Option("--executor", help="Overrides suite.executor.")] = None,
+) -> None:
+    """The cross-machine promise: run the embedded default suite (what is missing), compare every number of its table
+    with the shipped reference within the reference's tolerances, and check that no val selection moves when its
+    inputs are scaled by 1 + 1e-7 noise. Exit 1 when a number is outside its tolerance or a selection moves."""
+    from rich.table import Table
+
+    from bench import crosscheck as cc
+
+    cfg = load(None, results, values={"engine.progress": False}, executor=executor)
+    if run:
+        from rich.console import Console
+
+        from bench.suite import run_suite
+
+        outcome = run_suite(cfg, Console(stderr=True))
+        if outcome.failed:
+            for message in outcome.failed.values():
+                err.print(f"[red]failed: {escape(str(message))}[/]")
+            raise typer.Exit(1)
+    ref = cc.load_reference(reference or cc.REFERENCE)
+    checks, problems = cc.compare(ref, cc.table_of(cfg.paths.results))
+    made = ref.get("made", {})
+    table = Table(title=f"default suite vs the reference made on {made.get('machine', '?')} ({made.get('date', '?')})",
+                  title_justify="left")
+    for name, justify in (("method", "left"), ("split", "left"), ("metric", "left"), ("reference", "right"),
+                          ("fresh", "right"), ("Δ", "right"), ("tolerance", "right"), ("", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    for c in checks:
+        table.add_row(escape(c.method), c.split, c.metric, f"{c.reference:.2f}", "-" if c.fresh is None else f"{c.fresh:.2f}",
+                      "-" if c.delta is None else f"{c.delta:+.2f}", f"± {c.tolerance:.2f}", "ok" if c.ok else "[red]OUTSIDE[/]")
+    out.print(table)
+    moved: list[str] = []
+    if draws:
+        moved = cc.selection_stability(cfg.paths.results, draws) + cc.probe_stability(cfg, draws)
+        out.print(f"selections under 1 + 1e-7 noise ({draws} draws each): "
+                  + ("none moved" if not moved else f"[red]{len(moved)} moved[/]"))
+    for line in problems + moved:
+        err.print(f"[red]{escape(line)}[/]")
+    bad = [c for c in checks if not c.ok]
+    if bad or problems or moved:
+        err.print(f"[red]crosscheck failed: {len(bad)} of {len(checks)} numbers outside their tolerance, "
+                  f"{len(problems)} other problems, {len(moved)} selections moved[/]")
+        raise typer.Exit(1)
+    out.print(f"crosscheck passed: {len(checks)} numbers within their tolerances")

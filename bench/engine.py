@@ -30,7 +30,7 @@ from bench.datasets.base import DatasetData, Split
 from bench.errors import OrphanedRunError, TrainingDivergedError
 from bench.io import atomic_save, ensure_free_space
 from bench.protocol import Protocol, get_protocol
-from bench.selection import TOLERANCE, select
+from bench.selection import TOLERANCE, epoch_selection
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -324,15 +324,9 @@ def _top_epoch(best: dict[str, Any]) -> int:
 def _epoch_selection(method: Method, history: list[dict[str, Any]], best: dict[str, Any]):
     """The tie rule over every (epoch, variant) of the history: the earliest epoch (then the variant's order)
     within the tolerance of the best; returns the Selection and the kept candidate it chose (None: no epochs)."""
-    variants = list(method.eval_variants())
-    candidates = []
-    for h in history:
-        per_variant = h.get("variant_metrics") or {variants[0]: h["selection_metric"]}
-        candidates += [((h["epoch"], v), m) for v, m in per_variant.items()]
-    if not candidates:
+    selection = epoch_selection(history, list(method.eval_variants()))
+    if selection is None:
         return None, None
-    order = {v: i for i, v in enumerate(variants)}
-    selection = select(candidates, "epoch", lambda key: (key[0], order.get(key[1], len(order))))
     epoch, variant = selection.chosen
     kept = {(c["epoch"], c["variant"]): c for c in best["candidates"]}
     if (epoch, variant) not in kept:  # cannot happen: a candidate is dropped only once it is out of every tie set

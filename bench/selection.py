@@ -104,6 +104,20 @@ def threshold_preference(threshold: float) -> tuple[float, float]:
     return (round(abs(threshold - 0.5), 9), threshold)
 
 
+def epoch_selection(history: Sequence[dict[str, Any]], variants: Sequence[str], tolerance: float = TOLERANCE) -> Selection | None:
+    """The tie rule over every (epoch, weight variant) of a training history (each entry's ``selection_metric``, or
+    ``variant_metrics`` where a method scores several variants): the earliest epoch within the tolerance of the
+    best, then the variant's order in ``variants``. None for an empty history."""
+    candidates = []
+    for h in history:
+        per_variant = h.get("variant_metrics") or {variants[0] if variants else "default": h["selection_metric"]}
+        candidates += [((int(h["epoch"]), v), float(m)) for v, m in per_variant.items()]
+    if not candidates:
+        return None
+    order = {v: i for i, v in enumerate(variants)}
+    return select(candidates, "epoch", lambda key: (key[0], order.get(key[1], len(order))), tolerance)
+
+
 def fragile_selections(selections: dict[str, dict]) -> list[dict]:
     """The stored selections of one record whose margin is inside their tolerance."""
     return [s for s in (selections or {}).values() if s.get("margin") is not None and s["margin"] < s.get("tolerance", TOLERANCE)]

@@ -33,6 +33,112 @@ class LinearProbeConfig(MethodConfig):
     tol: PositiveFloat = 1e-8  # Newton's stopping tolerance on the gradient
 
 
+def logits(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """float64 logits ``x W^T + b``."""
+    return np.asarray(x, dtype=np.float64) @ weight.T + bias
+
+
+class ProbeFit:
+    """The probe's fit on given features (no torch): standardise, Newton to convergence at each C of the grid
+    (optionally bisected), C by the tie rule on val. Used by :class:`LinearProbe` and by the perturbation test."""
+
+    def __init__(self, config: LinearProbeConfig, task: str, num_classes: int) -> None:
+        self.config, self.task, self.num_classes = config, task, num_classes
+        self._iterations = 0  # the most solver iterations any fit needed (max_iter: it stopped unconverged)
+        self._unconverged: set[float] = set()  # the Cs where some fit reached max_iter
+
+    def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """(weight [C, D], bias [C], fit info with the C selection under ``selections``)."""
+        from bench.protocol import VAL_THRESHOLD
+        from bench.selection import select
+
+        tried: dict[float, float] = {}
+
+        def score(log_c: float) -> float:
+            if log_c not in tried:
+                w, b = self.fit_c(x_train, y_train, 10.0**log_c)
+                tried[log_c] = VAL_THRESHOLD.selection_metric(self.task, self.scores(x_val, w, b), y_val)
+            return tried[log_c]
+
+        def choose() -> Any:  # the tie rule over every C tried so far: the smallest within the tolerance
+            return select([(10.0**g, v) for g, v in sorted(tried.items())], "C", lambda c: c)
+
+        grid = sorted(np.log10(self.config.c_grid).tolist())
+        for g in grid:
+            score(g)
+        best = float(np.log10(choose().chosen))
+        i = grid.index(min(grid, key=lambda g: abs(g - best)))
+        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+        for _ in range(self.config.refine_steps):  # bisection in log space around the chosen point
+            score((lo + best) / 2)
+            score((best + hi) / 2)
+            best = float(np.log10(choose().chosen))
+            lo, hi = max(lo, best - (hi - lo) / 4), min(hi, best + (hi - lo) / 4)
+        selection = choose()
+        weight, bias = self.fit_c(x_train, y_train, selection.chosen)
+        return weight, bias, {
+            "C": selection.chosen,
+            "val_selection_metric": selection.value,
+            "c_tried": len(tried),
+            "max_solver_iterations": self._iterations,
+            "converged": not self._unconverged,
+            "unconverged_C": sorted(self._unconverged),
+            "selections": {"C": selection.to_dict()},
+        }
+
+    def fit_c(self, x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+        """Weights [C, D] and bias [C] on the raw features, fitted on standardised ones (float64)."""
+        x = np.asarray(x, dtype=np.float64)
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        scale[scale == 0] = 1.0
+        weight, bias = self._fit_standardised((x - mean) / scale, y, c)
+        return weight / scale, bias - (weight / scale) @ mean
+
+    def scores(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """Probabilities (a numerically stable sigmoid/softmax: no overflow for large logits)."""
+        from scipy.special import expit, softmax
+
+        z = logits(x, weight, bias)
+        return (softmax(z, axis=1) if self.task == "multiclass" else expit(z)).astype(np.float32)
+
+    def _solver(self, c: float):
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=c, solver="newton-cholesky", tol=self.config.tol, max_iter=self.config.max_iter)
+
+    def _count(self, clf, c: float) -> None:
+        iterations = int(np.max(clf.n_iter_))
+        self._iterations = max(self._iterations, iterations)
+        if iterations >= self.config.max_iter:
+            self._unconverged.add(c)
+
+    def _fit_standardised(self, x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+        if self.task == "multiclass":
+            clf = self._solver(c)
+            clf.fit(x, y)
+            self._count(clf, c)
+            weight = np.zeros((self.num_classes, x.shape[1]))
+            bias = np.full(self.num_classes, -1e4)  # classes absent from train are never predicted
+            weight[clf.classes_] = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_, clf.coef_])
+            bias[clf.classes_] = clf.intercept_ if len(clf.classes_) > 2 else np.array([-clf.intercept_[0], clf.intercept_[0]])
+            return weight, bias
+        weight = np.zeros((self.num_classes, x.shape[1]))
+        bias = np.zeros(self.num_classes)
+        for k in range(self.num_classes):
+            yk = y[:, k] > 0.5
+            if yk.all() or not yk.any():  # one-valued class in train: a constant at its (clipped) train prior
+                prior = np.clip(yk.mean(), 1e-4, 1 - 1e-4)
+                bias[k] = np.log(prior / (1 - prior))
+                continue
+            clf = self._solver(c)
+            clf.fit(x, yk)
+            self._count(clf, c)
+            weight[k], bias[k] = clf.coef_[0], clf.intercept_[0]
+        return weight, bias
+
+
 class LinearProbe(Method):
     name = "linear-probe"
     Config = LinearProbeConfig
@@ -45,8 +151,6 @@ class LinearProbe(Method):
         super().__init__(config, backbone, data, device)
         self.model.requires_grad_(False)
         self.apply_memory_format()
-        self._iterations = 0  # the most solver iterations any fit needed (max_iter: it stopped unconverged)
-        self._unconverged: set[float] = set()  # the Cs where some fit reached max_iter
         self.weight: np.ndarray | None = None  # [C, D]
         self.bias: np.ndarray | None = None  # [C]
 
@@ -94,104 +198,18 @@ class LinearProbe(Method):
         return feats
 
     # -- fitting -----------------------------------------------------------------------------------------------
-    def _fit_c(self, x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
-        """Weights [C, D] and bias [C] on the raw features, fitted on standardised ones."""
-        mean = x.mean(axis=0, dtype=np.float64)
-        scale = x.std(axis=0, dtype=np.float64)
-        scale[scale == 0] = 1.0
-        z = (np.asarray(x, dtype=np.float64) - mean) / scale
-        weight, bias = self._fit_standardised(z, y, c)
-        return weight / scale, bias - (weight / scale) @ mean
-
-    def _solver(self, c: float):
-        from sklearn.linear_model import LogisticRegression
-
-        return LogisticRegression(C=c, solver="newton-cholesky", tol=self.config.tol, max_iter=self.config.max_iter)
-
-    def _count(self, clf, c: float) -> None:
-        iterations = int(np.max(clf.n_iter_))
-        self._iterations = max(self._iterations, iterations)
-        if iterations >= self.config.max_iter:
-            self._unconverged.add(c)
-
-    def _fit_standardised(self, x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
-        if self.task == "multiclass":
-            clf = self._solver(c)
-            clf.fit(x, y)
-            self._count(clf, c)
-            weight = np.zeros((self.num_classes, x.shape[1]))
-            bias = np.full(self.num_classes, -1e4)  # classes absent from train are never predicted
-            weight[clf.classes_] = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_, clf.coef_])
-            bias[clf.classes_] = clf.intercept_ if len(clf.classes_) > 2 else np.array([-clf.intercept_[0], clf.intercept_[0]])
-            return weight, bias
-        weight = np.zeros((self.num_classes, x.shape[1]))
-        bias = np.zeros(self.num_classes)
-        for k in range(self.num_classes):
-            yk = y[:, k] > 0.5
-            if yk.all() or not yk.any():  # one-valued class in train: a constant at its (clipped) train prior
-                prior = np.clip(yk.mean(), 1e-4, 1 - 1e-4)
-                bias[k] = np.log(prior / (1 - prior))
-                continue
-            clf = self._solver(c)
-            clf.fit(x, yk)
-            self._count(clf, c)
-            weight[k], bias[k] = clf.coef_[0], clf.intercept_[0]
-        return weight, bias
-
     def _logits(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
         """float64 logits ``x W^T + b``."""
-        return np.asarray(x, dtype=np.float64) @ weight.T + bias
-
-    def _scores(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        """Probabilities (a numerically stable sigmoid/softmax: no overflow for large logits)."""
-        from scipy.special import expit, softmax
-
-        logits = self._logits(x, weight, bias)
-        return (softmax(logits, axis=1) if self.task == "multiclass" else expit(logits)).astype(np.float32)
+        return logits(x, weight, bias)
 
     def fit(self, data, ctx) -> dict[str, Any]:
-        from bench.protocol import VAL_THRESHOLD
-
         feats = {
             s: self.features(s, data.splits[s].images, data.manifest_sha256, ctx.cache_dir, ctx.eval_batch_size)
             for s in ("train", "val")
         }
-        y_train, y_val = data.splits["train"].labels, data.splits["val"].labels
-        tried: dict[float, float] = {}
-
-        def score(log_c: float) -> float:
-            if log_c not in tried:
-                w, b = self._fit_c(feats["train"], y_train, 10.0**log_c)
-                tried[log_c] = VAL_THRESHOLD.selection_metric(self.task, self._scores(feats["val"], w, b), y_val)
-            return tried[log_c]
-
-        from bench.selection import select
-
-        def choose() -> Any:  # the tie rule over every C tried so far: the smallest within the tolerance
-            return select([(10.0**g, v) for g, v in sorted(tried.items())], "C", lambda c: c)
-
-        grid = sorted(np.log10(self.config.c_grid).tolist())
-        for g in grid:
-            score(g)
-        best = float(np.log10(choose().chosen))
-        i = grid.index(min(grid, key=lambda g: abs(g - best)))
-        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-        for _ in range(self.config.refine_steps):  # bisection in log space around the chosen point
-            score((lo + best) / 2)
-            score((best + hi) / 2)
-            best = float(np.log10(choose().chosen))
-            lo, hi = max(lo, best - (hi - lo) / 4), min(hi, best + (hi - lo) / 4)
-        selection = choose()
-        self.weight, self.bias = self._fit_c(feats["train"], y_train, selection.chosen)
-        return {
-            "C": selection.chosen,
-            "val_selection_metric": selection.value,
-            "c_tried": len(tried),
-            "max_solver_iterations": self._iterations,
-            "converged": not self._unconverged,
-            "unconverged_C": sorted(self._unconverged),
-            "selections": {"C": selection.to_dict()},
-        }
+        fitter = ProbeFit(self.config, self.task, self.num_classes)
+        self.weight, self.bias, info = fitter.fit(feats["train"], data.splits["train"].labels, feats["val"], data.splits["val"].labels)
+        return info
 
     def split_scores(self, split, data, ctx) -> np.ndarray | None:
         """Val/test scores from the cached frozen features: the images are encoded once per split."""

@@ -294,8 +294,8 @@ def add_significance(
     ``test``:
       * ``"seed-t"`` (the default; calibrated at 3, 5 and 10 seeds, see benchmarks/significance_calibration.py): one
         number per run (its test score, which carries that run's image-level noise): Welch's t over seeds; a
-        one-sample t where one side is a single run (a deterministic method); the paired image bootstrap
-        (``n_boot`` resamples) where both sides are single runs;
+        one-sample t where one side is a single run (a deterministic method); no test (``n/a`` and why) outside
+        what the calibration covers (:func:`bench.reports.significance.seed_test`);
       * ``"bootstrap"``: the hierarchical bootstrap over seeds and test images (anti-conservative at few seeds:
         the calibration shows its false-positive rate).
 
@@ -341,7 +341,7 @@ def add_significance(
                 _set(summary, i, f"test_{metric}_p_vs_ref", float(p_adj))
                 _set(summary, i, f"test_{metric}_p_bound", bool(bound))
                 _set(summary, i, f"test_{metric}_diff", float(v["diff"]))
-                _set(summary, i, f"test_{metric}_p_text", format_p(p_adj, bound) if v["why"] == "" else f"n/a: {v['why']}")
+                _set(summary, i, f"test_{metric}_p_text", format_p(p_adj, bound) if v["why"] == "" else f"n/a ({v['why']})")
             _set(summary, ref_index, f"test_{metric}_p_text", "ref")
         summary.loc[group.index, "significance_note"] = _group_note(group, summary.loc[ref_index, "method"], primary,
                                                                     test, n_boot, seed, alpha)
@@ -376,7 +376,7 @@ def _run_scores(results: Path, by_id: dict, ids: str) -> list:
 
 def _seed_values(summary, group, ref_index, others, metric_names, results, by_id, n_boot, seed) -> dict:
     """The seed-level test of every other row against the reference (see :func:`add_significance`)."""
-    from bench.reports.significance import METRICS, at_floor, paired_bootstrap, seed_test
+    from bench.reports.significance import seed_test
 
     ref_ids = group.loc[ref_index, "run_ids"]
     out: dict = {}
@@ -387,14 +387,7 @@ def _seed_values(summary, group, ref_index, others, metric_names, results, by_id
             a = [by_id[r].metrics.test[metric] for r in ref_ids.split(",")]
             b = [by_id[r].metrics.test[metric] for r in ids.split(",")]
             diff = float(np.mean(a) - np.mean(b))
-            if len(a) == 1 and len(b) == 1:  # no seed variance on either side: the test images are the only noise
-                if metric not in METRICS:
-                    out[i][metric] = {"p": math.nan, "bound": False, "diff": diff, "why": f"one run each (no bootstrap of {metric})"}
-                    continue
-                r = paired_bootstrap(_run_scores(results, by_id, ref_ids), _run_scores(results, by_id, ids), metric, n_boot, seed)
-                out[i][metric] = {"p": r["p_value"], "bound": at_floor(r["p_value"], n_boot), "diff": diff, "why": ""}
-                continue
-            p, why = seed_test(a, b)
+            p, why = seed_test(a, b)  # NaN and a reason where the calibration does not cover the seed counts
             out[i][metric] = {"p": p, "bound": False, "diff": diff, "why": why}
     return out
 
@@ -427,8 +420,9 @@ def _group_note(group: pd.DataFrame, reference: str, primary: str, test: str, n_
         how = (f"one-sided hierarchical bootstrap (seeds and test images resampled; {n_boot} resamples, seed {seed}; "
                f"a p at the resample floor prints as a bound, <= ) of {metric}")
     else:
-        how = (f"one-sided seed-level t-test of {metric} over the runs' test scores (Welch; a one-sample t against a "
-               f"single-run method; the paired bootstrap over test images, {n_boot} resamples, when both sides are single runs)")
+        how = (f"one-sided t-test of {metric} over the runs' test scores (Welch's between seeded methods; one-sample "
+               f"against a single-run method), run where it is calibrated: 3 or more seeds on each seeded side (n/a "
+               f"otherwise; between two single runs no test holds its level)")
     note = (f"p vs ref: {how} against the declared reference {reference} (fixed before any result, never chosen on "
             f"val or test), Holm-corrected over the compared rows; p < {alpha:g} reads as \"the reference is better\".")
     if len(stds) and int(seeded["n"].min()) >= 2:

@@ -109,11 +109,18 @@ def test_report_md_and_csv(finished_suite, tmp_path):
     assert row["test_macro_f1_std"] == pytest.approx(np.std(values, ddof=1))
     listing = bench("ls", "runs", "--config", str(finished_suite))
     assert listing.output.count("seed") == 2 and listing.output.count("deterministic") == 3
+    # the declared reference (intclip, the paper's method) did not run: no p-values, and the report says why
+    assert "| ref |" not in md.output and "No p-values: the declared reference intclip has no runs in this table." in md.output
+    md = bench("report", "--config", str(finished_suite), "--ref", "dualcoop", "--test", "bootstrap")
+    assert md.exit_code == 0, md.output
     assert md.output.count("| ref |") == 1 and "p vs ref (Macro F1)" in md.output
     assert "hierarchical bootstrap" in md.output and "1000 resamples, seed 0" in md.output
+    seed_t = bench("report", "--config", str(finished_suite), "--ref", "dualcoop")  # 2 seeds: outside the calibration
+    assert seed_t.output.count("n/a (fewer than 3 seeds)") == 3 and "| nan" not in seed_t.output.lower()
     # another config of the same method is a separate row, never averaged with the first
     assert bench("run", "--config", str(finished_suite), "--methods", "dualcoop", "--seeds", "0", "--set", "methods.dualcoop.lr=0.01").exit_code == 0
-    assert bench("report", "--config", str(finished_suite), "--format", "csv", "--out", str(out), "--bootstrap", "50").exit_code == 0
+    assert bench("report", "--config", str(finished_suite), "--format", "csv", "--out", str(out), "--bootstrap", "50",
+                 "--ref", "linear-probe", "--test", "bootstrap").exit_code == 0
     table = pd.read_csv(out)
     dual = table[table["method"].str.startswith("dualcoop")]
     assert sorted(dual["n"]) == [1, 2] and all("[" in m for m in dual["method"])

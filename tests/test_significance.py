@@ -320,9 +320,12 @@ def test_seed_test_matches_scipy_and_says_why():
     assert why == "" and p == pytest.approx(stats.ttest_1samp(ref, 0.50, alternative="greater").pvalue)
     p, why = seed_test([0.50], other)  # a deterministic reference: is the other's mean below it?
     assert why == "" and p == pytest.approx(stats.ttest_1samp(other, 0.50, alternative="less").pvalue)
-    for a, b, words in (([0.5], [0.4], "one run each"), ([0.5, 0.5], [0.4, 0.4], "varies"), ([0.5, 0.5], [0.4], "do not vary")):
+    # outside what the calibration covers, no p and the reason
+    for a, b, words in (([0.5], [0.4], "one run each"), ([0.5, 0.6], [0.4, 0.45], "fewer than 3 seeds"),
+                        ([0.5, 0.6], [0.4], "fewer than 3 seeds"), ([0.5] * 3, [0.4] * 3, "no seed variance"),
+                        ([0.5] * 3, [0.4], "no seed variance")):
         p, why = seed_test(a, b)
-        assert math.isnan(p) and words in why
+        assert math.isnan(p) and why == words, (a, b)
 
 
 def test_seed_mdd_has_the_stated_power():
