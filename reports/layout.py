@@ -80,6 +80,7 @@ class Row:
     p_value: float | None = None  # the report's test vs the table's declared reference, Holm-corrected
     p_text: str | None = None  # how the tables print it ("0.012", "<= 0.006", "ref", "n/a: one run each ...")
     p_test: str | None = None  # the test's name ("seed-t", "bootstrap")
+    fragile: str = ""  # its runs' val selections with a margin inside the tie tolerance ("seed 1: threshold (...)")
     deterministic: bool = False  # a method without randomness, run once (n = 1)
     experiment_id: str | None = None  # the summary row's identity (method, version, config, weights)
     deltas: dict[int, float] = field(default_factory=dict)  # column -> reproduced minus paper (points)
@@ -194,6 +195,7 @@ def _reproduced_row(r: pd.Series, label: str, family: str, columns: list[tuple[s
         p_text=_p_text(r, primary),
         p_test=r.get("significance_test") if isinstance(r.get("significance_test"), str) else None,
         bootstrap_reference=bool(r.get("reference", False)),
+        fragile=r.get("fragile_selections") if isinstance(r.get("fragile_selections"), str) else "",
         run_ids=str(r.get("run_ids", "")).split(",") if r.get("run_ids") else [],
     )
 
@@ -342,6 +344,12 @@ def _caption(table: PaperTable, first: str, delta_metric: str) -> list[str | Sym
         test = next((TEST_NAMES.get(r.p_test, r.p_test) for r in table.rows if r.p_test), TEST_NAMES["seed-t"])
         parts += [" ", DAGGER, f": not significantly below {ref}, the reference declared before the results "
                   f"({test}, Holm-corrected, p ", GE, " 0.05)."]
+    fragile = [f"{r.label} {r.fragile}" for r in table.rows if r.fragile]
+    if fragile:
+        from bench.selection import TOLERANCE
+
+        parts.append(f" Near-tie val selections (margin below the {100 * TOLERANCE:.2f}-point tie tolerance): "
+                     + "; ".join(fragile) + ".")
     return parts
 
 

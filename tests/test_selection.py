@@ -122,6 +122,10 @@ def test_reports_flag_a_margin_inside_the_tolerance(tmp_path):
     md = tables.to_markdown(summary)
     assert "Near-tie selections" in md and f"seed {record.seed}: threshold (margin 0.04 pt)" in md
     assert "epoch (margin" not in md  # a margin of 2 points is safe
+    from bench.reports import layout
+
+    (table,) = layout.paper_tables(summary)  # the LaTeX and HTML tables say it in the caption
+    assert "Near-tie val selections" in "".join(map(str, table.caption))
 
 
 def _reference_from(results, tolerance=0.25):
