@@ -197,7 +197,7 @@ def _summarise(grid: Any, spec: dict[str, Any], epochs: int, study: str, folder:
     earliest trial: the paper's defaults, evaluated first, win a near-tie)."""
     from bench.selection import select
 
-    trials, candidates, results = [], [], sorted(grid, key=_trial_order)
+    trials, candidates, results = [], [], list(grid)  # the trials in the order Ray created them (the preset first)
     for index, result in enumerate(results):
         frame = result.metrics_dataframe
         if frame is not None and len(frame) and "selection_metric" in frame:
@@ -229,12 +229,6 @@ def _summarise(grid: Any, spec: dict[str, Any], epochs: int, study: str, folder:
         "trials": trials,
     }
 
-
-def _trial_order(result: Any) -> tuple[int, str]:
-    """Trials in the order Ray created them: the counter that ends a trial id ('3f2a1_00004' -> 4)."""
-    trial_id = str((result.metrics or {}).get("trial_id", ""))
-    tail = trial_id.rsplit("_", 1)[-1]
-    return (int(tail) if tail.isdigit() else 1 << 30, trial_id)
 
 
 def _study_table(summary: dict[str, Any], spec: dict[str, Any]) -> Table:

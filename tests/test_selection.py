@@ -175,3 +175,28 @@ def test_shipped_reference_is_complete():
             assert set(row[split]) == set(crosscheck.METRICS)
             for cell in row[split].values():
                 assert cell["tolerance"] >= 0.25 and cell["tolerance"] >= 2 * cell["spread"] - 1e-9
+
+
+def test_tune_chooses_the_earliest_trial_within_the_tolerance(tmp_path):
+    """The refit's config: trial 0 (the paper's defaults) wins a near-tie with a later, nominally better trial."""
+    import pandas as pd
+
+    from bench.ray_search import _summarise
+
+    class Result:
+        def __init__(self, lr, values):
+            self.config, self.error = {"lr": lr}, None
+            self.metrics = {"training_iteration": len(values)}
+            self.metrics_dataframe = pd.DataFrame({"selection_metric": values})
+
+    class Data:
+        name, manifest_sha256 = "synthetic", "a" * 64
+
+    grid = [Result(0.002, [0.30, 0.4000]), Result(0.01, [0.4008, 0.39]), Result(0.1, [0.35, 0.3992])]
+    summary = _summarise(grid, {"lr": ["loguniform", 1e-4, 1e-1]}, 2, "s", tmp_path, "dualcoop", Data())
+    assert summary["best_params"] == {"lr": 0.002} and summary["best_val_selection_metric"] == 0.4
+    sel = summary["selection"]
+    assert sel["chosen"] == 0 and sel["tie_set"] == [0, 1] and sel["margin"] == pytest.approx(0.4 - 0.3992)
+    assert sel["fragile"] and sel["rule"] == "earliest trial"
+    grid[1].metrics_dataframe = pd.DataFrame({"selection_metric": [0.45, 0.39]})  # clearly better: it wins
+    assert _summarise(grid, {"lr": []}, 2, "s", tmp_path, "dualcoop", Data())["best_params"] == {"lr": 0.01}
