@@ -353,6 +353,24 @@ def _caption(table: PaperTable, first: str, delta_metric: str) -> list[str | Sym
     return parts
 
 
+def _variant_rows(ablation: Ablation, by_method: dict, columns: list[tuple[str, str]], info: dict, reference: bool) -> list[Row]:
+    """The reproduced rows of an ablation-style table (Tables 2-5, 6b): one per row whose method ran, each with its
+    Δ against the paper's row (``reference``). No p-values: the significance test compares a table's methods
+    against its declared reference over the whole group, not these rows with each other."""
+    rows = []
+    for label, names, paper_label in ablation.rows:
+        present = next((n for n in names if n in by_method), None)
+        if present is None:
+            continue
+        row = _reproduced_row(by_method[present], label, ablation.title, columns, "macro_f1")
+        row.method = present
+        row.p_value, row.p_text, row.bootstrap_reference = None, None, False
+        if reference and paper_label:
+            paper_delta(row, info["backbone"], ablation.key, (paper_label,), {0: (info["dataset"], *columns[0])})
+        rows.append(row)
+    return rows
+
+
 def ablation_tables(group: pd.DataFrame, info: dict, reference: bool, options: TableOptions = TableOptions()) -> list[PaperTable]:
     """Tables 2-5 for one multilabel group, each only when an ablation variant of it has results."""
     by_method = {base_method(m): r for m, (_, r) in zip(group["method"], group.iterrows()) if m == base_method(m)}
@@ -362,17 +380,7 @@ def ablation_tables(group: pd.DataFrame, info: dict, reference: bool, options: T
         variants = [names for _, names, _ in ablation.rows if any(":" in n for n in names)]
         if not any(n in by_method for names in variants for n in names if ":" in n):
             continue
-        rows = []
-        for label, names, paper_label in ablation.rows:
-            present = next((n for n in names if n in by_method), None)
-            if present is None:
-                continue
-            row = _reproduced_row(by_method[present], label, ablation.title, columns, "macro_f1")
-            row.method = present
-            row.p_value, row.p_text, row.bootstrap_reference = None, None, False  # the bootstrap compares against the best of the whole group
-            if reference and paper_label:
-                paper_delta(row, info["backbone"], ablation.key, (paper_label,), {0: (info["dataset"], *columns[0])})
-            rows.append(row)
+        rows = _variant_rows(ablation, by_method, columns, info, reference)
         table = PaperTable(
             key=ablation.key,
             title=f"{ablation.title}: {PAPER_DATASET.get(info['dataset'], info['dataset'])}, backbone {info['backbone']}",
@@ -403,16 +411,7 @@ def hci_table(group: pd.DataFrame, info: dict, reference: bool, options: TableOp
     by_method = {base_method(m): r for m, (_, r) in zip(group["method"], group.iterrows()) if m == base_method(m)}
     metrics = tuple(m for m in options.metrics or () if m in TABLE_METRICS["multilabel"]) or ("macro_f1", "micro_f1", "samples_f1")
     columns = [(split, m) for split in options.splits(("val",)) for m in metrics]
-    rows = []
-    for label, names, paper_label in ablation.rows:
-        present = next((n for n in names if n in by_method), None)
-        if present is None:
-            continue
-        row = _reproduced_row(by_method[present], label, ablation.title, columns, "macro_f1")
-        row.method = present
-        row.p_value, row.p_text, row.bootstrap_reference = None, None, False  # the bootstrap compares test scores against the whole group
-        paper_delta(row, info["backbone"], ablation.key, (paper_label,), {0: (info["dataset"], *columns[0])})
-        rows.append(row)
+    rows = _variant_rows(ablation, by_method, columns, info, True)
     if not rows:
         return []
     table = PaperTable(

@@ -417,14 +417,17 @@ def _group_note(group: pd.DataFrame, reference: str, primary: str, test: str, n_
     seeded = group[~group["deterministic"].astype(bool) & (group["n"] > 1)]
     stds = seeded[f"test_{primary}_std"].dropna() if f"test_{primary}_std" in seeded else pd.Series(dtype=float)
     if test == "bootstrap":
-        how = (f"one-sided hierarchical bootstrap (seeds and test images resampled; {n_boot} resamples, seed {seed}; "
-               f"a p at the resample floor prints as a bound, <= ) of {metric}")
+        how = (f"one-sided hierarchical bootstrap of {metric} (seeds and test images resampled; {n_boot} resamples, "
+               f"seed {seed}; a p at the resample floor prints as a bound, <=)")
+        scope = " Its false-positive rate depends on the mix of seed and image noise (benchmarks/RESULTS.md)."
     else:
-        how = (f"one-sided t-test of {metric} over the runs' test scores (Welch's between seeded methods; one-sample "
-               f"against a single-run method), run where it is calibrated: 3 or more seeds on each seeded side (n/a "
-               f"otherwise; between two single runs no test holds its level)")
+        how = (f"one-sided t-test of {metric} over the runs' test scores (Welch's between seeded methods, one-sample "
+               f"against a single-run method)")
+        scope = (" The test holds its level (false-positive rate <= 0.05, benchmarks/RESULTS.md) with 3 or more seeds "
+                 "on each seeded side; elsewhere it prints n/a and why.")
     note = (f"p vs ref: {how} against the declared reference {reference} (fixed before any result, never chosen on "
-            f"val or test), Holm-corrected over the compared rows; p < {alpha:g} reads as \"the reference is better\".")
+            f"val or test), Holm-corrected over the compared rows; p < {alpha:g} reads as \"the reference is "
+            f"better\".{scope}")
     if len(stds) and int(seeded["n"].min()) >= 2:
         n = int(seeded["n"].min())
         std = float(stds.median())

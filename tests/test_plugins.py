@@ -26,10 +26,12 @@ def test_a_method_and_a_dataset_from_another_package_run_end_to_end(tmp_path):
     assert knn["seed"] is None and knn["method"]["family"] == "Reference points" and knn["dataset"]["main_metric"] == "mAP"
     assert knn["dataset"]["class_keys"] == ["red", "green", "blue", "yellow"] and knn["training"]["fit_info"]["k"] == 5
     assert knn["metrics"]["test"]["mAP"] > prior["metrics"]["test"]["mAP"] + 0.1  # it looks at the images
-    report = _bench("report", "--results", str(tmp_path / "results"), "--format", "md", "--bootstrap", "100", cwd=tmp_path)
+    report = _bench("report", "--results", str(tmp_path / "results"), "--format", "md", "--bootstrap", "100",
+                    "--ref", "prior-knn", "--test", "bootstrap", cwd=tmp_path)
     assert report.returncode == 0 and "| prior-knn |" in report.stdout and "toy-coco" in report.stdout
     assert "| prior-knn | 0.000 | 1 (deterministic) |" in report.stdout
-    assert "the best mean val mAP" in report.stdout  # toy-coco ranks by the main metric it declares
+    # toy-coco tests the main metric it declares, against the reference declared on the command line
+    assert "p vs ref (mAP)" in report.stdout and "bootstrap of mAP" in report.stdout and "declared reference prior-knn" in report.stdout
 
 
 def test_a_plugin_cannot_replace_a_built_in_method(tmp_path, monkeypatch):

@@ -174,7 +174,7 @@ def test_shipped_reference_is_complete():
         for split in crosscheck.SPLITS:
             assert set(row[split]) == set(crosscheck.METRICS)
             for cell in row[split].values():
-                assert cell["tolerance"] >= 0.25 and cell["tolerance"] >= 2 * cell["spread"] - 1e-9
+                assert cell["tolerance"] >= max(0.25, 3 * cell["spread"]) - 0.005  # rounded to 2 decimals
 
 
 def test_tune_chooses_the_earliest_trial_within_the_tolerance(tmp_path):
