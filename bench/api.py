@@ -104,14 +104,14 @@ def report_inputs(results: Path, bootstrap: int = 1000, warn: Callable[[str], No
                   alpha: float = 0.05) -> tuple[list, pd.DataFrame]:
     """The records of the store at ``results`` (only ``run_ids`` when given) and their summary, with the
     significance columns against the declared reference ``ref`` (``test``, see
-    :func:`bench.reports.tables.add_significance`) unless ``bootstrap`` is 0 or ``ref`` None: what every report
+    :func:`bench.reports.compare.add_significance`) unless ``bootstrap`` is 0 or ``ref`` None: what every report
     renders."""
-    from bench.reports import tables
+    from bench.reports import compare, tables
 
     records = [r for r in _records(results, warn) if run_ids is None or r.run_id in run_ids]
     summary = tables.summarise(tables.results_frame(records))
     if bootstrap and ref and not summary.empty:
-        summary = tables.add_significance(summary, records, results, bootstrap, reference=ref, test=test, alpha=alpha)
+        summary = compare.add_significance(summary, records, results, bootstrap, reference=ref, test=test, alpha=alpha)
     return records, summary
 
 

@@ -104,7 +104,7 @@ def selection_stability(results: Path, draws: int = 10, scale: float = 1e-7, see
     the threshold from the stored val scores, the epoch from the history's val metrics, the config of a tuned refit
     from its trials' values. Returns one line per selection that moved (empty: none did)."""
     from bench import metrics, store
-    from bench.selection import epoch_selection, select
+    from bench.selection import epoch_selection
 
     rng = np.random.default_rng(seed)
     moved = []
@@ -127,7 +127,7 @@ def selection_stability(results: Path, draws: int = 10, scale: float = 1e-7, see
                 noisy = [{**h, "selection_metric": float(_noisy(h["selection_metric"], rng, scale)),
                           **({"variant_metrics": {k: float(_noisy(v, rng, scale)) for k, v in h["variant_metrics"].items()}}
                              if h.get("variant_metrics") else {})} for h in history]
-                got = epoch_selection(noisy, variants).chosen
+                got = epoch_selection(noisy, variants, chosen["epoch"].tolerance).chosen
                 if got != chosen["epoch"].chosen:
                     moved.append(f"{label}: epoch {chosen['epoch'].chosen} -> {got}")
                     break

@@ -30,7 +30,7 @@ from bench.datasets.base import DatasetData, Split
 from bench.errors import OrphanedRunError, TrainingDivergedError
 from bench.io import atomic_save, ensure_free_space
 from bench.protocol import Protocol, get_protocol
-from bench.selection import TOLERANCE, epoch_selection
+from bench.selection import epoch_selection
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -302,7 +302,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     if ctx.progress is not None:
         ctx.progress.remove_task(task_id)
 
-    selection, chosen = _epoch_selection(method, history, best)
+    selection, chosen = _epoch_selection(method, history, best, protocol.tie_tolerance)
     if chosen is not None:
         method.load_state_dict(chosen["state"])
     return Outcome(
@@ -321,10 +321,10 @@ def _top_epoch(best: dict[str, Any]) -> int:
     return max(best["candidates"], key=lambda c: (c["metric"], -c["epoch"]))["epoch"]
 
 
-def _epoch_selection(method: Method, history: list[dict[str, Any]], best: dict[str, Any]):
+def _epoch_selection(method: Method, history: list[dict[str, Any]], best: dict[str, Any], tolerance: float):
     """The tie rule over every (epoch, variant) of the history: the earliest epoch (then the variant's order)
     within the tolerance of the best; returns the Selection and the kept candidate it chose (None: no epochs)."""
-    selection = epoch_selection(history, list(method.eval_variants()))
+    selection = epoch_selection(history, list(method.eval_variants()), tolerance)
     if selection is None:
         return None, None
     epoch, variant = selection.chosen
@@ -348,12 +348,12 @@ def _select(
         scores = predict_split(method, split, ctx)
         metric = protocol.selection_metric(task, scores, split.labels)
         variant_metrics[variant] = metric
-        if metric >= max(top, metric) - TOLERANCE:
+        if metric >= max(top, metric) - protocol.tie_tolerance:
             state = _on_cpu(method.variant_state(variant))
             candidates.append({"epoch": epoch, "variant": variant, "metric": metric, "state": state})
         top = max(top, metric)
     method.use_variant(method.eval_variants()[0])
-    return variant_metrics, {"top": top, "candidates": [c for c in candidates if c["metric"] >= top - TOLERANCE]}
+    return variant_metrics, {"top": top, "candidates": [c for c in candidates if c["metric"] >= top - protocol.tie_tolerance]}
 
 
 def _on_cpu(state: Any) -> Any:

@@ -43,7 +43,7 @@ def suite_config(cfg: BenchConfig) -> BenchConfig:
 
 
 def run_leaderboard(cfg: BenchConfig, console: Console, ray_address: str | None = None, run: bool = True) -> LeaderboardOutcome:
-    from bench.reports import tables
+    from bench.reports import compare, tables
     from bench.reports.site import HISTORY, build_site
 
     suite_cfg = suite_config(cfg)
@@ -62,7 +62,7 @@ def run_leaderboard(cfg: BenchConfig, console: Console, ray_address: str | None 
     summary = tables.summarise(tables.results_frame(records))
     lb = cfg.leaderboard
     if lb.bootstrap and not summary.empty:
-        summary = tables.add_significance(summary, records, cfg.paths.results, lb.bootstrap, reference=cfg.report.reference,
+        summary = compare.add_significance(summary, records, cfg.paths.results, lb.bootstrap, reference=cfg.report.reference,
                                           test=cfg.report.test, alpha=cfg.report.alpha)
     from bench import locks
 

@@ -25,6 +25,7 @@ class Protocol:
     official_ap: bool  # also report the released code's AP (mAP_official)
     title_note: str  # what a table title adds after the protocol name ("" for the default)
     caption: str  # the sentence a paper-style caption gives the protocol
+    tie_tolerance: float = 1e-3  # epoch/variant candidates this close to the best are tied (bench.selection)
 
     def selection_metric(self, task: str, scores: np.ndarray, labels: np.ndarray) -> float:
         """The number an epoch, a variant or a search trial is selected by (higher is better)."""
@@ -49,6 +50,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "intclip-code": Protocol(
         "intclip-code", "test", 0.5, True, " (epoch selected on TEST, threshold 0.5: official-code protocol)",
         "Protocol intclip-code: epoch selected on TEST and threshold 0.5, as the official IntCLIP code does.",
+        tie_tolerance=0.0,  # the released code keeps the first strictly best epoch: exact ties only, earliest wins
     ),
 }
 VAL_THRESHOLD = PROTOCOLS["val-threshold"]

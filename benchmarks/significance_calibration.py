@@ -17,7 +17,7 @@ Scenarios (one-sided tests of "the reference is better", alpha 0.05, p <= alpha 
 * seeded methods, 3 / 5 / 10 seeds each (the first S of 10 seeds drawn per method and repetition). Null: A and B
   from the same distribution. Alternatives: A's strength raised so that its expected test macro F1 is 1, 2, 4
   points higher (offsets calibrated by Monte Carlo with common random numbers; the achieved difference is printed).
-  Tests: ``seed-t`` (``significance.seed_test`` on the runs' test macro F1: Welch over seeds), ``hier-boot``
+  Tests: ``seed-t`` (``seed_tests.seed_test`` on the runs' test macro F1: Welch over seeds), ``hier-boot``
   (``significance.hierarchical_bootstrap``, seeds and images resampled) and ``image-boot``
   (``significance.paired_bootstrap``, images only), all with ``--n-boot`` resamples on the runs' test scores.
 * deterministic pair ("1 v 1"): two single runs with the seed effects switched off (the per-image noise is then a
@@ -67,6 +67,7 @@ from scipy import special, stats  # noqa: E402
 
 from bench import metrics  # noqa: E402
 from bench.reports import significance as sig  # noqa: E402
+from bench.reports import seed_tests  # noqa: E402
 
 ALPHA = 0.05
 SEED_COUNTS = (3, 5, 10)
@@ -321,9 +322,9 @@ def simulate(settings: Settings, model: Model = Model(), log=print) -> dict:
                     a_picked = a.val_f1[:n].mean() >= b_runs.val_f1[:n].mean()
                     if k == 0 and n == SEED_COUNTS[0]:
                         picked_a.append(a_picked)
-                    p = sig.seed_test(a.test_f1[:n], b_runs.test_f1[:n])[0]
+                    p = seed_tests.seed_test(a.test_f1[:n], b_runs.test_f1[:n])[0]
                     _tally_pair(tally, "seed-t", str(n), k, p,
-                                lambda: sig.seed_test(b_runs.test_f1[:n], a.test_f1[:n])[0], a_picked)
+                                lambda: seed_tests.seed_test(b_runs.test_f1[:n], a.test_f1[:n])[0], a_picked)
         timing["seed-t"] += time.process_time() - t
 
         t = time.process_time()
@@ -367,8 +368,8 @@ def simulate(settings: Settings, model: Model = Model(), log=print) -> dict:
             for k, delta in enumerate((0.0, *DELTAS)):
                 d_val, d_test = e_val - delta, e_test - delta
                 m_picked = m.val_f1[:3].mean() >= d_val
-                p = sig.seed_test(m.test_f1[:3], [d_test])[0]
-                _tally_pair(tally, "seed-t", "1 v 3", k, p, lambda: sig.seed_test([d_test], m.test_f1[:3])[0],
+                p = seed_tests.seed_test(m.test_f1[:3], [d_test])[0]
+                _tally_pair(tally, "seed-t", "1 v 3", k, p, lambda: seed_tests.seed_test([d_test], m.test_f1[:3])[0],
                             m_picked)
         timing["expect"] += time.process_time() - t
         if time.perf_counter() - last_log > 60:

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.reports import layout, tables
+from bench.reports import compare, layout, tables
 from bench.reports.latex import escape, to_latex
 from storegen import make_run
 
@@ -39,7 +39,7 @@ def _summary(root: Path, bootstrap: int = 0):
     records, bad = tables.load_results(root)
     assert not bad
     summary = tables.summarise(tables.results_frame(records))
-    return tables.add_significance(summary, records, root, bootstrap) if bootstrap else summary
+    return compare.add_significance(summary, records, root, bootstrap) if bootstrap else summary
 
 
 def _cells(tex: str, label: str) -> list[str]:
@@ -210,7 +210,7 @@ def test_significance_without_the_declared_reference_says_why(tmp_path):
     assert not summary["reference"].any()
     assert set(summary["test_macro_f1_p_text"]) == {"-"}
     assert "No p-values: the declared reference intclip has no runs in this table." in tables.to_markdown(summary)
-    summary = tables.add_significance(tables.summarise(tables.results_frame(tables.load_results(tmp_path)[0])),
+    summary = compare.add_significance(tables.summarise(tables.results_frame(tables.load_results(tmp_path)[0])),
                                       tables.load_results(tmp_path)[0], tmp_path, 100, reference="dualcoop")
     assert summary.set_index("method").loc["label-prior", "test_macro_f1_p_text"] not in ("-", "ref")
 
@@ -223,11 +223,11 @@ def test_single_runs_get_no_seed_test_and_the_bootstrap_prints_floor_bounds(tmp_
     make_run(tmp_path, "label-prior", 0, quality=0.0)
     make_run(tmp_path, "zeroshot", 0, quality=0.0)
     records = tables.load_results(tmp_path)[0]
-    summary = tables.add_significance(tables.summarise(tables.results_frame(records)), records, tmp_path, 200,
+    summary = compare.add_significance(tables.summarise(tables.results_frame(records)), records, tmp_path, 200,
                                       reference="linear-probe").set_index("method")
     assert set(summary.loc[["label-prior", "zeroshot"], "test_macro_f1_p_text"]) == {"n/a (one run each)"}
     assert summary.loc[["label-prior", "zeroshot"], "test_macro_f1_p_vs_ref"].isna().all()
-    summary = tables.add_significance(tables.summarise(tables.results_frame(records)), records, tmp_path, 200,
+    summary = compare.add_significance(tables.summarise(tables.results_frame(records)), records, tmp_path, 200,
                                       reference="linear-probe", test="bootstrap").set_index("method")
     for other in ("label-prior", "zeroshot"):
         assert summary.loc[other, "test_macro_f1_p_raw"] == pytest.approx(1 / 201)
@@ -241,7 +241,7 @@ def test_bootstrap_test_on_identical_methods(tmp_path):
         make_run(tmp_path, "intclip-official", seed, quality=0.6, config={"lr": 1})  # the very same scores
         make_run(tmp_path, "label-prior", seed, quality=0.0)
     records = tables.load_results(tmp_path)[0]
-    summary = tables.add_significance(tables.summarise(tables.results_frame(records)), records, tmp_path, 200,
+    summary = compare.add_significance(tables.summarise(tables.results_frame(records)), records, tmp_path, 200,
                                       test="bootstrap").set_index("method")
     assert summary.index[summary["reference"]].tolist() == ["intclip"]
     for metric in ("macro_f1", "mAP"):  # each resample recomputes both

@@ -13,15 +13,13 @@ from bench.reports.significance import (
     at_floor,
     format_p,
     holm_bounds,
-    seed_mdd,
-    seed_test,
     hierarchical_bootstrap,
     holm,
     image_weights,
     metric_draws,
     paired_bootstrap,
-    seed_welch,
 )
+from bench.reports.seed_tests import seed_mdd, seed_test, seed_welch
 
 
 def _labels(n=200, c=4, seed=0):
