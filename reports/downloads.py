@@ -8,6 +8,7 @@ import io
 import json
 from urllib.parse import quote
 
+from bench.reports.escape import clean, clean_value
 from bench.reports.layout import PaperTable
 
 
@@ -39,11 +40,12 @@ def table_records(table: PaperTable) -> list[dict]:
 
 
 def to_csv(records: list[dict]) -> str:
+    records = [{clean(k): v for k, v in r.items()} for r in records]  # no control character in a header or cell
     fields = list(dict.fromkeys(k for r in records for k in r))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: "" if r.get(k) is None else r.get(k) for k in fields} for r in records)
+    writer.writerows({k: "" if r.get(k) is None else clean_value(r.get(k)) for k in fields} for r in records)
     return buf.getvalue()
 
 

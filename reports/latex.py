@@ -51,7 +51,7 @@ def _signed(value: float) -> str:
 
 def _row(table: PaperTable, index: int, row: Row) -> str:
     label = escape(row.label)
-    if row.p_value is not None and row.p_value >= 0.05:
+    if row.dagger:
         label += r"$^\dagger$"
     cells = [label]
     if table.show_params:

@@ -104,6 +104,7 @@ def _reproduced_row(r: pd.Series, label: str, family: str, columns: list[tuple[s
         experiment_id=r.get("experiment_id"),
         p_value=_p_value(r, primary),
         p_text=_p_text(r, primary),
+        below_reference=bool(r.get(f"test_{primary}_diff", math.nan) > 0),
         p_test=r.get("significance_test") if isinstance(r.get("significance_test"), str) else None,
         bootstrap_reference=bool(r.get("reference", False)),
         fragile=r.get("fragile_selections") if isinstance(r.get("fragile_selections"), str) else "",
@@ -250,10 +251,10 @@ def _caption(table: PaperTable, first: str, delta_metric: str) -> list[str | Sym
                   f"of the same method on the same backbone (the paper's: {backbone_note(table.key)})."]
     if info.get("reference_note"):
         parts.append(" " + info["reference_note"])
-    if any(r.p_value is not None and r.p_value >= 0.05 for r in table.rows):
+    if any(r.dagger for r in table.rows):
         ref = next((r.label for r in table.rows if r.bootstrap_reference), "the declared reference")
         test = next((TEST_NAMES.get(r.p_test, r.p_test) for r in table.rows if r.p_test), TEST_NAMES["seed-t"])
-        parts += [" ", DAGGER, f": not significantly below {ref}, the reference declared before the results "
+        parts += [" ", DAGGER, f": below {ref}, the reference declared before the results, but not significantly "
                   f"({test}, Holm-corrected, p ", GE, " 0.05)."]
     fragile = [f"{r.label} {r.fragile}" for r in table.rows if r.fragile]
     if fragile:
@@ -363,8 +364,9 @@ def emotion_table(summary: pd.DataFrame, reference: bool, options: TableOptions 
                 if key == (r["dataset"], r["manifest_sha256"]):
                     row.cells[c] = _shown_cell(r, split, m)
             row.n = int(r["n"])
-            if len(keys) == 1:  # the bootstrap compares within one dataset
+            if len(keys) == 1:  # the test compares within one dataset
                 row.p_value, row.p_text = _p_value(r, "accuracy"), _p_text(r, "accuracy")
+                row.below_reference = bool(r.get("test_accuracy_diff", math.nan) > 0)
                 row.p_test = r.get("significance_test") if isinstance(r.get("significance_test"), str) else None
                 row.bootstrap_reference = bool(r.get("reference", False))
             row.deterministic = bool(r.get("deterministic", False))

@@ -242,7 +242,7 @@ def fragile_note(summary: pd.DataFrame) -> str:
 def to_csv(summary: pd.DataFrame) -> str:
     """The full summary (every metric's mean, std, ci95, n), fractions not percent."""
     buf = io.StringIO()
-    summary.to_csv(buf, index=False)
+    summary.map(escape.clean_value).to_csv(buf, index=False)  # text cells without control characters
     return buf.getvalue()
 
 
