@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
-from rich.markup import escape
+from bench.reports.escape import rich_text as escape  # control and bidi characters removed too
 
 from bench.cli_common import ConfigOpt, ResultsOpt, SetOpt, err, out
 from bench.cli_common import load as _load

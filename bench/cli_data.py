@@ -50,7 +50,7 @@ ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="A p
 @contextmanager
 def _errors() -> Iterator[None]:
     """BenchErrors become one red line and an exit code (1: incomplete val/test, 2: anything else)."""
-    from rich.markup import escape
+    from bench.reports.escape import rich_text as escape
 
     from bench.datasets.images import SplitIncompleteError
 
@@ -71,7 +71,7 @@ def _config(config: Path | None, dataset: str, root: Path | None, sets: list[str
     overrides: dict[str, object] = dict(parse_override(s) for s in sets or [])
     if root is not None:
         overrides[f"paths.data.{dataset}"] = str(root.expanduser().resolve())
-    return load_config(config, overrides)
+    return load_config(config, overrides, sections=False)  # the dataset only: no method module, no torch (bounded memory)
 
 
 def _adapter(cfg: BenchConfig, dataset: str, workers: int | None):
@@ -105,7 +105,7 @@ def verify(
 ) -> None:
     """Decode every image (full decode + sha256), write the manifest, print per split the image, missing and
     corrupt counts. Exits 1 when any val or test image is missing or corrupt."""
-    from rich.markup import escape
+    from bench.reports.escape import rich_text as escape
 
     from bench.datasets.images import ImageFileDataset
 
@@ -208,6 +208,8 @@ def download(
     retries: Annotated[int, typer.Option("--retries", min=0, help="Retries per image on 429/5xx/timeouts/resets/truncation.")] = 5,
     backoff: Annotated[float, typer.Option("--backoff", min=0, help="First retry's delay ceiling in seconds (doubles per retry, jittered).")] = 1.0,
     base_url: Annotated[Optional[str], typer.Option("--base-url", envvar="BENCH_DOWNLOAD_BASE_URL", help="Fetch from a mirror: replaces each url's scheme and host, keeps path and query.")] = None,
+    max_bytes: Annotated[int, typer.Option("--max-bytes", min=1, help="Largest image in bytes: a larger Content-Length or body fails that image at once.")] = 50_000_000,
+    off_origin: Annotated[bool, typer.Option("--allow-redirects-off-origin", help="Follow redirects to another scheme, host or port than the url's (the mirror's with --base-url).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be fetched; download nothing.")] = False,
     check: Annotated[bool, typer.Option("--verify/--no-verify", help="Run `bench data verify` afterwards (when every split was fetched).")] = True,
     config: ConfigOpt = None,
@@ -229,8 +231,13 @@ def download(
         data_root = cfg.data_root(dataset)
         if data_root is None:
             raise BenchError(f"no data root for {dataset}: pass --root DIR or set [paths.data] {dataset} in bench.toml")
-        plan = dp.make_plan(_adapter(cfg, dataset, None), Path(data_root), [s for s in SPLITS if s in splits], annotations or [], base_url)
-        opts = Options(workers=workers, rate=rate, timeout=timeout, retries=retries, backoff=backoff)
+        plan = dp.make_plan(_adapter(cfg, dataset, None), Path(data_root), [s for s in SPLITS if s in splits], annotations or [], base_url,
+                            protect=[cfg.paths.cache])
+        opts = Options(workers=workers, rate=rate, timeout=timeout, retries=retries, backoff=backoff, max_bytes=max_bytes,
+                       allow_off_origin=off_origin)
+        if plan.refused:
+            dp.refuse(plan, dataset, opts, base_url, err, write=not dry_run)
+            raise typer.Exit(2)
         if dry_run:
             dp.print_dry_run(plan, opts, out)
             return
@@ -274,7 +281,7 @@ def import_(
 
 
 def _print_import(report, counts: dict[str, dict[str, int]]) -> None:
-    from rich.markup import escape
+    from bench.reports.escape import rich_text as escape
 
     wrapper = f" (wrapper folder {report.wrapper})" if report.wrapper else ""
     if report.written:

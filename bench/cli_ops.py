@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
-from rich.markup import escape
+from bench.reports.escape import rich_text as escape  # control and bidi characters removed too
 
 from bench.cli_common import ConfigOpt, RayOpt, ResultsOpt, SetOpt, err, load, out, overrides
 from bench.config import parse_name_list

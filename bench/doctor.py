@@ -167,7 +167,7 @@ def run_checks(cfg: BenchConfig, ray_address: str | None = None, connect: bool =
 
 def render(checks: list[Check], console) -> None:
     """A table on a terminal; one line per check for logs and pipes (no cell wrapped across lines)."""
-    from rich.markup import escape
+    from bench.reports.escape import rich_text as escape
     from rich.table import Table
 
     colour = {"ok": "green", "warn": "yellow", "missing": "red"}

@@ -5,6 +5,9 @@
 * **Retried.** 429, 408 and 5xx answers, timeouts, connection errors, truncated bodies (fewer bytes than the
   Content-Length) and bodies that do not decode are retried with exponential backoff and jitter; a ``Retry-After``
   header (seconds or an HTTP date, capped) is honoured. 404 and 410 are final: the image is gone.
+* **Bounded.** Each image may be at most ``max_bytes`` long (default 50 MB): a larger Content-Length or body
+  fails it at once, without a retry; bodies stream in chunks, so memory stays ``workers`` x ``CHUNK``. Redirects
+  stay on the url's origin (the mirror's with ``--base-url``) unless ``allow_off_origin``. See :mod:`bench.transfer`.
 * **Never half-written, resumable.** Each image streams to ``.<name>.part`` beside its target, is checked (length,
   full decode) and only then renamed onto its final name (``os.replace``). An existing complete, decodable file is
   skipped, so a killed run resumes where it stopped; a stale ``.part`` is overwritten, or removed once its image is
@@ -27,7 +30,6 @@ import threading
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -35,8 +37,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import __version__
-from bench.errors import BenchError
 from bench.io import atomic_write_text
+from bench.transfer import (CHUNK, MAX_BYTES, DownloadError, Final, Retry, declared_length,  # noqa: F401
+                            open_part, open_url, place, receive)
 
 PROJECT_URL = "https://github.com/intent-bench/intent-bench"  # placeholder until the repository is published
 USER_AGENT = f"intent-bench/{__version__} (+{PROJECT_URL}; dataset download)"
@@ -44,12 +47,6 @@ REPORT = "download-report.json"
 REPORT_FORMAT = "bench-download-report/1"
 BASE_URL_ENV = "BENCH_DOWNLOAD_BASE_URL"
 GONE = (404, 410)
-CHUNK = 1 << 16
-
-
-class DownloadError(BenchError):
-    """A download that cannot go on at all (bad --base-url, a target that cannot be written)."""
-
 
 @dataclass(frozen=True)
 class Item:
@@ -80,6 +77,8 @@ class Options:
     retry_after_cap: float = 120.0
     seed: int | None = None  # the jitter's seed (None: fresh)
     user_agent: str = USER_AGENT
+    max_bytes: int = MAX_BYTES  # per image; a larger Content-Length or body fails it at once
+    allow_off_origin: bool = False  # follow redirects to another scheme, host or port
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -157,18 +156,6 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _Retry(Exception):
-    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason, self.status, self.retry_after = reason, status, retry_after
-
-
-class _Final(Exception):
-    def __init__(self, reason: str, status: int | None) -> None:
-        super().__init__(reason)
-        self.reason, self.status = reason, status
-
-
 def part_path(dest: Path) -> Path:
     """Where ``dest`` is written until it is complete: ``.<name>.part`` in the same folder."""
     return dest.with_name(f".{dest.name}.part")
@@ -189,75 +176,52 @@ def is_complete(path: Path) -> bool:
 def _http_error(err: urllib.error.HTTPError) -> Exception:
     code = err.code
     if code in GONE:
-        return _Final("gone" if code == 410 else "not found", code)
+        return Final("gone" if code == 410 else "not found", code)
     if code in (408, 429) or code >= 500:
-        return _Retry(f"HTTP {code}", code, retry_after_seconds(err.headers.get("Retry-After") if err.headers else None))
-    return _Final(f"HTTP {code} {err.reason}", code)
-
-
-def _receive(response, fh, on_bytes: Callable[[int], None]) -> bytes:
-    """Stream the body into ``fh`` (and memory); network failures become :class:`_Retry`."""
-    chunks = []
-    while True:
-        try:
-            block = response.read1(CHUNK)  # what has arrived, so the byte count moves while a file streams
-        except (OSError, http.client.HTTPException) as err:  # timeout, reset, incomplete chunked body
-            raise _Retry(f"{type(err).__name__} while reading: {err}", response.status) from None
-        if not block:
-            return b"".join(chunks)
-        try:
-            fh.write(block)
-        except OSError as err:
-            raise DownloadError(f"cannot write {fh.name}: {err}") from None
-        chunks.append(block)
-        on_bytes(len(block))
+        return Retry(f"HTTP {code}", code, retry_after_seconds(err.headers.get("Retry-After") if err.headers else None))
+    return Final(f"HTTP {code} {err.reason}", code)
 
 
 def _attempt(item: Item, dest: Path, opts: Options, on_bytes: Callable[[int], None]) -> int:
     """One GET of ``item`` into ``dest`` through its ``.part`` file; returns the bytes written."""
     from bench.datasets.manifest import decode_image
 
-    request = urllib.request.Request(item.url, headers={"User-Agent": opts.user_agent, "Accept": "image/*,*/*;q=0.5"})
+    headers = {"User-Agent": opts.user_agent, "Accept": "image/*,*/*;q=0.5"}
     try:
-        response = urllib.request.urlopen(request, timeout=opts.timeout)
+        response = open_url(item.url, headers, opts.timeout, opts.allow_off_origin)
     except urllib.error.HTTPError as err:
         err.close()
         raise _http_error(err) from None
     except urllib.error.URLError as err:
-        raise _Retry(f"{type(err.reason).__name__}: {err.reason}") from None
+        raise Retry(f"{type(err.reason).__name__}: {err.reason}") from None
     except (OSError, http.client.HTTPException) as err:  # timeouts, resets, bad status lines
-        raise _Retry(f"{type(err).__name__}: {err}") from None
+        raise Retry(f"{type(err).__name__}: {err}") from None
     part = part_path(dest)
     try:
         with response:
-            length = response.headers.get("Content-Length", "")
-            try:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                fh = open(part, "wb")
-            except OSError as err:
-                raise DownloadError(f"cannot write {part}: {err}") from None
-            with fh:
-                data = _receive(response, fh, on_bytes)
+            length = declared_length(response, opts.max_bytes)
+            with open_part(part) as fh:
+                n = receive(response, fh, opts.max_bytes, on_bytes)
                 fh.flush()
                 os.fsync(fh.fileno())
-        if length.isdigit() and len(data) != int(length):
-            raise _Retry(f"truncated: {len(data)} of {length} bytes", response.status)
+        if length is not None and n != length:
+            raise Retry(f"truncated: {n} of {length} bytes", response.status)
         try:
-            decode_image(data, None)
+            decode_image(part.read_bytes(), None)  # at most max_bytes
         except Exception as err:  # an error page, a cut-off image
-            raise _Retry(f"not a decodable image ({len(data)} bytes): {err}", response.status) from None
-        os.replace(part, dest)
+            raise Retry(f"not a decodable image ({n} bytes): {err}", response.status) from None
+        place(part, dest)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    return len(data)
+    return n
 
 
 def fetch(item: Item, dest: Path, opts: Options, limiter: TokenBucket, rng: random.Random,
           on_bytes: Callable[[int], None] = lambda n: None, stop: threading.Event | None = None) -> Outcome:
     """Download ``item`` to ``dest`` with retries; the outcome says ``downloaded`` or ``failed`` (and why)."""
     stop = stop or threading.Event()
-    last = _Retry("not attempted")
+    last = Retry("not attempted")
     for attempt in range(opts.retries + 1):
         if stop.is_set():
             return Outcome(item, "failed", None, "interrupted", attempt)
@@ -265,9 +229,9 @@ def fetch(item: Item, dest: Path, opts: Options, limiter: TokenBucket, rng: rand
         try:
             n = _attempt(item, dest, opts, on_bytes)
             return Outcome(item, "downloaded", 200, "", attempt + 1, n)
-        except _Final as err:
+        except Final as err:
             return Outcome(item, "failed", err.status, err.reason, attempt + 1)
-        except _Retry as err:
+        except Retry as err:
             last = err
         if attempt < opts.retries:
             delay = backoff_delay(attempt, opts.backoff, opts.backoff_cap, rng)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from rich.markup import escape
+from bench.reports.escape import rich_text as escape  # control and bidi characters removed too
 from bench.config import BenchConfig
 from bench.provenance import git_state
 

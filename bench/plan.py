@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 
 import bench
-from rich.markup import escape
+from bench.reports.escape import rich_text as escape  # control and bidi characters removed too
 from bench import store
 from bench.config import BenchConfig
 from bench.errors import ConfigError
@@ -158,8 +158,10 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
     return plans, datasets
 
 
-def triage(plans: list[PlannedRun], console: Console) -> tuple[SuiteOutcome, list[PlannedRun]]:
-    """Split planned runs into complete (skipped) and to-run; corrupt results are moved aside and rerun."""
+def triage(plans: list[PlannedRun], console: Console, read_only: str | None = None) -> tuple[SuiteOutcome, list[PlannedRun]]:
+    """Split planned runs into complete (skipped) and to-run; corrupt results are moved aside and rerun.
+    ``read_only`` (why the store cannot be written): complete runs are reused as ever, and the first run that would
+    write (a corrupt result to move aside, a run to do or resume) raises :class:`ConfigError` naming that write."""
     outcome = SuiteOutcome(planned=plans)
     todo = []
     for plan in plans:
@@ -171,6 +173,11 @@ def triage(plans: list[PlannedRun], console: Console) -> tuple[SuiteOutcome, lis
             outcome.skipped.append(plan.run_id)
             console.print(f"[yellow]{escape(plan.label)}: {escape(str(reason))}; kept as is[/]")
             continue
+        if read_only is not None:
+            write = {"corrupt": f"moving the corrupt result {plan.run_dir / store.RESULT} aside ({reason})",
+                     "partial": f"resuming {plan.label} from its checkpoint in {plan.run_dir}"}.get(
+                         status, f"running {plan.label} (its result goes to {plan.run_dir})")
+            raise ConfigError(f"paths.results: {read_only}; the first write needed: {write}")
         if status == "corrupt":
             moved = store.quarantine(plan.run_dir)
             console.print(f"[yellow]corrupt result for {escape(plan.label)}: {escape(str(reason))}; kept as {moved.name}, rerunning[/]")

@@ -250,7 +250,7 @@ def make_plan(config: Path | None, preset: Preset, tables: list[str] | None, sca
 
 
 def print_plan(plan: Plan, preset: Preset, console) -> None:
-    from rich.markup import escape
+    from bench.reports.escape import rich_text as escape
     from rich.table import Table
 
     unknown = sum(1 for r in plan.rows if r.hours is None)

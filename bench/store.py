@@ -42,15 +42,23 @@ def runs_dir(results: Path) -> Path:
     return Path(results) / "runs"
 
 
-def ensure_writable(results: Path) -> None:
-    """Fail before any work if the results folder cannot be created or written."""
+def write_problem(results: Path) -> str | None:
+    """Why the results folder cannot be created or written (``None``: it can); writes and removes a probe file."""
     try:
         runs_dir(results).mkdir(parents=True, exist_ok=True)
         probe = runs_dir(results) / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise ConfigError(f"paths.results: {results} is not writable ({err.strerror or err})") from None
+        return f"{results} is not writable ({err.strerror or err})"
+    return None
+
+
+def ensure_writable(results: Path) -> None:
+    """Fail before any work if the results folder cannot be created or written."""
+    problem = write_problem(results)
+    if problem is not None:
+        raise ConfigError(f"paths.results: {problem}")
 
 
 def write_result(run_dir: Path, result: RunResult, scores: dict[str, np.ndarray]) -> None:
@@ -76,10 +84,19 @@ def read_result(run_dir: Path) -> RunResult:
     record of a newer schema version that does not validate here (not corrupt: leave it alone)."""
     path = run_dir / RESULT
     try:
-        data = json.loads(path.read_bytes())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as err:
+    except OSError as err:
+        raise CorruptResultError(f"{path}: unreadable: {err}") from None
+    return _parse_result(run_dir, raw)
+
+
+def _parse_result(run_dir: Path, raw: bytes) -> RunResult:
+    path = run_dir / RESULT
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
         raise CorruptResultError(f"{path}: unreadable: {err}") from None
     if not isinstance(data, dict):
         raise CorruptResultError(f"{path}: <root>: expected a JSON object, got {type(data).__name__}")
@@ -214,3 +231,62 @@ def iter_results(results: Path, verify: bool = False) -> Iterator[tuple[Path, Ru
             yield run_dir, result
         except CorruptResultError as err:
             yield run_dir, err
+
+
+CHECKED = Path(".cache") / "checked-records.json"  # under the results folder: which records' metrics were recomputed
+CHECK_VERSION = 1  # part of every cache key: bump when the recomputation changes, so every record is checked again
+# Reports recompute every metric of a record they have not checked before. Off (tests only, monkeypatched: stores
+# whose hand-picked metric values are not what their scores give) reports trust intact scores as before.
+RECOMPUTE_METRICS = True
+
+
+def iter_checked(results: Path) -> Iterator[tuple[Path, RunResult | CorruptResultError]]:
+    """Every run folder with a result.json: the record, or the error that says why it may not be reported. A
+    record is checked as :func:`verify_run` checks it (artifacts present, scores.npz intact, finite, of the
+    record's shapes, every metric recomputed from it), reading scores.npz once; a record whose result.json and
+    scores.npz bytes (their sha256) were checked before is not recomputed (``<results>/.cache/checked-records.json``,
+    rewritten after a full pass; a read-only store simply recomputes every time)."""
+    root = runs_dir(results)
+    if not root.is_dir():
+        return
+    cache = Path(results) / CHECKED
+    try:
+        known = json.loads(cache.read_bytes()).get("records", {})
+    except (OSError, ValueError, AttributeError):
+        known = {}
+    checked: dict[str, str] = {}
+    for run_dir in sorted(p for p in root.iterdir() if (p / RESULT).exists()):
+        try:
+            yield run_dir, _checked_record(run_dir, known if isinstance(known, dict) else {}, checked)
+        except CorruptResultError as err:
+            yield run_dir, err
+    if checked != known:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(cache, json.dumps({"version": CHECK_VERSION, "records": checked}, indent=1).encode())
+        except OSError:
+            pass  # read-only: nothing is remembered, the next report recomputes
+
+
+def _checked_record(run_dir: Path, known: dict[str, str], checked: dict[str, str]) -> RunResult:
+    """One record of :func:`iter_checked`; adds its cache key to ``checked`` once it passed."""
+    path = run_dir / RESULT
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise CorruptResultError(f"{path}: unreadable: {err}") from None
+    result = _parse_result(run_dir, raw)
+    check_artifacts(run_dir, result)  # scores.npz hashed against the record (when it kept the hash)
+    if not RECOMPUTE_METRICS:
+        if SCORES not in result.artifact_sha256:
+            read_scores(run_dir)
+        return result
+    try:
+        scores_sha = result.artifact_sha256.get(SCORES) or sha256_file(run_dir / SCORES)
+    except OSError as err:
+        raise CorruptResultError(f"{run_dir / SCORES}: unreadable: {err}") from None
+    key = f"{CHECK_VERSION}:{hashlib.sha256(raw).hexdigest()}:{scores_sha}"
+    if known.get(run_dir.name) != key:
+        check_scores(result, read_scores(run_dir), run_dir / SCORES)
+    checked[run_dir.name] = key
+    return result

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rich.markup import escape
+from bench.reports.escape import rich_text as escape  # control and bidi characters removed too
 from bench import locks, store
 from bench.config import BenchConfig
 from bench.plan import PlannedRun, SuiteOutcome, plan_suite, triage
@@ -21,20 +21,22 @@ def run_suite(
     cfg: BenchConfig, console: Console | None = None, ray_address: str | None = None, extra: dict[str, Any] | None = None
 ) -> SuiteOutcome:
     """Run every missing run of the suite (Ray Tune trials, or in-process with ``executor = "serial"``); never
-    redo or rewrite a complete one.
+    redo or rewrite a complete one. A store that cannot be written is fine while every run is complete (they are
+    reused, nothing is written); the first write it would need fails with :class:`bench.errors.ConfigError`.
 
     A run is locked while it is trained and written (:mod:`bench.locks`); the serial loop takes each run's lock just
     before the run, so two suites on one store split the work. A run another bench holds is left to it; once this
     suite's other runs are done it waits for the holder and takes its result (or does the run, if the holder failed
     or was killed). Either way each run is trained and written once."""
     console = console or Console(stderr=True)
-    store.ensure_writable(cfg.paths.results)
+    read_only = store.write_problem(cfg.paths.results)  # a read-only store of complete runs is only reported
     plans, datasets = plan_suite(cfg)
     for plan in plans:
         plan.extra = dict(extra or {})
-    outcome, todo = triage(plans, console)
+    outcome, todo = triage(plans, console, read_only)
     if not todo:
-        console.print(f"all {len(plans)} runs already have results in {cfg.paths.results}; nothing to train")
+        note = f" (read-only: {read_only}; nothing written)" if read_only else ""
+        console.print(f"all {len(plans)} runs already have results in {cfg.paths.results}; nothing to train{note}")
         return outcome
     console.print(f"{len(plans)} runs planned: {len(outcome.skipped)} done already, {len(todo)} to run ({cfg.suite.executor})")
     if cfg.suite.executor == "ray":

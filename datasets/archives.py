@@ -4,15 +4,19 @@ or a folder, each as a :class:`Member` (normalised posix path, size, how to open
 Listing a source checks every member first and refuses the whole source when one has an absolute path, a ``..``
 component, a link leading out of the archive, or is a device, fifo or other special file. A link to a file inside
 the archive becomes a member that reads that file (no link is ever created); in a folder, links are followed to
-files inside it only. Nothing here writes.
+files inside it only. Two members (files or links) with the same path, exactly or once normalised (``\\`` as
+``/``, ``.`` and empty parts dropped, ``posixpath.normpath``, Unicode NFC), are refused too: which one would be
+imported is not for the archive's order to decide. Nothing here writes.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import stat
 import tarfile
+import unicodedata
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -49,6 +53,21 @@ def safe_name(raw: str, label: str) -> str:
         raise ArchiveError(f"refusing {label}: member {raw!r} has a '..' component and would land outside the "
                            "target folder (nothing was written)")
     return "/".join(parts)
+
+
+def _claim(seen: dict[str, str], name: str, raw: str, label: str) -> None:
+    """Record member ``raw`` (safe name ``name``) in ``seen``; :class:`ArchiveError` naming both members when another
+    one already has the same path, exactly or after normalisation (``normpath``, Unicode NFC)."""
+    key = unicodedata.normalize("NFC", posixpath.normpath(name))
+    if key in seen:
+        first = seen[key]
+        how = "the archive holds two entries of that name" if first == raw else "the same path once normalised"
+        # names that differ only in their Unicode form look the same: shown with their code points
+        lookalike = first != raw and unicodedata.normalize("NFC", first) == unicodedata.normalize("NFC", raw)
+        show = ascii if lookalike else repr
+        raise ArchiveError(f"refusing {label}: members {show(first)} and {show(raw)} are both {show(key)} ({how}; "
+                           "which one to import would be a guess) (nothing was written)")
+    seen[key] = raw
 
 
 def _link_target(name: str, target: str, relative_to_archive: bool, label: str) -> str:
@@ -97,11 +116,13 @@ class ZipSource:
     def members(self) -> dict[str, Member]:
         files: dict[str, Member] = {}
         links: dict[str, str] = {}
+        seen: dict[str, str] = {}
         for info in self.zip.infolist():
             name = safe_name(info.filename, self.label)
             kind = stat.S_IFMT(info.external_attr >> 16)
             if info.is_dir() or kind == stat.S_IFDIR or not name:
                 continue
+            _claim(seen, name, info.filename, self.label)
             if kind == stat.S_IFLNK:
                 links[name] = _link_target(name, self.zip.read(info).decode("utf-8", "replace"), False, self.label)
             elif kind in (0, stat.S_IFREG):
@@ -125,10 +146,12 @@ class TarSource:
     def members(self) -> dict[str, Member]:
         files: dict[str, Member] = {}
         links: dict[str, str] = {}
+        seen: dict[str, str] = {}
         for info in self.tar.getmembers():
             name = safe_name(info.name, self.label)
             if info.isdir() or not name:
                 continue
+            _claim(seen, name, info.name, self.label)
             if info.issym() or info.islnk():
                 links[name] = _link_target(name, info.linkname, info.islnk(), self.label)
             elif info.isfile():
@@ -157,6 +180,7 @@ class FolderSource:
 
     def members(self) -> dict[str, Member]:
         out: dict[str, Member] = {}
+        seen: dict[str, str] = {}
         for dirpath, dirnames, filenames in os.walk(self.path):
             here = Path(dirpath)
             for d in list(dirnames):
@@ -168,6 +192,7 @@ class FolderSource:
             for f in filenames:
                 path = here / f
                 name = path.relative_to(self.path).as_posix()
+                _claim(seen, name, name, self.label)
                 mode = os.lstat(path).st_mode
                 if stat.S_ISLNK(mode):
                     target = path.resolve()

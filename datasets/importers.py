@@ -145,6 +145,13 @@ def _official_list(data: bytes, keys: list[str], where: str) -> tuple[bytes, lis
     return (data if same else "".join(f"{i}\n" for i in items).encode()), items, same
 
 
+def _twice(label: str, first: Member, second: Member, as_name: str) -> ArchiveError:
+    """Two members the layout reads as one (folder names are matched in any case)."""
+    return ArchiveError(f"refusing {label}: members {first.name!r} and {second.name!r} are both {as_name} once "
+                        "folder names are matched in any case; which one to import would be a guess "
+                        "(nothing was written)")
+
+
 def plan_emotionroi(members: dict[str, Member], source: Any) -> Plan:
     keys = class_keys("emotionroi")
     wrapper, names = strip_wrapper(members, ROI_FOLDERS)
@@ -162,10 +169,12 @@ def plan_emotionroi(members: dict[str, Member], source: Any) -> Plan:
                 continue
             item = f"{parts[1].lower()}/{parts[2]}"
             if item in images:
-                raise ArchiveError(f"{source.label}: images/{item} appears twice (class folders differing in case?)")
+                raise _twice(source.label, images[item], m, f"images/{item}")
             images[item] = m
             plan.add(m, f"images/{item}", parts[1].lower())
         elif top == "training_testing_split" and len(parts) == 2 and parts[1].lower() in ("training.txt", "testing.txt"):
+            if parts[1].lower() in lists:
+                raise _twice(source.label, lists[parts[1].lower()], m, f"training_testing_split/{parts[1].lower()}")
             lists[parts[1].lower()] = m
         else:
             ignored[parts[0] + ("/" if len(parts) > 1 else "")] += 1

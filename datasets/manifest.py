@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from PIL import Image
@@ -221,16 +221,23 @@ class Manifest:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, size: int | None, resample: str = "bicubic", draft: bool = True) -> tuple[int, int, np.ndarray | None]:
-    """Decode an encoded image. Returns ``(width, height, pixels)`` of the original.
+def decode_image(data: bytes | BinaryIO | Path, size: int | None, resample: str = "bicubic", draft: bool = True) -> tuple[int, int, np.ndarray | None]:
+    """Decode an encoded image (its bytes, an open binary file or a path: read as PIL needs it, never whole).
+    Returns ``(width, height, pixels)`` of the original.
 
     ``size=None`` decodes fully and returns no pixels (the ``verify`` check); otherwise the image is decoded (in
     JPEG draft mode when ``draft``: libjpeg's DCT scaling to the smallest scale still >= ``size`` on both sides),
-    converted to RGB and squash-resized to ``uint8 [size, size, 3]``. Raises on undecodable or truncated data.
+    converted to RGB and squash-resized to ``uint8 [size, size, 3]``. Raises on undecodable or truncated data, and
+    :class:`PIL.Image.DecompressionBombError` for more pixels than ``Image.MAX_IMAGE_PIXELS`` (read from the
+    header, before any pixel is decoded: a small file that expands to gigabytes is a bad image, not a crash).
     Tests monkeypatch this function to prove that a cached load decodes nothing.
     """
-    with Image.open(io.BytesIO(data)) as im:
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    with Image.open(source) as im:
         width, height = im.size
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and width * height > limit:
+            raise Image.DecompressionBombError(f"{width}x{height} = {width * height:,} pixels, over the limit of {limit:,}")
         if size is None:
             im.load()
             return width, height, None
@@ -257,28 +264,35 @@ def scan_file(
     Missing file -> status ``missing``; unreadable or undecodable -> ``corrupt``. Never raises for bad files.
     """
     full = root / path
+    check = "full" if size is None else "draft"
     try:
-        st = full.stat()
-        with open(full, "rb") as fh:
-            data = fh.read()
+        with open(full, "rb") as fh:  # hashed in chunks, then decoded from the file: never read whole
+            st = os.fstat(fh.fileno())
+            if previous is not None and previous.status == "ok" and previous.bytes == st.st_size:
+                digest = previous.sha256
+            else:
+                digest = _sha256_of(fh)
+                fh.seek(0)
+            try:
+                width, height, pixels = decode_image(fh, size, resample, draft)
+            except MemoryError:  # not the file's fault: never recorded as corrupt
+                raise
+            except Exception:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ... for bad data
+                return Entry(path, st.st_size, digest, 0, 0, "corrupt", st.st_mtime_ns, check)
     except (FileNotFoundError, NotADirectoryError):
         return Entry(path, status="missing")
     except OSError:  # a folder, no permission, I/O error
         return Entry(path, status="corrupt", check="read")
-    if previous is not None and previous.status == "ok" and previous.bytes == len(data):
-        digest = previous.sha256
-    else:
-        digest = hashlib.sha256(data).hexdigest()
-    check = "full" if size is None else "draft"
-    try:
-        width, height, pixels = decode_image(data, size, resample, draft)
-    except MemoryError:  # not the file's fault: never recorded as corrupt
-        raise
-    except Exception:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ... for bad data
-        return Entry(path, len(data), digest, 0, 0, "corrupt", st.st_mtime_ns, check)
     if out is not None and pixels is not None:
         out[...] = pixels
-    return Entry(path, len(data), digest, width, height, "ok", st.st_mtime_ns, check)
+    return Entry(path, st.st_size, digest, width, height, "ok", st.st_mtime_ns, check)
+
+
+def _sha256_of(fh: BinaryIO, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: fh.read(chunk), b""):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 def _run_pool(tasks: list[Callable[[], Any]], workers: int, progress: Callable[[int], None] | None) -> list[Any]:

@@ -150,7 +150,13 @@ def _bootstrap_values(summary, group, ref_index, metric_names, results, by_id, n
     key = "|".join(sorted(group["run_ids"])) + f"|ref={ref_ids}|{','.join(metric_names)}"
     values = cached.get(key)
     if values is None:
-        methods = {row["run_ids"]: _run_scores(results, by_id, row["run_ids"]) for _, row in group.iterrows()}
+        from bench.errors import CorruptResultError
+
+        try:  # the scores were checked when the records were read; one changed since gives words, not a crash
+            methods = {row["run_ids"]: _run_scores(results, by_id, row["run_ids"]) for _, row in group.iterrows()}
+        except CorruptResultError:
+            unreadable = {"p": math.nan, "bound": False, "diff": math.nan, "why": "scores unreadable"}
+            return {i: {m: dict(unreadable) for m in metric_names} for i in group.index if i != ref_index}
         compared = compare_to_reference(methods, ref_ids, metric_names, n_boot=n_boot, seed=seed)
         values = {ids: {m: {"p": out[m]["p_value"], "bound": out[m]["p_bound"], "diff": out[m]["diff"], "why": ""}
                         for m in metric_names} for ids, out in compared.items()}

@@ -17,7 +17,7 @@ import pandas as pd
 
 from bench.reports import plots
 from bench.reports.downloads import downloads, table_records
-from bench.reports.escape import UNICODE_SYMBOLS, render_caption
+from bench.reports.escape import UNICODE_SYMBOLS, clean_value, render_caption
 from bench.reports.latex import params_text
 from bench.reports.layout import PRIMARY, PaperTable
 from bench.reports.significance import format_p
@@ -26,7 +26,8 @@ from bench.schema import RunResult
 
 def _environment() -> jinja2.Environment:
     loader = jinja2.FunctionLoader(lambda name: resources.files("bench.reports").joinpath("templates", name).read_text())
-    env = jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,
+                             finalize=clean_value)  # no control or bidi character from a record reaches the page
     env.filters["pct"] = lambda v: "-" if v is None else f"{v:.2f}"
     env.filters["params"] = params_text  # as the LaTeX tables print them: 0.000012, 0.41, 82.4, 0
     env.filters["signed"] = lambda v: "" if v is None else f"{v:+.2f}"

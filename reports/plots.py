@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from bench.reports.escape import PLOT_RC
+from bench.reports.escape import PLOT_RC, clean
 from bench.reports.tables import METHOD_ORDER, METRIC_LABELS
 from bench.schema import RunResult
 
@@ -102,8 +102,8 @@ def per_class_plot(group_info: dict, records: list[RunResult], run_methods: dict
     ax = fig.subplots()
     x = np.arange(len(classes))
     for i, m in enumerate(methods):
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, 100 * np.mean(by_method[m], axis=0), width, label=(names or {}).get(m, m), color=colors[m])
-    ax.set_xticks(x, classes, rotation=60, ha="right", fontsize=7)
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, 100 * np.mean(by_method[m], axis=0), width, label=clean(str((names or {}).get(m, m))), color=colors[m])
+    ax.set_xticks(x, [clean(str(c)) for c in classes], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel(f"test {'F1' if key == 'f1' else 'accuracy'} (%)")
     ax.set_ylim(0, 100)
     _legend_above(ax, len(methods))
@@ -133,7 +133,7 @@ def curves_plot(group_info: dict, records: list[RunResult], run_methods: dict[st
         n = min(len(line) for line in lines)
         values = np.array([line[:n] for line in lines])
         epochs = np.arange(1, n + 1)
-        ax.plot(epochs, values.mean(axis=0), label=(names or {}).get(m, m), color=colors[m], marker="o", markersize=3)
+        ax.plot(epochs, values.mean(axis=0), label=clean(str((names or {}).get(m, m))), color=colors[m], marker="o", markersize=3)
         if len(lines) > 1:
             ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=colors[m], alpha=0.15, linewidth=0)
     ax.set_xlabel("epoch")
@@ -176,7 +176,7 @@ def params_plot(group_info: dict, summary: pd.DataFrame, metric: str, colors: di
         x, y = r["params_learnable"], 100 * r[f"test_{metric}_mean"]
         std = r.get(f"test_{metric}_std")
         err = None if std is None or pd.isna(std) or int(r["n"]) < 2 else 100 * std
-        ax.errorbar([x], [y], yerr=None if err is None else [err], fmt="o", color=colors[r["method"]], label=(names or {}).get(r["method"], r["method"]), capsize=3)
+        ax.errorbar([x], [y], yerr=None if err is None else [err], fmt="o", color=colors[r["method"]], label=clean(str((names or {}).get(r["method"], r["method"]))), capsize=3)
     ax.set_xscale("symlog", linthresh=1e3)
     ax.set_xlim(left=-100)
     top = max(1e4, float(rows["params_learnable"].max()))
@@ -213,7 +213,7 @@ def history_plot(history: list[dict], dataset: str, colors: dict[str, str],
     for key in sorted(lines, key=lambda k: (list(colors).index(labels[k]) if labels[k] in colors else len(colors), k)):
         xs = sorted(lines[key])
         color = colors.get(labels[key], "#333333")
-        ax.plot(xs, [lines[key][x] for x in xs], marker="o", markersize=3, color=color, label=(names or {}).get(labels[key], labels[key]))
+        ax.plot(xs, [lines[key][x] for x in xs], marker="o", markersize=3, color=color, label=clean(str((names or {}).get(labels[key], labels[key]))))
     ax.set_xticks(range(len(stamps)), stamps, rotation=30, ha="right", fontsize=7)
     ax.set_xlim(-0.5, len(stamps) - 0.5)
     ax.set_ylabel(f"{metric} (%)")

@@ -43,10 +43,11 @@ IDENTITY_KEYS = ["method_name", "method_version", "config_id", "weights_id", "tu
 
 
 def load_results(results: Path) -> tuple[list[RunResult], list[CorruptResultError]]:
-    """Every valid record under ``results`` and the errors of the invalid ones (a record whose scores.npz is
-    missing, damaged or unreadable is invalid: it is skipped, never ranked, and the report does not crash)."""
+    """Every valid record under ``results`` and the errors of the invalid ones: a record whose scores.npz is
+    missing, damaged, unreadable or not finite, or whose metrics do not recompute from its scores
+    (:func:`bench.store.iter_checked`), is skipped, never ranked, and the report does not crash."""
     good, bad = [], []
-    for _, rec in store.iter_results(results, verify=True):
+    for _, rec in store.iter_checked(results):
         (bad if isinstance(rec, CorruptResultError) else good).append(rec)
     return good, bad
 

@@ -62,3 +62,16 @@ def write_config(tmp_path: Path, shared_cache: Path):
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _trust_handpicked_metrics(request, monkeypatch):
+    """storegen's ``make_run(test=..., val=...)`` writes metric values that its scores do not give, so a test can
+    place the best and second best exactly; reports skip such records as tampered (``store.iter_checked``). Modules
+    that build stores that way read them with the hash-only check; tests/test_hostile_records.py keeps the full one."""
+    module = request.module
+    if module.__name__.endswith("test_hostile_records") or "make_run" not in Path(module.__file__).read_text():
+        return
+    from bench import store
+
+    monkeypatch.setattr(store, "RECOMPUTE_METRICS", False)

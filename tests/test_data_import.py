@@ -372,3 +372,73 @@ def test_damaged_member_or_truncated_archive_is_an_error_with_no_half_file(tmp_p
     result = run_import("fi", cut, tmp_path / "fi2", tmp_path / "cache")
     assert result.exit_code == 2 and f"{cut}: cannot read the archive:" in " ".join(result.output.split())
     assert not (tmp_path / "fi2").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ambiguous archives (issue 24): two members with one name are refused before anything is written
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _archive(path: Path, entries: list[tuple[str, bytes]]) -> Path:
+    """A zip or tar of ``entries`` in order, names repeated as given (which ``write_zip``/``write_tar`` cannot)."""
+    with zipfile.ZipFile(path, "w") if path.suffix == ".zip" else tarfile.open(path, "w") as out:
+        for name, data in entries:
+            if isinstance(out, zipfile.ZipFile):
+                out.writestr(name, data)
+            else:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                out.addfile(info, io.BytesIO(data))
+    return path
+
+
+NFC, NFD = "images/joy/caf\u00e9.jpg", "images/joy/cafe\u0301.jpg"
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")  # zipfile warns, and writes the second member all the same
+@pytest.mark.parametrize("kind", ["zip-exact", "tar-exact", "zip-dot", "zip-backslash", "zip-nfc", "tar-nfc",
+                                  "folder-nfc", "tar-link-over-file"])
+def test_duplicate_member_names_are_refused_naming_both(tmp_path, kind):
+    """Was: the archive's last member of a name was imported without a word (or both, for NFC/NFD twins)."""
+    fi, roi = list(fi_members(folders=True).items()), list(roi_members().items())
+    dataset, other = ("emotionroi", jpeg(77)) if "nfc" in kind else ("fi", jpeg(78))
+    twins = {"zip-dot": ("awe/awe_3.jpg", "./awe/awe_3.jpg"), "zip-backslash": ("awe/awe_3.jpg", "awe\\awe_3.jpg")}
+    first, second = twins.get(kind, (NFC, NFD) if "nfc" in kind else ("awe/awe_3.jpg", "awe/awe_3.jpg"))
+    entries = [e for e in (roi if "nfc" in kind else fi) if e[0] != first] + [(first, jpeg(76)), (second, other)]
+    if kind == "folder-nfc":
+        source = write_folder(tmp_path / "dup", dict(entries))
+    elif kind == "tar-link-over-file":
+        first, second = "anger/anger_0.jpg", "anger/anger_0.jpg"
+        source = write_tar(tmp_path / "dup.tar", dict(fi), [_link("anger/anger_0.jpg", "anger_1.jpg")])
+    else:
+        source = _archive(tmp_path / f"dup.{kind.split('-')[0]}", entries)
+    root = tmp_path / "data"
+    result = run_import(dataset, source, root, tmp_path / "cache")
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    show = ascii if "nfc" in kind else repr  # names differing only in their Unicode form: shown as code points
+    both = [f"refusing {source}: members {show(a)} and {show(b)} are both" for a, b in [(first, second),
+                                                                                       (second, first)]]
+    assert both[0] in message or (kind == "folder-nfc" and both[1] in message), message  # a folder lists in any order
+    assert ("(the archive holds two entries of that name;" in message) == (first == second)
+    assert "(nothing was written)" in message and "Traceback" not in result.output
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("kind", ["list", "class-folder"])
+def test_names_the_layout_matches_in_any_case_are_refused_when_they_collide(tmp_path, kind):
+    """The importer matches class folders and the split lists in any case: two members it would read as one are
+    refused naming both (was: the second list silently replaced the first; a second image named only the class)."""
+    files = roi_members()
+    if kind == "list":
+        first, second = "training_testing_split/training.txt", "training_testing_split/Training.txt"
+        files[second] = files["training_testing_split/testing.txt"]
+    else:
+        first, second = "images/joy/3.jpg", "images/Joy/3.jpg"
+        files[second] = jpeg(5)
+    archive = write_zip(tmp_path / "roi.zip", files)
+    result = run_import("emotionroi", archive, tmp_path / "roi", tmp_path / "cache")
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert f"refusing {archive}: members {first!r} and {second!r} are both" in message, message
+    assert not (tmp_path / "roi").exists()

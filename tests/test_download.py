@@ -4,8 +4,11 @@ slowly, or with a truncated body for chosen images; a client killed mid-download
 
 The image name in each url says how the server treats it: ``ok-*`` (or any other name) served, ``g404-*`` /
 ``g410-*`` always gone, ``r429-*`` 429 + ``Retry-After: 1`` once, ``e500-*`` 500 once, ``slow-*`` answers after the
-client's timeout once, ``trunc-*`` sends half its Content-Length once. Run as a script (``serve``), this file is the
-server of the restart test.
+client's timeout once, ``trunc-*`` sends half its Content-Length once. Hostile ones: ``endless-*`` streams a body
+that never ends (no Content-Length), ``big-*`` sends ``server.big`` bytes with their Content-Length, ``bignl-*``
+without it, ``lie-*`` claims ``Content-Length: 1000`` but sends ``server.big`` bytes chunked, ``fit-*`` sends
+exactly ``server.fit`` bytes; ``redir-X`` redirects to ``X`` on ``server.redirect_to``, ``sredir-X`` to ``X`` on
+itself. Run as a script (``serve``), this file is the server of the restart test.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ def image_bytes(name: str) -> bytes:
     return buf.getvalue()
 
 
+def padded(name: str, size: int) -> bytes:
+    """``name``'s JPEG followed by zeros up to ``size`` bytes (it still decodes: trailing bytes are ignored)."""
+    body = image_bytes(name)
+    return body + bytes(size - len(body))
+
+
 def md5(name: str) -> str:
     return hashlib.md5(name.encode()).hexdigest()
 
@@ -72,6 +81,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             if "q=30" not in url.query.split("&"):
                 self.send_error(400, "query lost")
+            elif kind in ("endless", "big", "bignl", "lie", "fit", "redir", "sredir"):
+                self._hostile(kind, name, url.query)
             elif kind in ("g404", "g410"):
                 self.send_error(int(kind[1:]))
             elif kind == "r429" and n == 1:
@@ -90,6 +101,36 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 srv.completed(name)
         except OSError:  # the client gave up (timeout) or was killed
             pass
+
+    def _hostile(self, kind: str, name: str, query: str) -> None:
+        srv = self.server
+        if kind in ("redir", "sredir"):
+            self.send_response(302)
+            target = srv.redirect_to if kind == "redir" else srv.url
+            self.send_header("Location", f"{target}/photo-{name.split('-', 1)[1]}?{query}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        body = padded(name, srv.fit if kind == "fit" else srv.big)
+        if kind in ("big", "fit"):
+            self.send_header("Content-Length", str(len(body)))
+        elif kind == "lie":
+            self.send_header("Content-Length", "1000")
+            self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if kind == "endless":  # until the client hangs up
+            self.wfile.write(image_bytes(name))
+            block = bytes(1 << 16)
+            while True:
+                self.wfile.write(block)
+        for start in range(0, len(body), 1 << 16):
+            block = body[start : start + (1 << 16)]
+            self.wfile.write(f"{len(block):x}\r\n".encode() + block + b"\r\n" if kind == "lie" else block)
+        if kind == "lie":
+            self.wfile.write(b"0\r\n\r\n")
+        srv.completed(name)
 
     def _send(self, body: bytes, length: int, payload: bytes) -> None:
         self.send_response(200)
@@ -114,6 +155,8 @@ class Server(http.server.ThreadingHTTPServer):
         self.done: list[str] = []
         self.chunk_delay = chunk_delay
         self.done_log = done_log
+        self.big, self.fit = 2_000_000, 1_000_000
+        self.redirect_to = self.url
 
     def completed(self, name: str) -> None:
         with self.lock:
@@ -127,8 +170,9 @@ class Server(http.server.ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-def write_annotations(folder: Path, spec: dict[str, list[str]]) -> None:
-    """``intentonomy_<split>2020.json`` per split in the official format, one image per name."""
+def write_annotations(folder: Path, spec: dict[str, list[str]], filenames: dict[str, str] | None = None) -> None:
+    """``intentonomy_<split>2020.json`` per split in the official format, one image per name (its filename
+    ``low/<md5>.jpg`` unless ``filenames`` gives another)."""
     from bench.datasets.intentonomy import _class_infos
 
     categories = [{"id": i, "name": c.key} for i, c in enumerate(_class_infos()[0])]
@@ -136,7 +180,8 @@ def write_annotations(folder: Path, spec: dict[str, list[str]]) -> None:
     for split, names in spec.items():
         images, annotations = [], []
         for i, name in enumerate(names):
-            images.append({"id": md5(name), "filename": f"low/{md5(name)}.jpg", "original_id": name,
+            filename = (filenames or {}).get(name, f"low/{md5(name)}.jpg")
+            images.append({"id": md5(name), "filename": filename, "original_id": name,
                            "unsplash_url": f"https://images.unsplash.com/photo-{name}?ixid=eyJhcHBfaWQiOi0xM30=&q=30"})
             if split == "train":
                 soft = [0.0] * 28
@@ -413,6 +458,210 @@ def test_the_server_killed_and_restarted_mid_download(tmp_path):
     assert before < 16 and served_count() > before  # the restarted server served the rest
     served(root, all_names(SLOW_SPEC))
     assert not list(root.rglob("*.part")) and report(root)["failed"] == []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hostile servers and annotation files
+# --------------------------------------------------------------------------------------------------------------
+
+
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` (links not followed) with a file's bytes (None: a folder or link)."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() and not p.is_symlink() else None
+            for p in sorted(folder.rglob("*"))}
+
+
+def only_images_written(tmp_path: Path, before: dict[str, bytes | None], images: list[str]) -> None:
+    """Since ``before``, nothing but ``images`` (under root/low) and root/download-report.json appeared or changed
+    under ``tmp_path``, and no ``.part`` is left."""
+    after = tree(tmp_path)
+    changed = {k for k in after if k not in before or after[k] != before[k]}
+    changed = {k for k in changed if k.split("/")[0] not in ("cache", "client.log")}  # verify's cache, the log
+    expected = {"root/download-report.json"} | {f"root/low/{md5(n)}.jpg" for n in images}
+    assert changed <= expected | {"root/low"}, sorted(changed - expected)
+    assert set(before) <= set(after)  # nothing removed
+    assert not [k for k in after if k.endswith(".part")]
+
+
+def failures(root: Path) -> dict[str, tuple[int | None, str, int]]:
+    """The report's failed images: id -> (status, reason, attempts)."""
+    return {f["id"]: (f["status"], f["reason"], f["attempts"]) for f in report(root)["failed"]}
+
+
+SIZE_SPEC = {"train": ["ok-z1"], "val": ["big-z2", "bignl-z3", "lie-z4", "fit-z5"], "test": ["ok-z6"]}
+
+
+def test_oversized_bodies_fail_at_once_and_leave_nothing(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    write_annotations(root / "annotations", SIZE_SPEC)
+    before = tree(tmp_path)
+    result = invoke(args(root, server.url, "--max-bytes", "1000000"))  # server.big: 2 MB, server.fit: 1 MB exactly
+    assert result.exit_code == 1, result.output
+    failed = failures(root)
+    assert set(failed) == {md5("big-z2"), md5("bignl-z3"), md5("lie-z4")}
+    assert failed[md5("big-z2")] == (200, "too large: Content-Length 2,000,000 bytes is over the limit of 1,000,000 "
+                                          "bytes (--max-bytes)", 1)
+    for name in ("bignl-z3", "lie-z4"):  # no Content-Length, or one that the chunked body ignores
+        assert failed[md5(name)] == (200, "too large: the body is over the limit of 1,000,000 bytes (--max-bytes)", 1)
+    assert all(server.hits[n] == 1 for n in ("big-z2", "bignl-z3", "lie-z4"))  # not retried
+    assert (root / "low" / f"{md5('fit-z5')}.jpg").read_bytes() == padded("fit-z5", 1_000_000)  # the limit itself: fine
+    served(root, ["ok-z1", "ok-z6"])
+    only_images_written(tmp_path, before, ["ok-z1", "ok-z6", "fit-z5"])
+    assert "too large" in result.output
+
+
+def _rss_watch(proc: subprocess.Popen, limit_kb: int, seconds: float, peak: dict | None = None) -> threading.Thread:
+    """Kill ``proc`` once its RSS passes ``limit_kb`` or after ``seconds`` (the old code streamed forever); the
+    largest RSS seen goes to ``peak["kb"]``."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + seconds
+        while proc.returncode is None and time.monotonic() < deadline:
+            try:
+                rss = int(next(ln for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                               if ln.startswith("VmRSS:")).split()[1])
+            except (OSError, StopIteration, ValueError):
+                return
+            if peak is not None:
+                peak["kb"] = max(peak.get("kb", 0), rss)
+            if rss > limit_kb:
+                break
+            time.sleep(0.05)
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_endless_body_is_cut_at_the_default_limit(server, tmp_path):
+    root = tmp_path / "root"
+    spec = {"train": ["ok-e1"], "val": ["endless-e2", "ok-e3"], "test": ["ok-e4"]}
+    write_annotations(root / "annotations", spec)
+    before = tree(tmp_path)
+    proc = bench_subprocess([*args(root, server.url), "--no-verify"], tmp_path, tmp_path / "client.log")
+    peak: dict = {}
+    watcher = _rss_watch(proc, limit_kb=1 << 20, seconds=90, peak=peak)
+    proc.wait()
+    watcher.join()
+    log = (tmp_path / "client.log").read_text()
+    assert proc.returncode == 1, log  # a val image is lost, nothing else went wrong (the old code: killed at 1 GB)
+    # the whole `bench data download` process (sampled every 50 ms): its config check imports no method (no torch)
+    assert 0 < peak["kb"] < 300 * 1024, peak
+    assert server.hits["endless-e2"] == 1  # failed at once, not retried
+    assert failures(root) == {md5("endless-e2"): (200, "too large: the body is over the limit of 50,000,000 bytes "
+                                                       "(--max-bytes)", 1)}
+    only_images_written(tmp_path, before, ["ok-e1", "ok-e3", "ok-e4"])
+
+
+ENDLESS_CLIENT = """
+import json, sys
+from pathlib import Path
+from bench.download import Item, Options, download_all
+root, base = Path(sys.argv[1]), sys.argv[2]
+items = [Item("val", n, f"{base}/photo-{n}?q=30", f"low/{n}.jpg") for n in sys.argv[3:]]
+outcomes = download_all(root, items, Options(workers=len(items), rate=0, timeout=5, retries=3, backoff=0.05))
+peak_kb = next(int(ln.split()[1]) for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:"))
+print(json.dumps({"peak_kb": peak_kb, "outcomes": [[o.item.id, o.state, o.reason, o.attempts] for o in outcomes]}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_memory_stays_bounded_while_four_workers_read_endless_bodies(server, tmp_path):
+    """The download itself (bench.download; the CLI's own peak is checked above): 4 workers on 4 endless
+    bodies at the default 50 MB limit peak far below 300 MB of RSS and give up at once. The peak is the child's
+    VmHWM (its own, from exec on: wait4's ru_maxrss would count the forking pytest's pages)."""
+    names = [f"endless-m{i}" for i in range(4)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", ENDLESS_CLIENT, str(tmp_path / "root"), server.url, *names],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    watcher = _rss_watch(proc, limit_kb=1 << 20, seconds=90)
+    output = proc.stdout.read().decode()
+    proc.wait()
+    watcher.join()
+    assert proc.returncode == 0, output  # the old code: killed at 1 GB
+    result = json.loads(output.splitlines()[-1])
+    print(f"peak RSS of 4 workers against 4 endless bodies: {result['peak_kb'] / 1024:.0f} MB")
+    assert result["peak_kb"] < 300 * 1024, result["peak_kb"]
+    limit = "too large: the body is over the limit of 50,000,000 bytes (--max-bytes)"
+    assert result["outcomes"] == [[n, "failed", limit, 1] for n in names]
+    assert {n: server.hits[n] for n in names} == {n: 1 for n in names}  # not retried
+    assert not list((tmp_path / "root").rglob("*.*"))  # no .part, no image
+
+
+def test_redirects_stay_on_the_origin_unless_allowed(server, tmp_path, monkeypatch):
+    other = Server()  # another port: another origin
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.chdir(tmp_path)
+        server.redirect_to = other.url
+        root = tmp_path / "root"
+        spec = {"train": ["ok-o1"], "val": ["redir-ok-o2", "sredir-ok-o3"], "test": ["ok-o4"]}
+        write_annotations(root / "annotations", spec)
+        before = tree(tmp_path)
+        result = invoke(args(root, server.url))
+        assert result.exit_code == 1, result.output
+        reason = (f"redirect to {other.url}/photo-ok-o2?ixid=eyJhcHBfaWQiOi0xM30=&q=30 refused: off the origin "
+                  f"{server.url}:{server.server_address[1]}".replace(f"{server.url}:", "http://127.0.0.1:"))
+        assert failures(root) == {md5("redir-ok-o2"): (302, f"{reason} (--allow-redirects-off-origin follows it)", 1)}
+        assert sum(other.hits.values()) == 0 and server.hits["redir-ok-o2"] == 1
+        assert (root / "low" / f"{md5('sredir-ok-o3')}.jpg").read_bytes() == image_bytes("ok-o3")  # same origin: followed
+        only_images_written(tmp_path, before, ["ok-o1", "sredir-ok-o3", "ok-o4"])
+
+        result = invoke(args(root, server.url, "--allow-redirects-off-origin"))
+        assert result.exit_code == 0, result.output
+        assert dict(other.hits) == {"ok-o2": 1} and failures(root) == {}
+        assert (root / "low" / f"{md5('redir-ok-o2')}.jpg").read_bytes() == image_bytes("ok-o2")
+    finally:
+        other.shutdown()
+        other.server_close()
+        thread.join()
+
+
+HOSTILE = {
+    "annotation file": ("annotations/intentonomy_val2020.json", "it is the annotation folder"),
+    "report": ("download-report.json", "it is the download report"),
+    "parent": ("../x.jpg", "it goes up a folder ('..')"),
+    "absolute": ("{tmp}/x.jpg", "it is an absolute path"),
+    "folder": ("low", "it names an existing folder"),
+    "link": ("pics/x.jpg", "it leads out of the image folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_filenames_are_refused_up_front(server, tmp_path, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    filename, why = HOSTILE[case]
+    filename = filename.format(tmp=tmp_path)
+    spec = {"train": ["ok-h1"], "val": ["ok-h2", "ok-h3"], "test": ["ok-h4"]}
+    write_annotations(root / "annotations", spec, {"ok-h3": filename})
+    (root / "low").mkdir()
+    (root / "low" / f"{md5('ok-h1')}.jpg").write_bytes(image_bytes("ok-h1"))
+    (tmp_path / "outside").mkdir()
+    (root / "pics").symlink_to(tmp_path / "outside")
+    before = tree(tmp_path)
+    result = invoke(args(root, server.url))
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert sum(server.hits.values()) == 0  # nothing fetched at all
+    (status, reason, attempts), = failures(root).values()
+    assert report(root)["failed"][0]["id"] == md5("ok-h3") and status is None and attempts == 0
+    assert reason.startswith(f"refused destination: {why}"), reason
+    text = " ".join(result.output.split())
+    assert f"refused val {md5('ok-h3')}: filename '{filename}': {why}" in text
+    assert "1 annotation entries name a destination where no image may be written" in text
+    only_images_written(tmp_path, before, [])
+    assert not (tmp_path / "x.jpg").exists() and not list((tmp_path / "outside").iterdir())
+
+    result = invoke([*args(root, server.url), "--dry-run"])  # the dry run refuses too, and writes nothing
+    assert result.exit_code == 2 and f"refused val {md5('ok-h3')}" in " ".join(result.output.split())
 
 
 # --------------------------------------------------------------------------------------------------------------

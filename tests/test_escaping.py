@@ -104,3 +104,119 @@ def test_terminal_tables_print_markup_brackets_as_text(tmp_path):
         console.print(table)
     text = console.export_text()
     assert HOSTILE_METHOD in text and r"backbone \input{/etc/hostname}" in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Control characters (issue 24): every escaping function, the CSV writers and the terminal tables remove them
+# ---------------------------------------------------------------------------------------------------------------
+
+ESC_SEQ = "\x1b[2J\x1b]0;pwned\x07"  # clear the screen, then set the terminal's title
+CONTROLS = {"esc": ESC_SEQ, "bel": "\x07", "nul": "\x00", "c1-csi": "\u009b31m", "del": "\x7f", "nel": "\x85",
+            "bidi-override": "\u202egpj.exe", "bidi-isolate": "\u2066x\u2069", "marks": "\u200e\u200f\u061c"}
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+HOSTILE_DISPLAY = f"Int{ESC_SEQ}CLIP\u202e\x00\u009b"
+CONTROL_CLASSES = [f"a{ESC_SEQ}", "b\x07", "c\x1b[31m", "d\u202ex", "e\x85\u009b"]
+
+
+@pytest.mark.parametrize("kind", sorted(CONTROLS))
+@pytest.mark.parametrize("fn", ["clean", "latex", "markdown", "html", "rich_text", "caption"])
+def test_every_escaping_function_removes_control_characters(fn, kind):
+    text = f"id-{CONTROLS[kind]}-end"
+    if fn == "caption":
+        out = escape.render_caption(["a ", escape.QUOTE_OPEN, text, escape.QUOTE_CLOSE], escape.UNICODE_SYMBOLS)
+    else:
+        out = getattr(escape, fn)(text)
+    assert not CONTROL.search(out), repr(out)
+    assert out.startswith("id-") and out.endswith("-end") if fn != "caption" else "id-" in out
+
+
+def test_clean_keeps_text_and_turns_line_breaks_into_spaces_unless_multiline():
+    assert escape.clean(f"run{ESC_SEQ}-1\u202e") == "run[2J]0;pwned-1"  # the controls go, the printable rest stays
+    assert escape.clean("a\r\nb\tc\nd\re\u2028f") == "a b c d e f"
+    assert escape.clean("a\r\nb\tc\rd\x0be", multiline=True) == "a\nb\tc\nd\ne"
+    assert escape.clean("Ünïcødé · 日本語 ±Δ") == "Ünïcødé · 日本語 ±Δ"
+    assert escape.rich_text("line 1\x1b[2J\nline [red]2") == "line 1[2J\nline \\[red]2"  # messages keep their lines
+    assert escape.clean_value(0.5) == 0.5 and escape.clean_value(None) is None
+
+
+def _control_store(tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    for method, seed in (("intclip", 0), ("intclip", 1), ("dualcoop", 0)):
+        rec = make_run(results, method, seed, dataset="intentonomy", backbone="RN101")
+        run_dir = store.runs_dir(results) / rec.run_id
+        if method == "intclip":
+            rec.method.display_name = HOSTILE_DISPLAY
+        rec.backbone["name"] = f"RN{ESC_SEQ}101"
+        rec.dataset.name = f"intentonomy\u202e{ESC_SEQ}"
+        rec.dataset.class_keys = list(CONTROL_CLASSES)
+        store.write_result(run_dir, rec, store.read_scores(run_dir))
+    return results
+
+
+def test_latex_report_with_control_characters_compiles(tmp_path):
+    """Was: ESC and BEL from a display name or class name went raw into the .tex ("Unicode character ^^[")."""
+    tex = _report(_control_store(tmp_path), "latex", tmp_path / "t.tex", "--standalone")
+    assert not CONTROL.search(tex) and "Int[2J]0;pwnedCLIP" in tex
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed (.ci/run installs it)")
+    proc = subprocess.run(["pdflatex", "-no-shell-escape", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv"])
+def test_markdown_and_csv_reports_carry_no_control_character(tmp_path, fmt):
+    text = _report(_control_store(tmp_path), fmt, tmp_path / f"t.{fmt}")
+    assert not CONTROL.search(text), sorted(set(CONTROL.findall(text)))
+    assert "0;pwned" in text  # the names are there, without their controls
+
+
+def test_html_downloads_and_captions_carry_no_control_character(tmp_path):
+    """The page's CSV downloads and its captions are cleaned here (``downloads.to_csv``, ``render_caption``)."""
+    from urllib.parse import unquote
+
+    page = _report(_control_store(tmp_path), "html", tmp_path / "t.html")
+    links = [unquote(m) for m in re.findall(r'href="data:text/csv;charset=utf-8,([^"]+)"', page)]
+    captions = re.findall(r'<p class="caption">(.*?)</p>', page, flags=re.S)
+    assert links and captions and "Int[2J]0;pwnedCLIP" in "".join(links)
+    assert not CONTROL.search("".join(links + captions))
+
+
+def _html_with_finalize(tmp_path: Path, monkeypatch) -> str:
+    """The page as ``reports/html.py`` writes it once its Jinja environment has ``finalize=escape.clean_value``."""
+    import jinja2
+
+    init = jinja2.Environment.__init__
+    monkeypatch.setattr(jinja2.Environment, "__init__",
+                        lambda self, *a, **k: init(self, *a, **{"finalize": escape.clean_value, **k}))
+    return _report(_control_store(tmp_path), "html", tmp_path / "t.html")
+
+
+def test_clean_value_as_the_template_finalize_cleans_the_page_and_keeps_its_plots(tmp_path, monkeypatch):
+    page = _html_with_finalize(tmp_path, monkeypatch)
+    assert not CONTROL.search(page.replace("\n", " ").replace("\t", " ")), sorted(set(CONTROL.findall(page)))
+    assert page.count("<svg") >= 2 and "&lt;svg" not in page and "Int[2J]0;pwnedCLIP" in page
+
+
+def test_html_report_carries_no_control_character(tmp_path):
+    page = _report(_control_store(tmp_path), "html", tmp_path / "t.html")
+    assert not CONTROL.search(page.replace("\n", " ").replace("\t", " ")), sorted(set(CONTROL.findall(page)))
+
+
+def test_terminal_tables_carry_no_control_character(tmp_path):
+    """Was: rich drops only BEL/BS/VT/FF/CR itself, so ``ESC[2J`` in a display name cleared the screen."""
+    import io
+
+    from rich.console import Console
+
+    from bench import console_tables
+    from bench.reports import tables
+
+    records, bad = tables.load_results(_control_store(tmp_path))
+    assert not bad
+    buf = io.StringIO()
+    console = Console(file=buf, width=300, color_system=None, force_terminal=False)
+    summary = tables.summarise(tables.results_frame(records))
+    for table in [*tables.rich_tables(summary), *console_tables.fitted_tables(summary, 100)]:
+        console.print(table)
+    assert not CONTROL.search(buf.getvalue().replace("\n", " ")) and "0;pwned" in buf.getvalue()
