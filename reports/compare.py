@@ -95,6 +95,8 @@ def add_significance(
             _set(summary, ref_index, f"test_{metric}_p_text", "ref")
         summary.loc[group.index, "significance_note"] = _group_note(group, summary.loc[ref_index, "method"], primary,
                                                                     test, n_boot, seed, alpha)
+        if test == "seed-t":
+            _set(summary, group.index, "significance_power_note", power_note(group, primary, alpha).strip())
     summary["significance_test"] = test
     summary["significance_reference"] = reference or ""
     summary["bootstrap_n"] = n_boot
@@ -166,12 +168,8 @@ def _bootstrap_values(summary, group, ref_index, metric_names, results, by_id, n
 
 def _group_note(group: pd.DataFrame, reference: str, primary: str, test: str, n_boot: int, seed: int, alpha: float) -> str:
     """The sentence under one table: the test, its declared reference, what a p means and the smallest difference
-    the table's seeds can detect."""
-    from bench.reports.seed_tests import seed_mdd
-
+    the table's seeds can detect (the seed-level test's)."""
     metric = METRIC_LABELS.get(primary, primary)
-    seeded = group[~group["deterministic"].astype(bool) & (group["n"] > 1)]
-    stds = seeded[f"test_{primary}_std"].dropna() if f"test_{primary}_std" in seeded else pd.Series(dtype=float)
     if test == "bootstrap":
         how = (f"one-sided hierarchical bootstrap of {metric} (seeds and test images resampled; {n_boot} resamples, "
                f"seed {seed}; a p at the resample floor prints as a bound, <=)")
@@ -184,14 +182,24 @@ def _group_note(group: pd.DataFrame, reference: str, primary: str, test: str, n_
     note = (f"p vs ref: {how} against the declared reference {reference} (fixed before any result, never chosen on "
             f"val or test), Holm-corrected over the compared rows; p < {alpha:g} reads as \"the reference is "
             f"better\".{scope}")
-    if len(stds) and int(seeded["n"].min()) >= 2:
-        n = int(seeded["n"].min())
-        std = float(stds.median())
-        mdd = seed_mdd(std, n, alpha)
-        if not math.isnan(mdd):
-            note += (f" With {n} seeds and the table's median seed std of {100 * std:.2f} points, the smallest "
-                     f"difference this test detects with power 0.8 at alpha {alpha:g} is about {100 * mdd:.1f} points.")
-    return note
+    return note + (power_note(group, primary, alpha) if test == "seed-t" else "")
+
+
+def power_note(group: pd.DataFrame, primary: str, alpha: float) -> str:
+    """The sentence with the smallest difference the seed-level test detects at the table's seed count and spread
+    (empty without seeded rows)."""
+    from bench.reports.seed_tests import seed_mdd
+
+    seeded = group[~group["deterministic"].astype(bool) & (group["n"] > 1)]
+    stds = seeded[f"test_{primary}_std"].dropna() if f"test_{primary}_std" in seeded else pd.Series(dtype=float)
+    if not len(stds) or int(seeded["n"].min()) < 2:
+        return ""
+    n, std = int(seeded["n"].min()), float(stds.median())
+    mdd = seed_mdd(std, n, alpha)
+    if math.isnan(mdd):
+        return ""
+    return (f" With {n} seeds and the table's median seed std of {100 * std:.2f} points, the smallest difference this "
+            f"test detects with power 0.8 at alpha {alpha:g} is about {100 * mdd:.1f} points.")
 
 
 def _significance_cache(summary: pd.DataFrame, results: Path, n_boot: int, seed: int) -> tuple[Path | None, dict]:

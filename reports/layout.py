@@ -233,6 +233,9 @@ def table1(group: pd.DataFrame, info: dict, reference: bool, options: TableOptio
         else:
             table.info = {**info, "reference_note": f"The paper reports no numbers for dataset {info['dataset']!r}."}
         table.delta_columns = _delta_columns(table.rows)
+    power = [v for v in group.get("significance_power_note", pd.Series(dtype=object)) if isinstance(v, str) and v]
+    if power:  # the smallest difference the table's seeds can detect, beside the dagger's test
+        table.info = {**table.info, "power_note": power[0]}
     table.caption = _caption(table, "#P: learnable parameters (millions).", _delta_metric(columns))
     return mark_best(table)
 
@@ -256,6 +259,8 @@ def _caption(table: PaperTable, first: str, delta_metric: str) -> list[str | Sym
         test = next((TEST_NAMES.get(r.p_test, r.p_test) for r in table.rows if r.p_test), TEST_NAMES["seed-t"])
         parts += [" ", DAGGER, f": below {ref}, the reference declared before the results, but not significantly "
                   f"({test}, Holm-corrected, p ", GE, " 0.05)."]
+    if info.get("power_note") and any(r.p_test for r in table.rows):
+        parts.append(" " + info["power_note"])
     fragile = [f"{r.label} {r.fragile}" for r in table.rows if r.fragile]
     if fragile:
         from bench.selection import TOLERANCE

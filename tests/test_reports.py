@@ -200,6 +200,8 @@ def test_significance_compares_against_the_declared_reference(tmp_path):
     assert "smallest difference this test detects with power 0.8" in note and "With 3 seeds" in note
     md = tables.to_markdown(summary.reset_index())
     assert md.count("| ref |") == 1 and "t-test" in md and "NaN" not in md and "nan" not in md
+    (table,) = layout.paper_tables(summary.reset_index())  # the LaTeX/HTML caption says it too
+    assert "smallest difference this test detects with power 0.8" in "".join(map(str, table.caption))
 
 
 def test_significance_without_the_declared_reference_says_why(tmp_path):
