@@ -27,20 +27,29 @@ HOSTILE_CLASSES = ["$x^2$", r"$\undefinedmacro{$", "c|d", "<i>e</i>", "f_g&h"]
 SPECIALS = "\\ $ { } ^ ~ & % # _ < > |"
 
 
-def _hostile_store(tmp_path: Path) -> Path:
+def _store_named(tmp_path: Path, name: str | None, display: str, backbone: str, dataset: str, classes: list[str],
+                 weights_id: str | None = None) -> Path:
+    """Two intclip runs (renamed ``name`` where given, shown as ``display``) and a DualCoOp run, every record naming
+    the backbone, dataset and classes given."""
     results = tmp_path / "results"
     for method, seed in (("intclip", 0), ("intclip", 1), ("dualcoop", 0)):
         rec = make_run(results, method, seed, dataset="intentonomy", backbone="RN101")
         run_dir = store.runs_dir(results) / rec.run_id
         if method == "intclip":
-            rec.method.name = HOSTILE_METHOD
-            rec.method.display_name = HOSTILE_METHOD
-        rec.backbone["name"] = HOSTILE_BACKBONE
-        rec.backbone["weights_id"] = "tag:" + SPECIALS
-        rec.dataset.name = HOSTILE_DATASET
-        rec.dataset.class_keys = list(HOSTILE_CLASSES)
+            rec.method.name = name or rec.method.name
+            rec.method.display_name = display
+        rec.backbone["name"] = backbone
+        if weights_id is not None:
+            rec.backbone["weights_id"] = weights_id
+        rec.dataset.name = dataset
+        rec.dataset.class_keys = list(classes)
         store.write_result(run_dir, rec, store.read_scores(run_dir))
     return results
+
+
+def _hostile_store(tmp_path: Path) -> Path:
+    return _store_named(tmp_path, HOSTILE_METHOD, HOSTILE_METHOD, HOSTILE_BACKBONE, HOSTILE_DATASET, HOSTILE_CLASSES,
+                        weights_id="tag:" + SPECIALS)
 
 
 def _report(results: Path, fmt: str, out: Path, *extra: str) -> str:
@@ -140,17 +149,7 @@ def test_clean_keeps_text_and_turns_line_breaks_into_spaces_unless_multiline():
 
 
 def _control_store(tmp_path: Path) -> Path:
-    results = tmp_path / "results"
-    for method, seed in (("intclip", 0), ("intclip", 1), ("dualcoop", 0)):
-        rec = make_run(results, method, seed, dataset="intentonomy", backbone="RN101")
-        run_dir = store.runs_dir(results) / rec.run_id
-        if method == "intclip":
-            rec.method.display_name = HOSTILE_DISPLAY
-        rec.backbone["name"] = f"RN{ESC_SEQ}101"
-        rec.dataset.name = f"intentonomy\u202e{ESC_SEQ}"
-        rec.dataset.class_keys = list(CONTROL_CLASSES)
-        store.write_result(run_dir, rec, store.read_scores(run_dir))
-    return results
+    return _store_named(tmp_path, None, HOSTILE_DISPLAY, f"RN{ESC_SEQ}101", f"intentonomy\u202e{ESC_SEQ}", CONTROL_CLASSES)
 
 
 def test_latex_report_with_control_characters_compiles(tmp_path):
