@@ -209,6 +209,7 @@ def download(
     backoff: Annotated[float, typer.Option("--backoff", min=0, help="First retry's delay ceiling in seconds (doubles per retry, jittered).")] = 1.0,
     base_url: Annotated[Optional[str], typer.Option("--base-url", envvar="BENCH_DOWNLOAD_BASE_URL", help="Fetch from a mirror: replaces each url's scheme and host, keeps path and query.")] = None,
     max_bytes: Annotated[int, typer.Option("--max-bytes", min=1, help="Largest image in bytes: a larger Content-Length or body fails that image at once.")] = 50_000_000,
+    deadline: Annotated[float, typer.Option("--deadline", min=0.001, help="Seconds one image's body may take: a slower one fails that image at once (a server trickling inside every --timeout).")] = 600.0,
     off_origin: Annotated[bool, typer.Option("--allow-redirects-off-origin", help="Follow redirects to another scheme, host or port than the url's (the mirror's with --base-url).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be fetched; download nothing.")] = False,
     check: Annotated[bool, typer.Option("--verify/--no-verify", help="Run `bench data verify` afterwards (when every split was fetched).")] = True,
@@ -234,7 +235,7 @@ def download(
         plan = dp.make_plan(_adapter(cfg, dataset, None), Path(data_root), [s for s in SPLITS if s in splits], annotations or [], base_url,
                             protect=[cfg.paths.cache])
         opts = Options(workers=workers, rate=rate, timeout=timeout, retries=retries, backoff=backoff, max_bytes=max_bytes,
-                       allow_off_origin=off_origin)
+                       allow_off_origin=off_origin, deadline=deadline)
         if plan.refused:
             dp.refuse(plan, dataset, opts, base_url, err, write=not dry_run)
             raise typer.Exit(2)

@@ -79,6 +79,7 @@ class Options:
     user_agent: str = USER_AGENT
     max_bytes: int = MAX_BYTES  # per image; a larger Content-Length or body fails it at once
     allow_off_origin: bool = False  # follow redirects to another scheme, host or port
+    deadline: float = 600.0  # seconds for one image's body: a server trickling inside every timeout fails it
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -201,7 +202,7 @@ def _attempt(item: Item, dest: Path, opts: Options, on_bytes: Callable[[int], No
         with response:
             length = declared_length(response, opts.max_bytes)
             with open_part(part) as fh:
-                n = receive(response, fh, opts.max_bytes, on_bytes)
+                n = receive(response, fh, opts.max_bytes, on_bytes, time.monotonic() + opts.deadline)
                 fh.flush()
                 os.fsync(fh.fileno())
         if length is not None and n != length:

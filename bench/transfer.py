@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -115,11 +116,14 @@ def open_part(part: Path):
         raise DownloadError(f"cannot write {part}: {err}") from None
 
 
-def receive(response, fh, limit: int, on_bytes: Callable[[int], None]) -> int:
+def receive(response, fh, limit: int, on_bytes: Callable[[int], None], deadline: float | None = None) -> int:
     """Stream the body into ``fh`` chunk by chunk; returns its length. More than ``limit`` bytes: :class:`Final`
-    (at most ``limit + 1`` bytes are read); network failures: :class:`Retry`."""
+    (at most ``limit + 1`` bytes are read); still streaming at ``deadline`` (``time.monotonic()``): :class:`Final`,
+    so a server that sends a byte inside every read timeout cannot hold a worker; network failures: :class:`Retry`."""
     total = 0
     while True:
+        if deadline is not None and time.monotonic() > deadline:
+            raise Final(f"too slow: {total:,} bytes when the deadline passed (--deadline)", response.status)
         try:  # what has arrived, so the byte count moves while a file streams
             block = response.read1(min(CHUNK, limit + 1 - total))
         except (OSError, http.client.HTTPException) as err:  # timeout, reset, incomplete chunked body

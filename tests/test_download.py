@@ -81,7 +81,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             if "q=30" not in url.query.split("&"):
                 self.send_error(400, "query lost")
-            elif kind in ("endless", "big", "bignl", "lie", "fit", "redir", "sredir"):
+            elif kind in ("endless", "big", "bignl", "lie", "fit", "redir", "sredir", "drip"):
                 self._hostile(kind, name, url.query)
             elif kind in ("g404", "g410"):
                 self.send_error(int(kind[1:]))
@@ -120,6 +120,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "1000")
             self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        if kind == "drip":  # one byte every 50 ms, inside any read timeout, until the client hangs up
+            while True:
+                self.wfile.write(b"\0")
+                self.wfile.flush()
+                time.sleep(0.05)
         if kind == "endless":  # until the client hangs up
             self.wfile.write(image_bytes(name))
             block = bytes(1 << 16)
@@ -716,3 +721,18 @@ if __name__ == "__main__":  # the restart test's server: `python tests/test_down
     tmp.write_text(str(server.server_address[1]))
     os.replace(tmp, opts.port_file)
     server.serve_forever()
+
+
+def test_a_trickling_body_fails_at_the_deadline_without_a_retry(server, tmp_path):
+    """A server that sends one byte inside every read timeout: the image fails once its body takes longer than
+    --deadline, at once and without a retry (it held a worker for as long as the server liked)."""
+    root = tmp_path / "root"
+    write_annotations(root / "annotations", {"train": ["ok-d1"], "val": ["drip-d2"], "test": ["ok-d3"]})
+    before = tree(tmp_path)
+    t0 = time.monotonic()
+    result = invoke(args(root, server.url, "--deadline", "1", "--no-verify"))
+    assert result.exit_code == 1, result.output  # a val image is lost
+    assert time.monotonic() - t0 < 30 and server.hits["drip-d2"] == 1
+    (status, reason, attempts), = failures(root).values()
+    assert reason.startswith("too slow:") and "(--deadline)" in reason and attempts == 1
+    only_images_written(tmp_path, before, ["ok-d1", "ok-d3"])
