@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from bench.config import BenchConfig, load_config
+from bench.config import BenchConfig, ReportConfig, load_config
 from bench.errors import BenchError
 
 ReportFormat = Literal["md", "csv", "latex", "html"]
@@ -100,8 +100,8 @@ def run(
 
 
 def report_inputs(results: Path, bootstrap: int = 1000, warn: Callable[[str], None] | None = None,
-                  run_ids: set[str] | None = None, *, ref: str | None = "intclip", test: str = "seed-t",
-                  alpha: float = 0.05) -> tuple[list, pd.DataFrame]:
+                  run_ids: set[str] | None = None, *, ref: str | None = ReportConfig().reference,
+                  test: str = ReportConfig().test, alpha: float = ReportConfig().alpha) -> tuple[list, pd.DataFrame]:
     """The records of the store at ``results`` (only ``run_ids`` when given) and their summary, with the
     significance columns against the declared reference ``ref`` (``test``, see
     :func:`bench.reports.compare.add_significance`) unless ``bootstrap`` is 0 or ``ref`` None: what every report
@@ -152,7 +152,8 @@ def render_report(cfg: BenchConfig, fmt: ReportFormat, bootstrap: int = 1000, re
 
 def report(results: Path | str = "results", format: ReportFormat = "md", *, bootstrap: int = 1000,
            reference: bool = False, standalone: bool = False, columns: str | None = None,
-           metrics: Sequence[str] | None = None, ref: str | None = "intclip", test: str = "seed-t") -> str:
+           metrics: Sequence[str] | None = None, ref: str | None = ReportConfig().reference,
+           test: str = ReportConfig().test) -> str:
     """The text `bench report --format <format>` writes for the store at ``results``: Markdown or CSV summaries, the
     paper's tables in LaTeX (``standalone``: a whole document) or one self-contained HTML page (``reference``: with
     the paper's rows; LaTeX and HTML). ``bootstrap`` resamples for the significance column (0: none); ``columns`` and

@@ -261,7 +261,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     start_epoch, history = 0, []
     # the val selection so far: every (epoch, variant) within the tie tolerance of the best metric keeps its state,
     # so the tie rule (earliest epoch) can pick among them once training ends (bench.selection)
-    best: dict[str, Any] = {"top": -math.inf, "candidates": []}
+    best: dict[str, Any] = {"candidates": []}
     resumed_from = None
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = ctx.run_dir / CHECKPOINT
@@ -296,7 +296,7 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         ctx.check_owner()
         atomic_save(checkpoint_state(epoch + 1, method, optimizer, scheduler, scaler, best, history), ckpt_path)
         if ctx.report:
-            ctx.report({**record, "best_metric": best["top"], "checkpoint": str(ckpt_path)})
+            ctx.report({**record, "best_metric": _top(best), "checkpoint": str(ckpt_path)})
         if ctx.progress is not None:
             ctx.progress.update(task_id, advance=1, description=f"  {method.name} epoch {epoch + 1} val {100 * metric:.2f}")
     if ctx.progress is not None:
@@ -314,6 +314,11 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         resumed_from_epoch=resumed_from,
         selections={} if selection is None else {"epoch": selection.to_dict()},
     )
+
+
+def _top(best: dict[str, Any]) -> float:
+    """The highest selection metric so far (its candidate is always kept: it is within the tolerance of itself)."""
+    return max((c["metric"] for c in best["candidates"]), default=-math.inf)
 
 
 def _top_epoch(best: dict[str, Any]) -> int:
@@ -338,11 +343,11 @@ def _select(
     method: Method, task: str, split: Split, protocol: Protocol, ctx: RunContext, epoch: int, best: dict[str, Any]
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Score every eval variant (e.g. raw and EMA weights) on the selection split; return the variants' metrics
-    and the selection state: the best metric so far (``top``) and a CPU copy of the state of every candidate within
-    the tie tolerance of it (``candidates``; one that falls out of that band can never be chosen again)."""
+    and the selection state: a CPU copy of the state of every candidate within the tie tolerance of the best metric
+    so far (``candidates``; one that falls out of that band can never be chosen again)."""
     variant_metrics = {}
     candidates = list(best["candidates"])
-    top = best["top"]
+    top = _top(best)
     for variant in method.eval_variants():
         method.use_variant(variant)
         scores = predict_split(method, split, ctx)
@@ -353,7 +358,7 @@ def _select(
             candidates.append({"epoch": epoch, "variant": variant, "metric": metric, "state": state})
         top = max(top, metric)
     method.use_variant(method.eval_variants()[0])
-    return variant_metrics, {"top": top, "candidates": [c for c in candidates if c["metric"] >= top - protocol.tie_tolerance]}
+    return variant_metrics, {"candidates": [c for c in candidates if c["metric"] >= top - protocol.tie_tolerance]}
 
 
 def _on_cpu(state: Any) -> Any:

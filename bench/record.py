@@ -6,7 +6,7 @@ from typing import Any
 
 from bench.config import BenchConfig
 from bench.plan import PlannedRun
-from bench.schema import DatasetRecord, SelectionRecord, MethodRecord, MetricsRecord, ParamsRecord, ProtocolRecord, RunResult, TrainingRecord
+from bench.schema import DatasetRecord, MethodRecord, MetricsRecord, ParamsRecord, ProtocolRecord, RunResult, SelectionRecord, TrainingRecord
 
 
 def split_metrics(val_m: dict[str, Any], test_m: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list]]]:

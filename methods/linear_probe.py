@@ -38,6 +38,15 @@ def logits(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64) @ weight.T + bias
 
 
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(standardised float64 features, train mean, train std with constant features given 1)."""
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale == 0] = 1.0
+    return (x - mean) / scale, mean, scale
+
+
 class ProbeFit:
     """The probe's fit on given features (no torch): standardise, Newton to convergence at each C of the grid
     (optionally bisected), C by the tie rule on val. Used by :class:`LinearProbe` and by the perturbation test."""
@@ -53,30 +62,35 @@ class ProbeFit:
         from bench.protocol import VAL_THRESHOLD
         from bench.selection import select
 
-        tried: dict[float, float] = {}
+        z, mean, scale = _standardise(x_train)  # once: every C is fitted on the same standardised features
+        tried: dict[float, float] = {}  # log10 C -> val selection metric
+        fitted: dict[float, tuple[np.ndarray, np.ndarray]] = {}  # log10 C -> weights and bias on the raw features
 
         def score(log_c: float) -> float:
             if log_c not in tried:
-                w, b = self.fit_c(x_train, y_train, 10.0**log_c)
-                tried[log_c] = VAL_THRESHOLD.selection_metric(self.task, self.scores(x_val, w, b), y_val)
+                w, b = self._fit_standardised(z, y_train, 10.0**log_c)
+                fitted[log_c] = (w / scale, b - (w / scale) @ mean)
+                tried[log_c] = VAL_THRESHOLD.selection_metric(self.task, self.scores(x_val, *fitted[log_c]), y_val)
             return tried[log_c]
 
-        def choose() -> Any:  # the tie rule over every C tried so far: the smallest within the tolerance
-            return select([(10.0**g, v) for g, v in sorted(tried.items())], "C", lambda c: c)
+        def choose() -> tuple[Any, float]:  # the tie rule over every C tried so far: the smallest within the tolerance
+            by_c = {10.0**g: g for g in tried}
+            selection = select([(c, tried[g]) for c, g in sorted(by_c.items())], "C", lambda c: c)
+            return selection, by_c[selection.chosen]
 
         grid = sorted(np.log10(self.config.c_grid).tolist())
         for g in grid:
             score(g)
-        best = float(np.log10(choose().chosen))
+        best = choose()[1]
         i = grid.index(min(grid, key=lambda g: abs(g - best)))
         lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
         for _ in range(self.config.refine_steps):  # bisection in log space around the chosen point
             score((lo + best) / 2)
             score((best + hi) / 2)
-            best = float(np.log10(choose().chosen))
+            best = choose()[1]
             lo, hi = max(lo, best - (hi - lo) / 4), min(hi, best + (hi - lo) / 4)
-        selection = choose()
-        weight, bias = self.fit_c(x_train, y_train, selection.chosen)
+        selection, log_c = choose()
+        weight, bias = fitted[log_c]  # the chosen C's fit (not fitted again)
         return weight, bias, {
             "C": selection.chosen,
             "val_selection_metric": selection.value,
@@ -86,15 +100,6 @@ class ProbeFit:
             "unconverged_C": sorted(self._unconverged),
             "selections": {"C": selection.to_dict()},
         }
-
-    def fit_c(self, x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
-        """Weights [C, D] and bias [C] on the raw features, fitted on standardised ones (float64)."""
-        x = np.asarray(x, dtype=np.float64)
-        mean = x.mean(axis=0)
-        scale = x.std(axis=0)
-        scale[scale == 0] = 1.0
-        weight, bias = self._fit_standardised((x - mean) / scale, y, c)
-        return weight / scale, bias - (weight / scale) @ mean
 
     def scores(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
         """Probabilities (a numerically stable sigmoid/softmax: no overflow for large logits)."""
@@ -198,10 +203,6 @@ class LinearProbe(Method):
         return feats
 
     # -- fitting -----------------------------------------------------------------------------------------------
-    def _logits(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        """float64 logits ``x W^T + b``."""
-        return logits(x, weight, bias)
-
     def fit(self, data, ctx) -> dict[str, Any]:
         feats = {
             s: self.features(s, data.splits[s].images, data.manifest_sha256, ctx.cache_dir, ctx.eval_batch_size)
@@ -216,11 +217,11 @@ class LinearProbe(Method):
         if self.weight is None:
             return None
         feats = self.features(split, data.splits[split].images, data.manifest_sha256, ctx.cache_dir, ctx.eval_batch_size)
-        return self._logits(feats, self.weight, self.bias)
+        return logits(feats, self.weight, self.bias)
 
     @torch.no_grad()
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         if self.weight is None:
             raise RuntimeError("linear-probe: predict() before fit()")
         x = self.model.encode_image(images).float().cpu().numpy()
-        return torch.from_numpy(self._logits(x, self.weight, self.bias))
+        return torch.from_numpy(logits(x, self.weight, self.bias))

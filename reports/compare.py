@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pandas as pd
 
 from bench import store
+from bench.config import ReportConfig
 from bench.io import atomic_write_bytes
 from bench.reports.significance import format_p, holm_bounds
 from bench.reports.tables import GROUP_KEYS, METRIC_LABELS, main_metric
 from bench.schema import RunResult
 
-DEFAULT_REFERENCE = "intclip"  # the paper's method: the reference every table declares unless told otherwise
-TESTS = ("seed-t", "bootstrap")
+DEFAULTS = ReportConfig()  # the declared reference (the paper's method, intclip), the test and alpha of bench.toml's [report]
+TESTS = get_args(ReportConfig.model_fields["test"].annotation)
 
 
 def _reference_row(group: pd.DataFrame, reference: str) -> tuple[object | None, str]:
@@ -35,7 +37,7 @@ def _reference_row(group: pd.DataFrame, reference: str) -> tuple[object | None, 
 
 def add_significance(
     summary: pd.DataFrame, records: list[RunResult], results: Path, n_boot: int = 1000, seed: int = 0,
-    *, reference: str | None = DEFAULT_REFERENCE, test: str = "seed-t", alpha: float = 0.05,
+    *, reference: str | None = DEFAULTS.reference, test: str = DEFAULTS.test, alpha: float = DEFAULTS.alpha,
 ) -> pd.DataFrame:
     """Test every row of each table against the table's **declared** reference method (``reference``: fixed
     before any result exists, never picked on val or test), one-sided ("the reference is better"), on the test
@@ -79,9 +81,9 @@ def add_significance(
         summary.loc[ref_index, "reference"] = True
         others = [i for i in group.index if i != ref_index]
         if test == "bootstrap":
-            values = _bootstrap_values(summary, group, ref_index, metric_names, results, by_id, n_boot, seed, cached, fresh)
+            values = _bootstrap_values(group, ref_index, metric_names, results, by_id, n_boot, seed, cached, fresh)
         else:
-            values = _seed_values(summary, group, ref_index, others, metric_names, results, by_id, n_boot, seed)
+            values = _seed_values(group, ref_index, others, metric_names, by_id)
         for metric in metric_names:
             raw = [values[i][metric]["p"] for i in others]
             adjusted, bounds = holm_bounds(raw, [values[i][metric]["bound"] for i in others])
@@ -126,7 +128,7 @@ def _run_scores(results: Path, by_id: dict, ids: str) -> list:
     return out
 
 
-def _seed_values(summary, group, ref_index, others, metric_names, results, by_id, n_boot, seed) -> dict:
+def _seed_values(group, ref_index, others, metric_names, by_id) -> dict:
     """The seed-level test of every other row against the reference (see :func:`add_significance`)."""
     from bench.reports.seed_tests import seed_test
 
@@ -144,7 +146,7 @@ def _seed_values(summary, group, ref_index, others, metric_names, results, by_id
     return out
 
 
-def _bootstrap_values(summary, group, ref_index, metric_names, results, by_id, n_boot, seed, cached, fresh) -> dict:
+def _bootstrap_values(group, ref_index, metric_names, results, by_id, n_boot, seed, cached, fresh) -> dict:
     """The hierarchical bootstrap of every other row against the reference (cached per store state)."""
     from bench.reports.significance import compare_to_reference
 

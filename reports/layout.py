@@ -105,6 +105,7 @@ def _reproduced_row(r: pd.Series, label: str, family: str, columns: list[tuple[s
         p_value=_p_value(r, primary),
         p_text=_p_text(r, primary),
         below_reference=bool(r.get(f"test_{primary}_diff", math.nan) > 0),
+        alpha=float(r.get("alpha", 0.05)),
         p_test=r.get("significance_test") if isinstance(r.get("significance_test"), str) else None,
         bootstrap_reference=bool(r.get("reference", False)),
         fragile=r.get("fragile_selections") if isinstance(r.get("fragile_selections"), str) else "",
@@ -258,7 +259,7 @@ def _caption(table: PaperTable, first: str, delta_metric: str) -> list[str | Sym
         ref = next((r.label for r in table.rows if r.bootstrap_reference), "the declared reference")
         test = next((TEST_NAMES.get(r.p_test, r.p_test) for r in table.rows if r.p_test), TEST_NAMES["seed-t"])
         parts += [" ", DAGGER, f": below {ref}, the reference declared before the results, but not significantly "
-                  f"({test}, Holm-corrected, p ", GE, " 0.05)."]
+                  f"({test}, Holm-corrected, p ", GE, f" {next(r.alpha for r in table.rows if r.dagger):g})."]
     if info.get("power_note") and any(r.p_test for r in table.rows):
         parts.append(" " + info["power_note"])
     fragile = [f"{r.label} {r.fragile}" for r in table.rows if r.fragile]
@@ -372,6 +373,7 @@ def emotion_table(summary: pd.DataFrame, reference: bool, options: TableOptions 
             if len(keys) == 1:  # the test compares within one dataset
                 row.p_value, row.p_text = _p_value(r, "accuracy"), _p_text(r, "accuracy")
                 row.below_reference = bool(r.get("test_accuracy_diff", math.nan) > 0)
+                row.alpha = float(r.get("alpha", 0.05))
                 row.p_test = r.get("significance_test") if isinstance(r.get("significance_test"), str) else None
                 row.bootstrap_reference = bool(r.get("reference", False))
             row.deterministic = bool(r.get("deterministic", False))

@@ -61,12 +61,13 @@ class Row:
     p_text: str | None = None  # how the tables print it ("0.012", "<= 0.006", "ref", "n/a: one run each ...")
     p_test: str | None = None  # the test's name ("seed-t", "bootstrap")
     below_reference: bool = False  # its mean (test, main metric) is below the declared reference's
+    alpha: float = 0.05  # the report's significance level ([report] alpha)
 
     @property
     def dagger(self) -> bool:
-        """Below the declared reference, but not significantly (p >= 0.05): the one-sided test cannot tell them
+        """Below the declared reference, but not significantly (p >= alpha): the one-sided test cannot tell them
         apart. A row above the reference gets no mark: the test asks only whether the reference is better."""
-        return self.below_reference and self.p_value is not None and self.p_value >= 0.05
+        return self.below_reference and self.p_value is not None and self.p_value >= self.alpha
     fragile: str = ""  # its runs' val selections with a margin inside the tie tolerance ("seed 1: threshold (...)")
     deterministic: bool = False  # a method without randomness, run once (n = 1)
     experiment_id: str | None = None  # the summary row's identity (method, version, config, weights)
