@@ -77,7 +77,7 @@ def run(
     from rich.console import Console
 
     from bench.reports import tables
-    from bench.suite import run_suite
+    from bench.pipeline.suite import run_suite
 
     values: dict[str, Any] = dict(overrides or {})
     for key, value in (("methods", methods), ("seeds", seeds)):

@@ -241,7 +241,7 @@ class BenchConfig(_Strict):
 
     def dataset_config(self, name: str, overrides: dict[str, Any] | None = None) -> BaseModel:
         """The validated config of dataset ``name``: its defaults, ``[datasets.<name>]``, then ``overrides`` (the
-        decode settings a method asks for, see :func:`bench.plan.input_decode`); validated once per distinct section."""
+        decode settings a method asks for, see :func:`bench.pipeline.plan.input_decode`); validated once per distinct section."""
         from bench.registry import DATASETS
 
         note = f" (with {overrides} set by the method)" if overrides else ""
@@ -338,7 +338,7 @@ def _check_names(cfg: BenchConfig, sections: bool = True) -> None:
         return
     for section, name in (("suite.backbone", cfg.suite.backbone), ("leaderboard.backbone", cfg.leaderboard.backbone)):
         if name and name not in BACKBONES.names():  # an open_clip model or hub repo: its weights must be known
-            from bench.backbones import weights_problem
+            from bench.backbones.loader import weights_problem
 
             problem = weights_problem(BACKBONES.get(name), cfg.backbone_pretrained(name))
             if problem:

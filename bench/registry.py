@@ -126,6 +126,9 @@ METHODS = MethodRegistry(
         "intclip-official": "bench.methods.intclip:IntCLIPOfficial",
         "label-prior": "bench.methods.label_prior:LabelPrior",
         "query2label": "bench.methods.query2label:Query2Label",
+        "hleg": "bench.methods.hleg:HLEG",
+        "labcr": "bench.methods.labcr:LabCR",
+        "pipnet": "bench.methods.pipnet:PIPNet",
     },
     group="bench.methods",
 )
@@ -144,10 +147,10 @@ DATASETS = Registry(
 class BackboneRegistry(Registry):
     """The registered backbones, plus every open_clip model name (``open_clip.list_models()``, configs added with
     ``open_clip.add_model_config`` included) and every ``hf-hub:org/name``, resolved into a spec on use by
-    :func:`bench.backbones.resolve_spec` (a registered name always wins)."""
+    :func:`bench.backbones.loader.resolve_spec` (a registered name always wins)."""
 
     def _resolve(self, name: str) -> Any:
-        from bench.backbones import resolve_spec
+        from bench.backbones.loader import resolve_spec
 
         return resolve_spec(name)
 
@@ -177,10 +180,10 @@ class BackboneRegistry(Registry):
 BACKBONES = BackboneRegistry(
     "backbone",
     {
-        "tiny-clip": "bench.backbones:TINY_CLIP",
-        "RN50": "bench.backbones:RN50",
-        "RN101": "bench.backbones:RN101",
-        "ViT-B-32": "bench.backbones:VIT_B_32",
+        "tiny-clip": "bench.backbones.loader:TINY_CLIP",
+        "RN50": "bench.backbones.loader:RN50",
+        "RN101": "bench.backbones.loader:RN101",
+        "ViT-B-32": "bench.backbones.loader:VIT_B_32",
     },
 )
 
@@ -193,7 +196,7 @@ def create_method(name: str, config, backbone, data, device):
     whose towers the method cannot read (read from the built model: an ``hf-hub:`` config is known only once loaded)
     fails here, before anything is built."""
     from bench.errors import ConfigError
-    from bench.openclip_models import model_towers, unsupported
+    from bench.backbones.openclip import model_towers, unsupported
 
     cls = METHODS.get(name)
     reason = unsupported(cls, *model_towers(backbone.model, backbone.tokenizer))

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-reference", type=Path, help="Write the cross-machine reference here.")
     args = parser.parse_args(argv)
     from bench import __version__
-    from bench.crosscheck import METRICS, SPLITS, table_of
+    from bench.workflows.crosscheck import METRICS, SPLITS, table_of
 
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     if names[0] != "default":

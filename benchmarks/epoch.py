@@ -10,7 +10,7 @@ the project's defaults (default ``intclip-official``, the released code's model)
   (a) from the JPEG files, as the official code loads them: a torch DataLoader with ``--workers`` processes, each
       image fully decoded and resized to S x S with PIL every epoch, pinned batches, then the engine's step;
   (b) from the decoded cache: ``bench.datasets.images.materialize`` builds it once (timed separately: a one-time
-      cost per dataset and size, shared by every run), then ``bench.engine.train_epoch``, exactly what
+      cost per dataset and size, shared by every run), then ``bench.train.engine.train_epoch``, exactly what
       ``bench run`` executes (memory-mapped batches gathered and pinned ahead by a background thread);
   also the model step alone on a batch already on the device (the bound for both).
 
@@ -117,11 +117,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from bench.tools import reference_step as speed
-    from bench.backbones import load_backbone
+    from bench.backbones.loader import load_backbone
     from bench.datasets.base import Split
     from bench.datasets.images import Listing, materialize
-    from bench.devices import resolve_device
-    from bench.engine import RunContext, train_epoch
+    from bench.train.devices import resolve_device
+    from bench.train.engine import RunContext, train_epoch
     from bench.registry import BACKBONES, METHODS
 
     device = resolve_device(args.device)

@@ -3,7 +3,7 @@
 With ``[ray.resources.<method>] gpu = 1/k``, Ray runs k trials on one GPU: it gives each the same GPU id and
 leaves memory and compute to the processes (the fraction is bookkeeping only). So this benchmark runs k training
 processes on one device directly (no Ray needed: the device machine has no Ray wheel), each the project's training
-step (``bench.engine.train_step`` through ``bench.tools.reference_step.ProjectTrainer``) on random weights and a
+step (``bench.train.engine.train_step`` through ``bench.tools.reference_step.ProjectTrainer``) on random weights and a
 random batch already on the device, started together behind a barrier. It prints, per method and k:
 
   per-trial img/s     each process's own images per second (mean over the k processes)
@@ -35,7 +35,7 @@ def _trial(rank: int, method_name: str, args: dict[str, Any], barrier, queue) ->
     """One packed trial: build, warm up, wait for the others, then time ``steps`` training steps."""
     import torch
 
-    from bench.backbones import load_backbone
+    from bench.backbones.loader import load_backbone
     from bench.registry import BACKBONES, METHODS
     from bench.tools import reference_step as speed
 

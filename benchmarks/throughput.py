@@ -5,7 +5,7 @@ one set of random weights (no real weights needed: throughput only), images alre
 
   train      reference step (fp16 autocast on CUDA, 77 text positions with the text tower's weight gradients,
              text recomputed, NCHW, for-loop SGD, ``loss.item()`` every step) vs the project's
-             (``bench.engine.train_step``: bf16 where supported, text truncated at the last EOT and frozen,
+             (``bench.train.engine.train_step``: bf16 where supported, text truncated at the last EOT and frozen,
              channels_last and fused SGD on CUDA, no host sync between steps);
   eval       reference (text recomputed for every batch, scores copied to the host per batch) vs the project's
              (text features once per pass, scores stay on the device);
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from bench.tools import reference_step as speed
-    from bench.devices import resolve_device
+    from bench.train.devices import resolve_device
 
     device = resolve_device(args.device)
     if args.threads:

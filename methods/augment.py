@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import torch
 
-from bench.data import to_device
+from bench.train.batches import to_device
 
 
 class BatchedRandAugment:

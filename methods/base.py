@@ -3,7 +3,7 @@
 A method declares its name, a typed config with defaults from the paper or the official code, the backbones it
 supports, which parameters it trains (explicitly: learnable counts come from this set and equal what the
 optimizer updates), and how images become per-class scores in [0, 1]. Gradient methods are trained by
-:mod:`bench.engine` (``trainer = "engine"``); a method fitted another way (the linear probe) implements
+:mod:`bench.train.engine` (``trainer = "engine"``); a method fitted another way (the linear probe) implements
 :meth:`Method.fit` (``trainer = "fit"``); a method with nothing to train uses ``trainer = "none"``.
 """
 
@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from bench.data import Preprocessing, to_model_input
+from bench.train.batches import Preprocessing, to_model_input
 
 if TYPE_CHECKING:
-    from bench.backbones import Backbone
+    from bench.backbones.loader import Backbone
     from bench.datasets.base import DatasetData
-    from bench.engine import RunContext
+    from bench.train.engine import RunContext
 
 
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -79,7 +79,7 @@ class TrainConfig(MethodConfig):
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
     # precision on CUDA (engine.amp = true): autocast dtype (auto = bf16 where the GPU has it, else fp16) and loss
-    # scaling (auto = a GradScaler for fp16 only); see bench.engine.precision
+    # scaling (auto = a GradScaler for fp16 only); see bench.train.engine.precision
     autocast: Literal["auto", "bf16", "fp16", "off"] = "auto"
     loss_scaling: Literal["auto", "on", "off"] = "auto"
 
@@ -91,7 +91,7 @@ class Method(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     trainer: ClassVar[Literal["engine", "fit", "none"]] = "engine"
     supported_backbones: ClassVar[tuple[str, ...]] = ("*",)  # backbone name patterns (fnmatch)
-    # What the method reads of the CLIP model, checked by tower, not by name (bench.openclip_models): the image towers
+    # What the method reads of the CLIP model, checked by tower, not by name (bench.backbones.openclip): the image towers
     # whose features it takes ("resnet": open_clip's ModifiedResNet, "vit": its VisionTransformer pooled on the class
     # token, "other": timm trunks, attentional pooling, ...), and whether it needs the CLIP class's own text
     # transformer with CLIP's tokenizer (prompt learning on token embeddings, EOT = argmax of the tokens)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from bench.data import to_device
+from bench.train.batches import to_device
 from bench.methods.augment import TrainAugment
 from bench.methods.base import TrainConfig
 

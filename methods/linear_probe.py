@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from pydantic import Field, PositiveFloat
 
-from bench.data import batch_indices, prefetch_batches
+from bench.train.batches import batch_indices, prefetch_batches
 from bench.io import atomic_write
 from bench.methods.base import Method, MethodConfig
 

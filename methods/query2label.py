@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from bench.data import to_device, to_model_input
+from bench.train.batches import to_device, to_model_input
 from bench.methods.augment import BatchedRandAugment
 from bench.methods.base import Method, TrainConfig
 from bench.methods.components import asymmetric_loss_terms

@@ -11,12 +11,12 @@ from typing import get_args
 import numpy as np
 import pandas as pd
 
-from bench import store
+from bench.store import store
 from bench.config import ReportConfig
 from bench.io import atomic_write_bytes
 from bench.reports.significance import format_p, holm_bounds
 from bench.reports.tables import GROUP_KEYS, METRIC_LABELS, main_metric
-from bench.schema import RunResult
+from bench.store.schema import RunResult
 
 DEFAULTS = ReportConfig()  # the declared reference (the paper's method, intclip), the test and alpha of bench.toml's [report]
 TESTS = get_args(ReportConfig.model_fields["test"].annotation)

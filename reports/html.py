@@ -22,7 +22,7 @@ from bench.reports.latex import params_text
 from bench.reports.layout import PRIMARY, PaperTable
 from bench.reports.significance import format_p
 from bench.reports.tables import GROUP_KEYS
-from bench.schema import RunResult
+from bench.store.schema import RunResult
 
 def _environment() -> jinja2.Environment:
     loader = jinja2.FunctionLoader(lambda name: resources.files("bench.reports").joinpath("templates", name).read_text())

@@ -17,7 +17,7 @@ import pandas as pd
 
 from bench.reports.escape import PLOT_RC, clean
 from bench.reports.tables import METHOD_ORDER, METRIC_LABELS
-from bench.schema import RunResult
+from bench.store.schema import RunResult
 
 # matplotlib's tab10, then tab20's light shades: 20 methods before a colour repeats
 PALETTE = (

@@ -19,7 +19,7 @@ from bench.io import atomic_write_bytes
 from bench.reports import layout
 from bench.reports import plots
 from bench.reports.html import render_page, slug
-from bench.schema import RunResult
+from bench.store.schema import RunResult
 
 HISTORY = "history"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import store
+from bench.store import store
 from bench.errors import CorruptResultError
 from bench.reports import escape
-from bench.schema import MULTICLASS_METRICS, RunResult
+from bench.store.schema import MULTICLASS_METRICS, RunResult
 
 TABLE_METRICS = {"multilabel": ("macro_f1", "micro_f1", "samples_f1", "mAP"), "multiclass": MULTICLASS_METRICS}
 METRIC_LABELS = {
@@ -45,7 +45,7 @@ IDENTITY_KEYS = ["method_name", "method_version", "config_id", "weights_id", "tu
 def load_results(results: Path) -> tuple[list[RunResult], list[CorruptResultError]]:
     """Every valid record under ``results`` and the errors of the invalid ones: a record whose scores.npz is
     missing, damaged, unreadable or not finite, or whose metrics do not recompute from its scores
-    (:func:`bench.store.iter_checked`), is skipped, never ranked, and the report does not crash."""
+    (:func:`bench.store.store.iter_checked`), is skipped, never ranked, and the report does not crash."""
     good, bad = [], []
     for _, rec in store.iter_checked(results):
         (bad if isinstance(rec, CorruptResultError) else good).append(rec)

@@ -72,6 +72,6 @@ def _trust_handpicked_metrics(request, monkeypatch):
     module = request.module
     if module.__name__.endswith("test_hostile_records") or "make_run" not in Path(module.__file__).read_text():
         return
-    from bench import store
+    from bench.store import store
 
     monkeypatch.setattr(store, "RECOMPUTE_METRICS", False)

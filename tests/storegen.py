@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import metrics, store
-from bench.schema import MULTILABEL_METRICS, RunResult
+from bench import metrics
+from bench.store import store
+from bench.store.schema import MULTILABEL_METRICS, RunResult
 
 N_TEST, N_VAL, N_CLASSES = 60, 40, 5
 

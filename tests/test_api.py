@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 import bench
-from bench import store
-from bench.cli import app
+from bench.store import store
+from bench.cli.app import app
 from tests.storegen import make_run
 
 

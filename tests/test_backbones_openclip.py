@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bench.backbones import (
+from bench.backbones.loader import (
     RN101,
     VIT_B_32,
     architecture,
@@ -23,10 +23,10 @@ from bench.backbones import (
     spec_towers,
     weights_identity,
 )
-from bench.cli import _load, app
+from bench.cli.app import _load, app
 from bench.config import backbone_key, configured_backbone, load_config, split_key
 from bench.errors import ConfigError, UnknownNameError, WeightsNotFoundError
-from bench.params import placeholder_task
+from bench.backbones.params import placeholder_task
 from bench.registry import BACKBONES, METHODS, create_method
 
 VIT, VIT_QG, RN = "bench-test-tiny-vit", "bench-test-tiny-vit-quickgelu", "bench-test-tiny-rn"
@@ -146,7 +146,7 @@ def test_pretrained_flag_is_a_recorded_override_of_the_backbone_in_use(tiny_mode
 
 
 def _planned(cfg):
-    from bench.plan import plan_suite
+    from bench.pipeline.plan import plan_suite
 
     return plan_suite(cfg)[0]
 
@@ -239,7 +239,7 @@ def test_hf_hub_repo_loads_offline_from_the_cache_with_its_hash(hub_cache, repo,
 
 
 def test_a_missing_hub_repo_fails_fast_naming_it(hub_cache, write_config):
-    from bench.plan import backbone_image_size
+    from bench.pipeline.plan import backbone_image_size
 
     name = "hf-hub:bench-test/missing"
     with pytest.raises(WeightsNotFoundError, match=r"^hf-hub:bench-test/missing: its open_clip_config.json is not in the Hugging Face cache"):
@@ -272,7 +272,7 @@ def test_a_tag_loads_from_the_cache_with_the_hash_of_the_file_open_clip_read(hub
 
 
 def test_tune_refuses_an_unsupported_pair_before_it_decodes_anything(tiny_models, write_config, monkeypatch, tmp_path):
-    from bench import tune
+    from bench.pipeline import tune
 
     monkeypatch.setattr(tune, "load_dataset", lambda *a, **k: pytest.fail("the dataset was loaded"))
     cfg = load_config(write_config(methods=("dualcoop",)), {"suite.backbone": VIT, backbone_key(VIT): "none"})

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from bench import metrics, store
-from bench.cli import app
+from bench import metrics
+from bench.store import store
+from bench.cli.app import app
 from bench.errors import ConfigError
 from bench.registry import METHODS
 
@@ -66,7 +67,7 @@ def test_run_writes_complete_records_consistent_with_their_scores(finished_suite
     prior = by_method["label-prior"]
     scores = store.read_scores(tmp_path / "results" / "runs" / prior["run_id"])
     from bench.config import load_config
-    from bench.plan import load_dataset
+    from bench.pipeline.plan import load_dataset
 
     train_labels = load_dataset(load_config(finished_suite), "synthetic", 96).splits["train"].labels
     np.testing.assert_allclose(scores["test_scores"], np.tile(train_labels.mean(0), (48, 1)), atol=1e-6)
@@ -203,18 +204,18 @@ def test_cuda_asked_on_a_machine_without_it_fails_every_run_clearly_and_run_stil
 def test_out_of_gpu_memory_is_its_own_error_saying_what_to_change(write_config, tmp_path, monkeypatch):
     import torch
 
-    import bench.engine
+    import bench.train.engine
     from bench.config import load_config
     from bench.errors import GPUOutOfMemoryError
-    from bench.plan import plan_suite
-    from bench.runner import execute_run
+    from bench.pipeline.plan import plan_suite
+    from bench.pipeline.runner import execute_run
 
     def oom(*_args, **_kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
 
     cfg = load_config(write_config(methods=("dualcoop",), seeds=(0,)), {"ray.resources": {"dualcoop": {"cpu": 1, "gpu": 0.25}}})
     (plan,), datasets = plan_suite(cfg)
-    monkeypatch.setattr(bench.engine, "run_method", oom)
+    monkeypatch.setattr(bench.train.engine, "run_method", oom)
     with pytest.raises(GPUOutOfMemoryError) as err:
         execute_run(plan, datasets[plan.data], cfg, log=lambda *_: None)
     message = str(err.value)

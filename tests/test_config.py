@@ -159,7 +159,7 @@ def test_cli_paths_are_taken_as_paths_not_toml(tmp_path: Path, monkeypatch):
     """Was: --data-root and --site were quoted into a TOML string: a quote broke it and a backslash-t became a TAB."""
     from typer.testing import CliRunner
 
-    from bench.cli import app
+    from bench.cli.app import app
 
     odd = tmp_path / 'we"ird\\tdir'
     odd.mkdir()
@@ -167,9 +167,9 @@ def test_cli_paths_are_taken_as_paths_not_toml(tmp_path: Path, monkeypatch):
     res = CliRunner().invoke(app, ["leaderboard", "--no-run", "--results", str(tmp_path / "results"), "--site", str(odd / "site")])
     assert res.exit_code == 0, res.output
     assert (odd / "site" / "index.html").is_file()
-    import bench.cli as cli
+    import bench.cli.app as cli
 
     seen = {}
-    monkeypatch.setattr("bench.suite.run_suite", lambda cfg, *a, **k: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(SystemExit(0)))
+    monkeypatch.setattr("bench.pipeline.suite.run_suite", lambda cfg, *a, **k: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(SystemExit(0)))
     CliRunner().invoke(cli.app, ["run", "--dataset", "intentonomy", "--data-root", str(odd), "--executor", "serial"])
     assert seen["cfg"].paths.data["intentonomy"] == odd.resolve()

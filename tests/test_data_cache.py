@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.cli_data import data_app  # noqa: E402
+from bench.cli.data import data_app  # noqa: E402
 from bench.datasets import manifest as manifest_mod  # noqa: E402  (scan_file looks decode_image up there)
 from bench.datasets.emotion import FI, EmotionROI  # noqa: E402
 from bench.datasets.images import (  # noqa: E402

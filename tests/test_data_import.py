@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.cli_data import data_app  # noqa: E402
+from bench.cli.data import data_app  # noqa: E402
 from bench.datasets import importers  # noqa: E402
 from bench.datasets.emotion import FI, EmotionROI  # noqa: E402
 from bench.datasets.images import Manifest  # noqa: E402

@@ -202,7 +202,7 @@ max_iter = 50
 def test_bench_run_end_to_end(tmp_path):
     """40 train and the first 120 val / 120 test images of the real files: the full splits cost ~40 s of CPU
     inference on 2 cores and add nothing that the tests above do not check."""
-    from bench.cli import app
+    from bench.cli.app import app
 
     root = build_root(tmp_path / "data", keep=120)
     train = json.loads((root / "annotations" / "intentonomy_train2020.json").read_text())["images"]
@@ -230,7 +230,7 @@ def test_official_preprocessing_reads_the_released_codes_resize(tmp_path):
     bilinear on the full decode); the other methods keep the configured decode; each copy is its own cache and the
     run ids say which one."""
     from bench.config import load_config
-    from bench.plan import plan_suite
+    from bench.pipeline.plan import plan_suite
     from bench.datasets.images import decode_image
 
     root = build_root(tmp_path / "data", n_train=8, keep=8)

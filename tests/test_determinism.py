@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import store
+from bench.store import store
 from bench.config import load_config
 
 METHODS = ("dualcoop", "intclip", "query2label")
@@ -40,8 +40,8 @@ def _assert_identical(a: dict, b: dict, what: str) -> None:
 
 
 def _run_in_process(cfg_path: Path, results: Path) -> None:
-    from bench.plan import plan_suite
-    from bench.runner import execute_run
+    from bench.pipeline.plan import plan_suite
+    from bench.pipeline.runner import execute_run
 
     cfg = load_config(cfg_path, {"paths.results": str(results)})
     plans, data = plan_suite(cfg)
@@ -90,7 +90,7 @@ def test_fresh_process_and_ray_with_a_reused_worker_give_identical_scores(write_
 
 
 def test_a_run_with_a_deterministic_method_is_planned_once_and_its_scores_repeat(write_config, tmp_path: Path):
-    from bench.plan import plan_suite
+    from bench.pipeline.plan import plan_suite
 
     cfg = load_config(write_config(methods=("zeroshot", "dualcoop"), seeds=(0, 1, 2)))
     plans, _ = plan_suite(cfg)
@@ -101,7 +101,7 @@ def test_a_run_with_a_deterministic_method_is_planned_once_and_its_scores_repeat
 
 
 def test_deterministic_flag_turns_on_torch_deterministic_algorithms(write_config, tmp_path: Path):
-    from bench.engine import configure_determinism
+    from bench.train.engine import configure_determinism
 
     try:
         configure_determinism(torch.device("cpu"), True)

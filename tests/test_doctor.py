@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench import doctor  # noqa: E402
-from bench.cli import app  # noqa: E402
+from bench.workflows import doctor  # noqa: E402
+from bench.cli.app import app  # noqa: E402
 from bench.config import load_config  # noqa: E402
-from bench.weights import weights_status  # noqa: E402
+from bench.backbones.weights import weights_status  # noqa: E402
 from test_backbones_openclip import REV, VIT, hub_cache, tiny_models  # noqa: E402,F401  (fixtures)
 from test_data_cache import make_emotionroi, make_fi  # noqa: E402
 
@@ -118,7 +118,7 @@ def test_doctor_checks_devices_and_the_cluster_request(tmp_path, no_caches):
 
 
 def test_the_paper_plan_counts_every_run_once(tmp_path, no_caches):
-    from bench.reproduce import INTCLIP_ECCV2024, make_plan
+    from bench.workflows.reproduce import INTCLIP_ECCV2024, make_plan
 
     plan = make_plan(None, INTCLIP_ECCV2024, None, "paper", {"paths.results": str(tmp_path / "results")})
     # Table 1: 3 deterministic + 4 x 3 seeds on RN101, zero-shot + 3 IntCLIP on ViT-B/32; Tables 2-5: 3 + 1 + 5 + 2

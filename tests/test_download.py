@@ -36,7 +36,7 @@ from typer.testing import CliRunner
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import bench  # noqa: E402  (after the environment is set)
-from bench.download import USER_AGENT, DownloadError, TokenBucket, backoff_delay, retry_after_seconds, rewrite_url  # noqa: E402
+from bench.datasets.download import USER_AGENT, DownloadError, TokenBucket, backoff_delay, retry_after_seconds, rewrite_url  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "intentonomy"
@@ -227,7 +227,7 @@ def server():
 
 
 def invoke(argv: list[str], **kw):
-    from bench.cli import app
+    from bench.cli.app import app
 
     return CliRunner().invoke(app, argv, **kw)
 
@@ -567,7 +567,7 @@ def test_an_endless_body_is_cut_at_the_default_limit(server, tmp_path):
 ENDLESS_CLIENT = """
 import json, sys
 from pathlib import Path
-from bench.download import Item, Options, download_all
+from bench.datasets.download import Item, Options, download_all
 root, base = Path(sys.argv[1]), sys.argv[2]
 items = [Item("val", n, f"{base}/photo-{n}?q=30", f"low/{n}.jpg") for n in sys.argv[3:]]
 outcomes = download_all(root, items, Options(workers=len(items), rate=0, timeout=5, retries=3, backoff=0.05))
@@ -578,7 +578,7 @@ print(json.dumps({"peak_kb": peak_kb, "outcomes": [[o.item.id, o.state, o.reason
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_memory_stays_bounded_while_four_workers_read_endless_bodies(server, tmp_path):
-    """The download itself (bench.download; the CLI's own peak is checked above): 4 workers on 4 endless
+    """The download itself (bench.datasets.download; the CLI's own peak is checked above): 4 workers on 4 endless
     bodies at the default 50 MB limit peak far below 300 MB of RSS and give up at once. The peak is the child's
     VmHWM (its own, from exec on: wait4's ru_maxrss would count the forking pytest's pages)."""
     names = [f"endless-m{i}" for i in range(4)]

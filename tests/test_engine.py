@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bench.datasets.base import ClassInfo, DatasetData, Split
-from bench.engine import CHECKPOINT, RunContext, predict_split, run_method
+from bench.train.engine import CHECKPOINT, RunContext, predict_split, run_method
 from bench.errors import TrainingDivergedError
 from bench.methods.base import Method, TrainConfig
 
@@ -101,7 +101,7 @@ def test_best_epoch_is_selected_on_val_and_restored(tmp_path):
     metrics = [r["selection_metric"] for r in reports]
     assert out.best_epoch == int(np.argmax(metrics))
     assert all(h["selection_split"] == "val" for h in out.history)
-    from bench.engine import selection_metric
+    from bench.train.engine import selection_metric
 
     # the restored state reproduces the best epoch's val metric
     val = toy_data().splits["val"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bench import store
-from bench.cli import app
+from bench.store import store
+from bench.cli.app import app
 from bench.reports import escape
 from tests.storegen import make_run
 
@@ -208,7 +208,7 @@ def test_terminal_tables_carry_no_control_character(tmp_path):
 
     from rich.console import Console
 
-    from bench import console_tables
+    from bench.cli import console as console_tables
     from bench.reports import tables
 
     records, bad = tables.load_results(_control_store(tmp_path))

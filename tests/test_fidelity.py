@@ -4,9 +4,9 @@ backbone-specific method settings."""
 import pytest
 import torch
 
-from bench.backbones import RN50, RN101, TINY_CLIP, VIT_B_32, activation, architecture, load_backbone
+from bench.backbones.loader import RN50, RN101, TINY_CLIP, VIT_B_32, activation, architecture, load_backbone
 from bench.config import load_config
-from bench.engine import precision
+from bench.train.engine import precision
 from bench.registry import METHODS
 
 
@@ -80,7 +80,7 @@ def test_batched_cutout_draws_what_pil_cutout_draws_with_the_same_centres_and_co
 
 
 def test_prompt_methods_augment_training_batches_only():
-    from bench.params import placeholder_task
+    from bench.backbones.params import placeholder_task
 
     data = placeholder_task(3)
     torch.manual_seed(0)

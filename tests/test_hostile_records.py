@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from bench import store
-from bench.cli import app
+from bench.store import store
+from bench.cli.app import app
 from tests.storegen import make_run
 
 runner = CliRunner()
@@ -181,7 +181,7 @@ def _emotionroi(root: Path) -> list[str]:
 PEAK = """
 import resource, sys
 from typer.testing import CliRunner
-from bench.cli_data import data_app
+from bench.cli.data import data_app
 res = CliRunner().invoke(data_app, ["verify", "--dataset", "emotionroi", "--root", sys.argv[1], "--set",
                                     f'paths.cache="{sys.argv[2]}"', "--no-progress", "--workers", "1"])
 print(res.exit_code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)

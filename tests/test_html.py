@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bench.cli import app
+from bench.cli.app import app
 from storegen import make_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -24,9 +24,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.backbones import TINY_CLIP, BackboneSpec, load_backbone
-from bench.engine import RunContext, train_step
-from bench.params import placeholder_task
+from bench.backbones.loader import TINY_CLIP, BackboneSpec, load_backbone
+from bench.train.engine import RunContext, train_step
+from bench.backbones.params import placeholder_task
 from bench.registry import METHODS
 
 CPU = torch.device("cpu")

@@ -64,10 +64,10 @@ def test_sigkill_then_rerun_resumes_from_checkpoint(write_config, tmp_path: Path
     assert not list(runs.glob("*/checkpoint.pt"))  # removed once the result landed
 
     # the resumed run's scores are bit-identical to an uninterrupted run's (a fresh results folder, in this process)
-    from bench import store
+    from bench.store import store
     from bench.config import load_config
-    from bench.plan import plan_suite
-    from bench.runner import execute_run
+    from bench.pipeline.plan import plan_suite
+    from bench.pipeline.runner import execute_run
 
     fresh = load_config(cfg, {"paths.results": str(tmp_path / "uninterrupted")})
     plans, data = plan_suite(fresh)

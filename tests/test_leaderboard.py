@@ -8,8 +8,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from bench import store
-from bench.cli import app
+from bench.store import store
+from bench.cli.app import app
 from storegen import make_run
 
 LB = [

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.backbones import load_backbone
+from bench.backbones.loader import load_backbone
 from bench.methods.components import asymmetric_loss, encode_prompts, region_aggregation, warmup_cosine
 from bench.methods.intclip import AddFusion, SightAssistedAggregation
 from bench.registry import BACKBONES
@@ -118,7 +118,7 @@ def test_warmup_cosine_is_dassls_constant_warmup_around_cosine_annealing():
 
 def test_linear_probe_cached_feature_scores_equal_a_pass_over_the_images(tmp_path):
     from bench.datasets.synthetic import SyntheticIntentions
-    from bench.engine import RunContext, predict_split, run_method
+    from bench.train.engine import RunContext, predict_split, run_method
     from bench.methods.linear_probe import LinearProbe
 
     cfg = SyntheticIntentions.Config(n_train=64, n_val=32, n_test=32)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from bench.cli import app
+from bench.cli.app import app
 from bench.reports import layout
 from bench.reports.escape import UNICODE_SYMBOLS, render_caption
 from bench.reports.latex import METRIC_SPEC, to_latex
@@ -146,7 +146,7 @@ def test_table_6b_has_the_papers_rows_beside_the_reproduced_one(tmp_path):
 
 
 def test_reproduce_plans_table_6b_with_the_runs_of_table_1(tmp_path):
-    from bench.reproduce import INTCLIP_ECCV2024, Job, make_plan
+    from bench.workflows.reproduce import INTCLIP_ECCV2024, Job, make_plan
 
     assert Job("6b", ("intclip",), ("intentonomy",), "ViT-B-32") in INTCLIP_ECCV2024.jobs and "6b" in INTCLIP_ECCV2024.tables
     results = {"paths.results": str(tmp_path / "results")}

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from bench.progress import EtaColumn, Output, SearchBoard, duration, live_wanted, short_params, suite_board
+from bench.pipeline.progress import EtaColumn, Output, SearchBoard, duration, live_wanted, short_params, suite_board
 
 
 class Clock:
@@ -116,7 +116,7 @@ def test_finished_rows_linger_then_leave_and_errors_show():
 
 
 def test_suite_view_without_live_progress_prints_one_line_per_event_and_pickles():
-    from bench.ray_executor import SuiteView
+    from bench.ray.executor import SuiteView
 
     clock = Clock()
     console = Console(record=True, width=100, file=io.StringIO())
@@ -157,7 +157,7 @@ def test_live_output_draws_the_board_and_stops():
 
 
 def test_search_view_shows_each_trial_as_it_reports():
-    from bench.ray_search import FINISHED, SearchView
+    from bench.ray.search import FINISHED, SearchView
 
     clock = Clock()
     console = Console(record=True, width=100, file=io.StringIO())
@@ -206,7 +206,7 @@ def test_the_serial_progress_carries_the_eta_column():
 
 def test_serial_suite_without_live_progress_logs_epochs_with_the_eta(write_config):
     from bench.config import load_config
-    from bench.suite import run_suite
+    from bench.pipeline.suite import run_suite
 
     cfg = load_config(write_config(methods=("dualcoop",), seeds=(0,), epochs=2))
     console = Console(record=True, width=200, file=io.StringIO())
@@ -236,7 +236,7 @@ def _store(tmp_path: Path) -> Path:
 
 
 def test_the_final_table_fits_100_columns_and_no_number_wraps(tmp_path, monkeypatch):
-    from bench import cli
+    from bench.cli import app as cli
     from bench.reports import tables
 
     results = _store(tmp_path)
@@ -279,7 +279,7 @@ def test_a_ray_suite_logs_its_trials_and_no_token_banner(write_config, tmp_path:
 def test_the_banner_filter_drops_only_that_notice():
     import logging
 
-    from bench import ray_executor
+    from bench.ray import executor as ray_executor
 
     ray_executor.quiet_startup()
     ray_executor.quiet_startup()  # once

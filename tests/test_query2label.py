@@ -16,10 +16,10 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from bench.backbones import load_backbone
-from bench.data import to_model_input
+from bench.backbones.loader import load_backbone
+from bench.train.batches import to_model_input
 from bench.datasets.base import ClassInfo, DatasetData, Split
-from bench.engine import CHECKPOINT, RunContext, run_method
+from bench.train.engine import CHECKPOINT, RunContext, run_method
 from bench.errors import WeightsNotFoundError
 from bench.methods.query2label import (
     IMAGENET_MEAN,
@@ -381,7 +381,7 @@ def test_bench_params_builds_query2label_offline_with_random_weights():
 
     from typer.testing import CliRunner
 
-    from bench.cli import app
+    from bench.cli.app import app
 
     res = CliRunner().invoke(app, ["params", "--methods", "query2label", "--backbone", "RN101", "--num-classes", "28", "--format", "json"])
     assert res.exit_code == 0, res.output

@@ -111,7 +111,7 @@ def test_existing_cluster_on_loopback(write_config, tmp_path: Path):
 
 
 def test_storage_path_must_be_absolute(tmp_path: Path):
-    from bench.ray_executor import storage_path
+    from bench.ray.executor import storage_path
 
     cfg = load_config(None, {"ray.storage_path": "relative/dir"})
     with pytest.raises(ConfigError, match="must be an absolute path"):
@@ -123,7 +123,7 @@ def test_preflight_refuses_a_request_no_node_can_hold(monkeypatch):
     """Was: gpu = 4 on a 2-GPU cluster waited forever. Now it exits 2 before any trial, naming what is missing."""
     import ray
 
-    from bench import ray_executor
+    from bench.ray import executor as ray_executor
 
     nodes = [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 2.0, "accel": 1.0}},
              {"Alive": True, "Resources": {"CPU": 64.0}}, {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 8.0}}]
@@ -140,7 +140,7 @@ def test_auto_address_refuses_when_several_clusters_run(monkeypatch):
     """Was: `--ray-address auto` attached to the latest of several clusters (maybe someone else's)."""
     import ray._private.services as services
 
-    from bench.ray_executor import resolve_address
+    from bench.ray.executor import resolve_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(services, "find_gcs_addresses", lambda: frozenset({"127.0.0.1:6379", "127.0.0.1:6380"}))

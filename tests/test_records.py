@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bench import metrics, store
-from bench.cli import app
+from bench import metrics
+from bench.store import store
+from bench.cli.app import app
 from bench.config import DEFAULT_CONFIG, load_config
 from bench.reports import tables
-from bench.schema import SCHEMA_VERSION, RunResult, json_schema, migrate, unknown_keys
+from bench.store.schema import SCHEMA_VERSION, RunResult, json_schema, migrate, unknown_keys
 from tests.storegen import make_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def test_builtin_defaults_are_the_repository_bench_toml_whole(tmp_path, monkeypa
 
 
 def test_same_run_id_from_any_folder(tmp_path, monkeypatch):
-    from bench.plan import plan_suite
+    from bench.pipeline.plan import plan_suite
 
     over = {"suite.methods": ["dualcoop", "intclip-official", "query2label"], "suite.seeds": [0], "paths.cache": str(tmp_path / "cache")}
     monkeypatch.chdir(REPO)
@@ -95,7 +96,7 @@ def test_a_newer_record_this_version_cannot_read_is_left_alone(tmp_path):
     (run_dir / store.RESULT).write_text(raw)
     status, reason = store.run_status(run_dir)
     assert status == "newer" and "newer bench" in reason
-    from bench.plan import PlannedRun, triage
+    from bench.pipeline.plan import PlannedRun, triage
     from rich.console import Console
 
     plan = PlannedRun(run_dir.name, "intclip", "intentonomy", 0, "RN101", {}, run_dir)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import store
+from bench.store import store
 from bench.errors import ConfigError, CorruptResultError, UnknownNameError
 from bench.registry import METHODS, Registry
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from bench.cli import app
+from bench.cli.app import app
 from bench.reports import compare, layout, tables
 from bench.reports.latex import escape, to_latex
 from storegen import make_run
@@ -295,7 +295,7 @@ def test_reports_and_the_site_never_import_torch(tmp_path):
     code = f"""
 import sys
 from typer.testing import CliRunner
-from bench.cli import app
+from bench.cli.app import app
 runner = CliRunner()
 for fmt in ("md", "csv", "latex", "html"):
     assert runner.invoke(app, ["report", "--results", r"{results}", "--format", fmt, "--bootstrap", "20", "--out", r"{tmp_path}/r." + fmt]).exit_code == 0
@@ -350,7 +350,7 @@ def test_a_new_method_lands_in_the_family_it_declares_and_datasets_choose_their_
 def test_latex_is_paper_ready_in_a_two_column_article(tmp_path):
     """Was: registry slugs as names, "± 0.00" on single runs, "0.00" M for the linear probe, narrow tables scaled up
     by \\resizebox, and the \\input version 88.8 pt too wide for a two-column 10 pt article (the Δ column fell off)."""
-    from bench import store
+    from bench.store import store
 
     results = tmp_path / "results"
     names = {"intclip": "IntCLIP", "intclip-official": "IntCLIP (released code)", "dualcoop": "DualCoOp",
@@ -488,7 +488,7 @@ def test_learnable_parameters_print_as_a_paper_prints_them():
 def test_every_paper_table_fits_a_two_column_article(tmp_path):
     """Table 1, the four ablation tables and Table 6a, with the paper's rows and Δ, all `\\input` into a two-column
     10 pt article: pdflatex reports no overfull box and no float too large, and each table is in the PDF."""
-    from bench import store
+    from bench.store import store
     from bench.reports.paper import ABLATIONS
 
     results = tmp_path / "results"

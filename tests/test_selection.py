@@ -1,5 +1,5 @@
 """Val selections with a tie rule (bench.selection), their records, their flags in reports, their stability under
-float noise, and the cross-machine check (bench.crosscheck, `bench crosscheck`)."""
+float noise, and the cross-machine check (bench.workflows.crosscheck, `bench crosscheck`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bench import crosscheck, store
-from bench.cli import app
+from bench.workflows import crosscheck
+from bench.store import store
+from bench.cli.app import app
 from bench.reports import tables
-from bench.schema import SelectionRecord
+from bench.store.schema import SelectionRecord
 from bench.selection import TOLERANCE, epoch_selection, fragile_selections, select
 from storegen import make_run
 
@@ -181,7 +182,7 @@ def test_tune_chooses_the_earliest_trial_within_the_tolerance(tmp_path):
     """The refit's config: trial 0 (the paper's defaults) wins a near-tie with a later, nominally better trial."""
     import pandas as pd
 
-    from bench.ray_search import _summarise
+    from bench.ray.search import _summarise
 
     class Result:
         def __init__(self, lr, values):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bench import store
-from bench.cli import app
+from bench.store import store
+from bench.cli.app import app
 from bench.reports import tables
 from tests.storegen import make_run
 
@@ -144,7 +144,7 @@ def test_planted_pickles_in_caches_are_refused_and_rebuilt(tmp_path):
 
 
 def test_a_planted_pickle_in_the_probe_feature_cache_is_replaced(tmp_path):
-    from bench.backbones import TINY_CLIP, load_backbone
+    from bench.backbones.loader import TINY_CLIP, load_backbone
     from bench.datasets.synthetic import SyntheticIntentions
     from bench.registry import METHODS, create_method
 
@@ -167,7 +167,7 @@ def _suite_in_a_process(config: str, queue) -> None:
     from rich.console import Console
 
     from bench.config import load_config
-    from bench.suite import run_suite
+    from bench.pipeline.suite import run_suite
 
     _os.chdir(Path(config).parent)
     outcome = run_suite(load_config(config), Console(stderr=True, quiet=True))
@@ -206,8 +206,8 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(write_config, tmp_path):
     from rich.console import Console
 
     from bench.config import load_config
-    from bench.plan import plan_suite
-    from bench.suite import run_suite
+    from bench.pipeline.plan import plan_suite
+    from bench.pipeline.suite import run_suite
 
     config = write_config(methods=("label-prior",), seeds=(0,))
     os.chdir(config.parent)
@@ -219,7 +219,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(write_config, tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "True"
-        from bench import locks
+        from bench.store import locks
 
         assert locks.try_lock(plan.run_dir) is None and f"pid {holder.pid}" in locks.owner(plan.run_dir)
         os.kill(holder.pid, signal.SIGKILL)
@@ -241,7 +241,7 @@ def test_leaderboard_regenerations_take_turns(tmp_path):
     from rich.console import Console
 
     from bench.config import load_config
-    from bench.leaderboard import run_leaderboard
+    from bench.workflows.leaderboard import run_leaderboard
 
     results = tmp_path / "results"
     make_run(results, "intclip", 0, dataset="synthetic", backbone="tiny-clip")
@@ -322,7 +322,7 @@ def test_a_disk_that_fills_mid_suite_then_frees_loses_nothing(write_config, monk
 
     import bench.io
     from bench.config import load_config
-    from bench.suite import run_suite
+    from bench.pipeline.suite import run_suite
 
     config = write_config(methods=("dualcoop", "linear-probe"), seeds=(0, 1), epochs=3)
     monkeypatch.chdir(config.parent)
@@ -362,7 +362,7 @@ def test_too_little_free_space_is_refused_before_training(write_config, monkeypa
     from rich.console import Console
 
     from bench.config import load_config
-    from bench.suite import run_suite
+    from bench.pipeline.suite import run_suite
 
     config = write_config(methods=("dualcoop",), seeds=(0,), epochs=2)
     monkeypatch.chdir(config.parent)
@@ -380,11 +380,11 @@ def test_a_trial_whose_suite_is_gone_writes_nothing(write_config, monkeypatch):
     import subprocess
     import sys
 
-    from bench import locks
+    from bench.store import locks
     from bench.config import load_config
     from bench.errors import OrphanedRunError
-    from bench.plan import plan_suite
-    from bench.runner import execute_run
+    from bench.pipeline.plan import plan_suite
+    from bench.pipeline.runner import execute_run
 
     config = write_config(methods=("dualcoop",), seeds=(0,), epochs=2)
     monkeypatch.chdir(config.parent)

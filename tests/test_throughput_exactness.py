@@ -1,7 +1,7 @@
 """Every speed optimisation preserves the math (CPU, tiny models): truncated vs full text features, cached vs
 recomputed eval text features and linear-probe features, fused/foreach vs for-loop optimizers, channels_last,
 batched vs per-image RandAugment, prefetched batches, torch.compile, and a few training steps of the project's
-path (bench.engine.train_step) against the official code's (bench.tools.reference_step.ReferenceTrainer)."""
+path (bench.train.engine.train_step) against the official code's (bench.tools.reference_step.ReferenceTrainer)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from bench.tools import reference_step as speed
-from bench.backbones import load_backbone
-from bench.data import batch_indices, prefetch_batches
+from bench.backbones.loader import load_backbone
+from bench.train.batches import batch_indices, prefetch_batches
 from bench.datasets.base import ClassInfo, DatasetData, Split
-from bench.engine import RunContext, predict_split, train_epoch
+from bench.train.engine import RunContext, predict_split, train_epoch
 from bench.errors import TrainingDivergedError
 from bench.methods.components import PromptLearner, prompt_features
 from bench.registry import BACKBONES, METHODS

@@ -14,7 +14,7 @@ import pytest
 import torch
 from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
 
-from bench import tiny_clip
+from bench.backbones import tiny_clip
 from bench.datasets import scenes as syn
 from bench.tools import pretrain_tiny_clip as program
 from bench.tools import sight

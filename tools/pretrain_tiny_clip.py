@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from bench.datasets import scenes as syn
 from bench.io import atomic_save, atomic_write_text, sha256_file
-from bench.tiny_clip import MODEL_NAME, image_size, load, register, to_input, weights_path
+from bench.backbones.tiny_clip import MODEL_NAME, image_size, load, register, to_input, weights_path
 from bench.tools.sight import caption, format_sight, zero_shot_sight
 
 DEFAULT_STEPS = 900

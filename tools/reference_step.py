@@ -13,7 +13,7 @@ DualCoOp's; ``utils/trainers.py::train_coop``):
 Query2Label's reference is its official loop: fp16 autocast with a GradScaler, a for-loop AdamW and a
 tensor-by-tensor EMA.
 
-The **project path** is what ``bench run`` executes: :func:`bench.engine.train_step` on a method built with its
+The **project path** is what ``bench run`` executes: :func:`bench.train.engine.train_step` on a method built with its
 defaults (text tower truncated at the longest prompt's EOT and frozen, constant text features computed once per
 eval pass, frozen branches under ``no_grad``, bf16 autocast where the GPU has it, channels_last and a fused
 optimizer on CUDA, no host synchronisation between steps).
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from bench.datasets.base import ClassInfo, DatasetData
-from bench.engine import RunContext, autocast, train_step
+from bench.train.engine import RunContext, autocast, train_step
 from bench.methods.base import Method
 
 # What the reference path changes in a method's config (the official code's choices).
@@ -73,7 +73,7 @@ def build_pair(
 ) -> tuple[Method, Method]:
     """(reference, project): the method ``name`` built twice from one set of random weights, the first with the
     official code's settings (:data:`REFERENCE_SETTINGS`), the second with the project's defaults."""
-    from bench.backbones import load_backbone
+    from bench.backbones.loader import load_backbone
     from bench.registry import BACKBONES, METHODS
 
     cls = METHODS.get(name)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from bench.datasets import scenes as syn
 from bench.datasets.scenes import COLOURS, SHAPES, Scene
-from bench.tiny_clip import image_size, to_input
+from bench.backbones.tiny_clip import image_size, to_input
 
 # --------------------------------------------------------------------------------------------------------------
 # Captions (what is visible, never the intentions): the tiny CLIP's pretraining text

@@ -1,0 +1,2 @@
+"""Training one method on one dataset: the shared engine (:mod:`.engine`), its checkpoints, batches and devices.
+"""
