@@ -27,9 +27,9 @@ ReportFormat = Literal["md", "csv", "latex", "html"]
 
 
 def _records(results: Path | str, warn: Callable[[str], None] | None = None) -> list:
-    from bench.reports import tables
+    from bench.store import collection
 
-    records, bad = tables.load_results(Path(results))
+    records, bad = collection.load_results(Path(results))
     for err in bad:
         message = f"skipped {'result' if type(err).__name__ == 'NewerRecordError' else 'corrupt result'}: {err}"
         if warn is None:
@@ -43,18 +43,18 @@ def load_results(results: Path | str = "results") -> pd.DataFrame:
     """Every valid run in the result store at ``results`` as a DataFrame, one row per run: ``run_id``, ``method``,
     ``dataset``, ``backbone``, ``protocol``, ``seed``, parameter counts and every val/test metric (``test_macro_f1``,
     ``val_mAP``, ... as fractions)."""
-    from bench.reports import tables
+    from bench.store import collection
 
-    return tables.results_frame(_records(results))
+    return collection.results_frame(_records(results))
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Per dataset x backbone x protocol x experiment: ``n`` (runs) and the mean, std (ddof=1) and 95% t half-width
     of every metric (``test_macro_f1_mean``, ``..._std``, ``..._ci95``), in the report's row order (what
     `bench report --format csv --bootstrap 0` writes)."""
-    from bench.reports import tables
+    from bench.store import collection
 
-    return tables.summarise(runs)
+    return collection.summarise(runs)
 
 
 def run(
@@ -76,25 +76,19 @@ def run(
     redone. Failed runs are not in the frame; ``frame.attrs["failed"]`` maps their run ids to the error."""
     from rich.console import Console
 
-    from bench.reports import tables
+    from bench.store import collection
     from bench.pipeline.suite import run_suite
 
-    values: dict[str, Any] = dict(overrides or {})
-    for key, value in (("methods", methods), ("seeds", seeds)):
-        if value is not None:
-            values[f"suite.{key}"] = list(value)
-    if dataset is not None:
-        values["suite.datasets"] = [dataset] if isinstance(dataset, str) else list(dataset)
-    if backbone is not None:
-        values["suite.backbone"] = backbone
-    if executor is not None:
-        values["suite.executor"] = executor
-    if results is not None:
-        values["paths.results"] = str(Path(results).resolve())
+    from bench.overrides import command_overrides
+
+    datasets = None if dataset is None else [dataset] if isinstance(dataset, str) else list(dataset)
+    values = command_overrides(results, values=overrides, methods=None if methods is None else list(methods),
+                               datasets=datasets, seeds=None if seeds is None else list(seeds), backbone=backbone,
+                               executor=executor)
     cfg = load_config(config, values)
     outcome = run_suite(cfg, Console(stderr=True, quiet=quiet))
     wanted = {p.run_id for p in outcome.planned}
-    frame = tables.results_frame([r for r in _records(cfg.paths.results) if r.run_id in wanted])
+    frame = collection.results_frame([r for r in _records(cfg.paths.results) if r.run_id in wanted])
     frame.attrs["failed"] = dict(outcome.failed)
     return frame
 
@@ -106,10 +100,11 @@ def report_inputs(results: Path, bootstrap: int = 1000, warn: Callable[[str], No
     significance columns against the declared reference ``ref`` (``test``, see
     :func:`bench.reports.compare.add_significance`) unless ``bootstrap`` is 0 or ``ref`` None: what every report
     renders."""
-    from bench.reports import compare, tables
+    from bench.reports import compare
+    from bench.store import collection
 
     records = [r for r in _records(results, warn) if run_ids is None or r.run_id in run_ids]
-    summary = tables.summarise(tables.results_frame(records))
+    summary = collection.summarise(collection.results_frame(records))
     if bootstrap and ref and not summary.empty:
         summary = compare.add_significance(summary, records, results, bootstrap, reference=ref, test=test, alpha=alpha)
     return records, summary

@@ -18,8 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from bench.errors import ConfigError
+from bench.overrides import set_dotted
 
-PROTOCOLS = ("val-threshold", "intclip-code")
 #: The built-in defaults: the repository's bench.toml, shipped in the package (tests keep the two identical), so a
 #: command run from any folder without a bench.toml runs the same experiment as from the repository.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.toml"
@@ -383,7 +383,7 @@ def _read(path: Path | str | None, overrides: dict[str, Any] | None) -> tuple[Pa
     except UnicodeDecodeError as err:
         raise ConfigError(f"{source}: not UTF-8 text: {err}") from None
     for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     return source, data, builtin
 
 
@@ -396,53 +396,3 @@ def configured_backbone(path: Path | str | None, overrides: dict[str, Any] | Non
         if isinstance(value, str):
             return value
     return SuiteConfig.model_fields["backbone"].default
-
-
-def split_key(key: str) -> list[str]:
-    """A dotted key's parts; a part in double quotes may hold dots (``backbones."ViT-L-14-336".pretrained``)."""
-    return [p[1:-1] if len(p) > 1 and p[0] == p[-1] == '"' else p for p in re.findall(r'"[^"]*"|[^.]+', key)]
-
-
-def backbone_key(name: str, key: str = "pretrained") -> str:
-    """The dotted override key of ``[backbones.<name>]``'s ``key`` (the name quoted when it holds a dot)."""
-    part = f'"{name}"' if "." in name else name
-    return f"backbones.{part}.{key}"
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = split_key(key)
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"cannot set {key!r}: {'.'.join(parts[: i + 1])} is not a table")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Parse a ``--set key.path=value`` flag; the value is read as TOML (``3``, ``[0, 1]``, ``true``,
-    ``"x"``) and falls back to a plain string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set methods.dualcoop.epochs=2")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return key.strip(), value
-
-
-def parse_int_list(text: str, flag: str) -> list[int]:
-    """``"0,1,2"`` -> ``[0, 1, 2]`` with an error naming the flag and the bad value."""
-    out = []
-    for item in (t.strip() for t in text.split(",")):
-        try:
-            out.append(int(item))
-        except ValueError:
-            raise ConfigError(f"{flag}: {item!r} is not an integer (expected e.g. {flag} 0,1,2)") from None
-    return out
-
-
-def parse_name_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]

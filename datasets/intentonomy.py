@@ -39,7 +39,8 @@ ANNOTATION = "intentonomy_{split}2020.json"
 LABEL_VECTORS = "{split}_label_vectors_intentonomy2020.npy"
 
 
-def _class_infos() -> tuple[list[ClassInfo], list[dict[str, Any]]]:
+def class_infos() -> tuple[list[ClassInfo], list[dict[str, Any]]]:
+    """The 28 classes in id order (key, name, HCI sentence, hierarchy) and their rows of the packaged metadata."""
     meta = read_metadata("intentonomy")
     rows = sorted(meta["classes"], key=lambda c: c["id"])
     if [c["id"] for c in rows] != list(range(NUM_CLASSES)):
@@ -71,7 +72,7 @@ class Intentonomy(ImageFileDataset):
     config: Config
 
     def classes(self) -> list[ClassInfo]:
-        return _class_infos()[0]
+        return class_infos()[0]
 
     def _find(self, root: Path, filename: str) -> Path | None:
         for candidate in (root / "annotations" / filename, root / filename):

@@ -15,7 +15,8 @@ from bench.store import store
 from bench.config import ReportConfig
 from bench.io import atomic_write_bytes
 from bench.reports.significance import format_p, holm_bounds
-from bench.reports.tables import GROUP_KEYS, METRIC_LABELS, main_metric
+from bench.reports.tables import METRIC_LABELS
+from bench.store.collection import GROUP_KEYS, main_metric
 from bench.store.schema import RunResult
 
 DEFAULTS = ReportConfig()  # the declared reference (the paper's method, intclip), the test and alpha of bench.toml's [report]

@@ -21,7 +21,7 @@ from bench.reports.escape import UNICODE_SYMBOLS, clean_value, render_caption
 from bench.reports.latex import params_text
 from bench.reports.layout import PRIMARY, PaperTable
 from bench.reports.significance import format_p
-from bench.reports.tables import GROUP_KEYS
+from bench.store.collection import GROUP_KEYS
 from bench.store.schema import RunResult
 
 def _environment() -> jinja2.Environment:

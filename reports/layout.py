@@ -25,7 +25,8 @@ import pandas as pd
 from bench.reports.escape import DAGGER, DELTA, GE, PLUS_MINUS, QUOTE_CLOSE, QUOTE_OPEN, Symbol
 from bench.reports.paper import ABLATIONS, PAPER_DATASET, REFERENCE_FAMILIES, TABLE1_REFERENCE, Ablation, reference_frame  # noqa: F401 (re-exported)
 from bench.reports.paper import HCI_GENERALISATION, PAPER_BACKBONE, TABLE6A_REFERENCE, backbone_note, paper_backbone
-from bench.reports.tables import FAMILIES, GROUP_KEYS, METRIC_LABELS, TABLE_METRICS
+from bench.reports.tables import METRIC_LABELS
+from bench.store.collection import FAMILIES, GROUP_KEYS, TABLE_METRICS
 
 from bench.reports.table_model import (  # noqa: F401 (the data model, re-exported for the renderers)
     PRIMARY,

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from bench.reports.escape import PLOT_RC, clean
-from bench.reports.tables import METHOD_ORDER, METRIC_LABELS
+from bench.reports.tables import METRIC_LABELS
+from bench.store.collection import METHOD_ORDER
 from bench.store.schema import RunResult
 
 # matplotlib's tab10, then tab20's light shades: 20 methods before a colour repeats

@@ -19,7 +19,7 @@ from bench.io import atomic_write_bytes
 from bench.reports import layout
 from bench.reports import plots
 from bench.reports.html import render_page, slug
-from bench.store.schema import RunResult
+from bench.store.schema import RunResult, main_metric_of
 
 HISTORY = "history"
 
@@ -47,7 +47,7 @@ def primary_metric(row: pd.Series, metric: str) -> str:
     if metric != "auto":
         return metric
     declared = row.get("main_metric")
-    return str(declared) if isinstance(declared, str) and declared else layout.PRIMARY[row["task"]]
+    return main_metric_of(row["task"], declared if isinstance(declared, str) and declared else None)
 
 
 def snapshot(summary: pd.DataFrame, metric: str, split: str) -> dict[str, dict]:

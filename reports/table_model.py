@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bench.reports.escape import Symbol
-from bench.reports.tables import TABLE_METRICS
+from bench.store.collection import TABLE_METRICS
+from bench.store.schema import PRIMARY  # noqa: F401  (re-exported by layout)
 
-PRIMARY = {"multilabel": "macro_f1", "multiclass": "accuracy"}
 MULTILABEL_COLUMNS = ("macro_f1", "micro_f1", "samples_f1", "mAP")
 SPLIT_CHOICES = ("test", "val", "both")
 

@@ -24,7 +24,8 @@ from bench.backbones.loader import (
     weights_identity,
 )
 from bench.cli.app import _load, app
-from bench.config import backbone_key, configured_backbone, load_config, split_key
+from bench.config import configured_backbone, load_config
+from bench.overrides import backbone_key, split_key
 from bench.errors import ConfigError, UnknownNameError, WeightsNotFoundError
 from bench.backbones.params import placeholder_task
 from bench.registry import BACKBONES, METHODS, create_method

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import BenchConfig, load_config, parse_int_list, parse_override
+from bench.config import BenchConfig, load_config
+from bench.overrides import parse_int_list, parse_override
 from bench.errors import ConfigError
 from conftest import REPO
 

@@ -178,9 +178,9 @@ class Server(http.server.ThreadingHTTPServer):
 def write_annotations(folder: Path, spec: dict[str, list[str]], filenames: dict[str, str] | None = None) -> None:
     """``intentonomy_<split>2020.json`` per split in the official format, one image per name (its filename
     ``low/<md5>.jpg`` unless ``filenames`` gives another)."""
-    from bench.datasets.intentonomy import _class_infos
+    from bench.datasets.intentonomy import class_infos
 
-    categories = [{"id": i, "name": c.key} for i, c in enumerate(_class_infos()[0])]
+    categories = [{"id": i, "name": c.key} for i, c in enumerate(class_infos()[0])]
     folder.mkdir(parents=True, exist_ok=True)
     for split, names in spec.items():
         images, annotations = [], []

@@ -104,12 +104,13 @@ def test_terminal_tables_print_markup_brackets_as_text(tmp_path):
     from rich.console import Console
 
     from bench.reports import tables
+    from bench.store import collection
 
     results = _hostile_store(tmp_path)
-    records, bad = tables.load_results(results)
+    records, bad = collection.load_results(results)
     assert not bad
     console = Console(record=True, width=400, file=open("/dev/null", "w"))
-    for table in tables.rich_tables(tables.summarise(tables.results_frame(records))):
+    for table in tables.rich_tables(collection.summarise(collection.results_frame(records))):
         console.print(table)
     text = console.export_text()
     assert HOSTILE_METHOD in text and r"backbone \input{/etc/hostname}" in text
@@ -210,12 +211,13 @@ def test_terminal_tables_carry_no_control_character(tmp_path):
 
     from bench.cli import console as console_tables
     from bench.reports import tables
+    from bench.store import collection
 
-    records, bad = tables.load_results(_control_store(tmp_path))
+    records, bad = collection.load_results(_control_store(tmp_path))
     assert not bad
     buf = io.StringIO()
     console = Console(file=buf, width=300, color_system=None, force_terminal=False)
-    summary = tables.summarise(tables.results_frame(records))
+    summary = collection.summarise(collection.results_frame(records))
     for table in [*tables.rich_tables(summary), *console_tables.fitted_tables(summary, 100)]:
         console.print(table)
     assert not CONTROL.search(buf.getvalue().replace("\n", " ")) and "0;pwned" in buf.getvalue()

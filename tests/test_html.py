@@ -103,16 +103,17 @@ def test_clicking_a_header_sorts_by_its_numbers_and_no_request_leaves(browser, r
 def test_one_colour_per_method_on_every_plot_and_page(tmp_path, monkeypatch):
     """Every plot draws a method in the colour the page (or the site) gives it: the per-class bars, the training
     curves, score against parameters and the history trend take one mapping, and each draws with it."""
-    from bench.reports import plots, site, tables
+    from bench.reports import plots, site
+    from bench.store import collection
 
     colors = {"intclip": "#123456", "dualcoop": "#abcdef"}
     results = tmp_path / "results"
     for method in colors:
         make_run(results, method, 0, test=RUNS[method])
         make_run(results, method, 1, test=RUNS[method])
-    records, _ = tables.load_results(results)
-    summary = tables.summarise(tables.results_frame(records))
-    info = dict(zip(tables.GROUP_KEYS, summary.loc[0, tables.GROUP_KEYS]))
+    records, _ = collection.load_results(results)
+    summary = collection.summarise(collection.results_frame(records))
+    info = dict(zip(collection.GROUP_KEYS, summary.loc[0, collection.GROUP_KEYS]))
     history = [{"stamp": s, "entries": {m: {"value": 40.0, "dataset": "intentonomy", "method": m, "metric": "test macro_f1"} for m in colors}} for s in ("a", "b")]
     drawn = {
         "per_class": plots.per_class_plot(info, records, {}, colors),
@@ -128,8 +129,8 @@ def test_one_colour_per_method_on_every_plot_and_page(tmp_path, monkeypatch):
     real = plots.params_plot
     monkeypatch.setattr(plots, "params_plot", lambda info, summary, metric, colors, names=None: seen.append(dict(colors)) or real(info, summary, metric, colors, names))
     make_run(results, "linear-probe", 0, dataset="fi", task="multiclass")
-    records, _ = tables.load_results(results)
-    summary = tables.summarise(tables.results_frame(records))
+    records, _ = collection.load_results(results)
+    summary = collection.summarise(collection.results_frame(records))
     site.build_site(tmp_path / "site", records, summary, tolerance=1.0)
     assert len(seen) == 4 and all(s == seen[0] for s in seen)  # index: 2 groups, then one page per dataset
     assert seen[0] == plots.method_colors(["linear-probe", "dualcoop", "intclip"])

@@ -127,7 +127,7 @@ def test_suite_view_without_live_progress_prints_one_line_per_event_and_pickles(
     clock.now += 7
     view.on_trial_result(0, [], trial, {"epoch": 1, "selection_metric": 0.3, "node_ip": "10.1.2.3", "done": False})
     view.on_trial_result(0, [], trial, {"epoch": 4, "val_macro_f1": 0.31, "done": True})  # the final report: no row
-    trial.last_result = {"done": True, "val_macro_f1": 0.31}
+    trial.last_result = {"done": True, "val_macro_f1": 0.31, "final_val": 0.31}
     clock.now += 1
     view.on_trial_complete(0, [], trial)
     view.on_experiment_end([])
@@ -238,10 +238,11 @@ def _store(tmp_path: Path) -> Path:
 def test_the_final_table_fits_100_columns_and_no_number_wraps(tmp_path, monkeypatch):
     from bench.cli import app as cli
     from bench.reports import tables
+    from bench.store import collection
 
     results = _store(tmp_path)
-    records, _ = tables.load_results(results)
-    summary = tables.summarise(tables.results_frame(records))
+    records, _ = collection.load_results(results)
+    summary = collection.summarise(collection.results_frame(records))
     (( _, header, rows),) = tables.table_rows(summary)
     assert "test mAP (code's AP)" in header and len(rows) == 3
     for width in (100, 80):

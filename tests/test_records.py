@@ -15,6 +15,7 @@ from bench.store import store
 from bench.cli.app import app
 from bench.config import DEFAULT_CONFIG, load_config
 from bench.reports import tables
+from bench.store import collection
 from bench.store.schema import SCHEMA_VERSION, RunResult, json_schema, migrate, unknown_keys
 from tests.storegen import make_run
 
@@ -69,7 +70,7 @@ def test_unknown_keys_are_kept_ignored_reported_and_never_rerun(tmp_path):
     res = runner.invoke(app, ["validate", "--results", str(tmp_path / "results")])
     assert res.exit_code == 0, res.output
     assert "1 valid, 0 corrupt" in res.output and "from_the_future" in res.output and "training.new_field" in res.output
-    summary = tables.summarise(tables.results_frame(tables.load_results(tmp_path / "results")[0]))
+    summary = collection.summarise(collection.results_frame(collection.load_results(tmp_path / "results")[0]))
     assert list(summary["method"]) == ["intclip"]
     assert (run_dir / store.RESULT).read_text() == raw  # kept on disk as written
 
@@ -159,7 +160,7 @@ def _relabel(tmp_path: Path, rec: RunResult, **changes) -> None:
 def test_runs_of_other_weights_versions_or_configs_are_separate_labelled_rows(tmp_path, change, label):
     runs = [make_run(tmp_path, "zeroshot", seed, config={"template": "a photo of {}"}) for seed in (0, 1, 2)]
     _relabel(tmp_path, runs[0], seed=0, **change)
-    summary = tables.summarise(tables.results_frame(tables.load_results(tmp_path)[0]))
+    summary = collection.summarise(collection.results_frame(collection.load_results(tmp_path)[0]))
     assert len(summary) == 2 and sorted(summary["n"]) == [1, 3]
     single = summary[summary["n"] == 1].iloc[0]
     assert single["method"].startswith(label)
@@ -173,7 +174,7 @@ def test_deterministic_rows_show_n_1_and_are_marked(tmp_path):
     shutil.rmtree(store.runs_dir(tmp_path) / rec.run_id)
     make_run(tmp_path, "intclip", 0)
     make_run(tmp_path, "intclip", 1)
-    summary = tables.summarise(tables.results_frame(tables.load_results(tmp_path)[0]))
+    summary = collection.summarise(collection.results_frame(collection.load_results(tmp_path)[0]))
     probe = summary[summary["method"] == "linear-probe"].iloc[0]
     assert probe["n"] == 1 and probe["deterministic"] and probe["seeds"] == "deterministic"
     md = tables.to_markdown(summary)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from bench.cli.app import app
 from bench.reports import compare, layout, tables
+from bench.store import collection
 from bench.reports.latex import escape, to_latex
 from storegen import make_run
 
@@ -36,9 +37,9 @@ def _store(root: Path, extra_methods=(), seeds=(0, 1)) -> Path:
 
 
 def _summary(root: Path, bootstrap: int = 0):
-    records, bad = tables.load_results(root)
+    records, bad = collection.load_results(root)
     assert not bad
-    summary = tables.summarise(tables.results_frame(records))
+    summary = collection.summarise(collection.results_frame(records))
     return compare.add_significance(summary, records, root, bootstrap) if bootstrap else summary
 
 
@@ -166,7 +167,7 @@ def test_different_manifests_make_different_tables(tmp_path):
 
 
 def _test_values(root, method, metric="macro_f1"):
-    return [r.metrics.test[metric] for r in tables.load_results(root)[0] if r.method.name == method]
+    return [r.metrics.test[metric] for r in collection.load_results(root)[0] if r.method.name == method]
 
 
 def test_significance_compares_against_the_declared_reference(tmp_path):
@@ -212,8 +213,8 @@ def test_significance_without_the_declared_reference_says_why(tmp_path):
     assert not summary["reference"].any()
     assert set(summary["test_macro_f1_p_text"]) == {"-"}
     assert "No p-values: the declared reference intclip has no runs in this table." in tables.to_markdown(summary)
-    summary = compare.add_significance(tables.summarise(tables.results_frame(tables.load_results(tmp_path)[0])),
-                                      tables.load_results(tmp_path)[0], tmp_path, 100, reference="dualcoop")
+    summary = compare.add_significance(collection.summarise(collection.results_frame(collection.load_results(tmp_path)[0])),
+                                      collection.load_results(tmp_path)[0], tmp_path, 100, reference="dualcoop")
     assert summary.set_index("method").loc["label-prior", "test_macro_f1_p_text"] not in ("-", "ref")
 
 
@@ -224,12 +225,12 @@ def test_single_runs_get_no_seed_test_and_the_bootstrap_prints_floor_bounds(tmp_
     make_run(tmp_path, "linear-probe", 0, quality=0.8)
     make_run(tmp_path, "label-prior", 0, quality=0.0)
     make_run(tmp_path, "zeroshot", 0, quality=0.0)
-    records = tables.load_results(tmp_path)[0]
-    summary = compare.add_significance(tables.summarise(tables.results_frame(records)), records, tmp_path, 200,
+    records = collection.load_results(tmp_path)[0]
+    summary = compare.add_significance(collection.summarise(collection.results_frame(records)), records, tmp_path, 200,
                                       reference="linear-probe").set_index("method")
     assert set(summary.loc[["label-prior", "zeroshot"], "test_macro_f1_p_text"]) == {"n/a (one run each)"}
     assert summary.loc[["label-prior", "zeroshot"], "test_macro_f1_p_vs_ref"].isna().all()
-    summary = compare.add_significance(tables.summarise(tables.results_frame(records)), records, tmp_path, 200,
+    summary = compare.add_significance(collection.summarise(collection.results_frame(records)), records, tmp_path, 200,
                                       reference="linear-probe", test="bootstrap").set_index("method")
     for other in ("label-prior", "zeroshot"):
         assert summary.loc[other, "test_macro_f1_p_raw"] == pytest.approx(1 / 201)
@@ -242,8 +243,8 @@ def test_bootstrap_test_on_identical_methods(tmp_path):
         make_run(tmp_path, "intclip", seed, quality=0.6, config={"lr": 1})
         make_run(tmp_path, "intclip-official", seed, quality=0.6, config={"lr": 1})  # the very same scores
         make_run(tmp_path, "label-prior", seed, quality=0.0)
-    records = tables.load_results(tmp_path)[0]
-    summary = compare.add_significance(tables.summarise(tables.results_frame(records)), records, tmp_path, 200,
+    records = collection.load_results(tmp_path)[0]
+    summary = compare.add_significance(collection.summarise(collection.results_frame(records)), records, tmp_path, 200,
                                       test="bootstrap").set_index("method")
     assert summary.index[summary["reference"]].tolist() == ["intclip"]
     for metric in ("macro_f1", "mAP"):  # each resample recomputes both

@@ -14,6 +14,7 @@ from bench.workflows import crosscheck
 from bench.store import store
 from bench.cli.app import app
 from bench.reports import tables
+from bench.store import collection
 from bench.store.schema import SelectionRecord
 from bench.selection import TOLERANCE, epoch_selection, fragile_selections, select
 from storegen import make_run
@@ -118,8 +119,8 @@ def test_reports_flag_a_margin_inside_the_tolerance(tmp_path):
     }
     (run_dir / store.RESULT).write_text(record.model_dump_json())
     assert [s["what"] for s in fragile_selections({k: v.model_dump() for k, v in store.read_result(run_dir).selections.items()})] == ["threshold"]
-    records = tables.load_results(tmp_path)[0]
-    summary = tables.summarise(tables.results_frame(records))
+    records = collection.load_results(tmp_path)[0]
+    summary = collection.summarise(collection.results_frame(records))
     md = tables.to_markdown(summary)
     assert "Near-tie selections" in md and f"seed {record.seed}: threshold (margin 0.04 pt)" in md
     assert "epoch (margin" not in md  # a margin of 2 points is safe

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from bench.store import store
 from bench.cli.app import app
-from bench.reports import tables
+from bench.store import collection
 from tests.storegen import make_run
 
 runner = CliRunner()
@@ -70,7 +70,7 @@ def test_randomised_scores_are_found_by_their_hash_and_never_ranked(tmp_path):
     assert status == "corrupt" and "damaged: its sha256 differs" in reason and str(prior / store.SCORES) in reason
     res = _validate(results)
     assert res.exit_code == 1 and "2 valid, 1 corrupt" in res.output
-    records, bad = tables.load_results(results)
+    records, bad = collection.load_results(results)
     assert {r.method.name for r in records} == {"intclip", "dualcoop"} and len(bad) == 1
 
 

@@ -15,13 +15,19 @@ tensor-by-tensor EMA.
 
 The **project path** is what ``bench run`` executes: :func:`bench.train.engine.train_step` on a method built with its
 defaults (text tower truncated at the longest prompt's EOT and frozen, constant text features computed once per
-eval pass, frozen branches under ``no_grad``, bf16 autocast where the GPU has it, channels_last and a fused
+eval pass, frozen branches under ``no_grad``, the run's precision on CUDA (bf16 autocast where the GPU has it;
+``intclip-official``'s preset: fp16 without loss scaling, as the released code), channels_last and a fused
 optimizer on CUDA, no host synchronisation between steps).
+
+Both trainers take an autocast ``dtype`` and :func:`set_memory_format` switches either path's layout, so a
+precision comparison (fp16 / bf16 / bf16 + channels_last) runs the same step under each setting. Timing:
+:func:`interleaved` runs the paths in alternating rounds on one machine and keeps every round (median, spread).
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +36,7 @@ from typing import Any
 import torch
 
 from bench.datasets.base import ClassInfo, DatasetData
-from bench.train.engine import RunContext, autocast, train_step
+from bench.train.engine import RunContext, autocast, precision, train_step
 from bench.methods.base import Method
 
 # What the reference path changes in a method's config (the official code's choices).
@@ -51,9 +57,9 @@ def method_family(method: Method) -> str:
 
 def intentonomy_task() -> DatasetData:
     """Intentonomy's 28 classes (names, HCI sentences, hierarchy) without images: what the models are built for."""
-    from bench.datasets.intentonomy import _class_infos
+    from bench.datasets.intentonomy import class_infos
 
-    classes, _ = _class_infos()
+    classes, _ = class_infos()
     return DatasetData("intentonomy", "multilabel", classes, ["coarse", "middle", "fine"], {}, "0" * 64)
 
 
@@ -109,9 +115,42 @@ def text_tower_parameters(method: Method) -> list[torch.nn.Parameter]:
     return params
 
 
-def reference_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """The official code's precision: fp16 autocast on CUDA (fp32 on CPU, where it has none)."""
-    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
+def reference_autocast(device: torch.device, dtype: torch.dtype | None = torch.float16) -> contextlib.AbstractContextManager:
+    """The official code's precision: fp16 autocast on CUDA (fp32 on CPU, where it has none). ``dtype`` sets
+    another autocast dtype for a precision comparison (None: fp32)."""
+    if device.type != "cuda" or dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@contextlib.contextmanager
+def augmentation_off(method: Method):
+    """``method.prepare`` without the training augmentation (normalisation and layout only), e.g. to give two
+    paths one identical input."""
+    saved = getattr(method, "_augment", None)
+    method._augment = None  # type: ignore[attr-defined]
+    try:
+        yield method
+    finally:
+        method._augment = saved  # type: ignore[attr-defined]
+
+
+def plain_input(method: Method, images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> ``method``'s normalised input in its memory format, never augmented."""
+    with augmentation_off(method):
+        return method.prepare(images)
+
+
+def set_memory_format(method: Method, channels_last: bool) -> None:
+    """Switch ``method`` (weights and the layout ``prepare`` gives) to channels_last or back to contiguous NCHW."""
+    fmt = "channels_last" if channels_last else "contiguous"
+    method.config = method.config.model_copy(update={"memory_format": fmt})
+    method.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def as_layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The same values in the other memory format (a copy only when it differs)."""
+    return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def reference_logits(method: Method, images: torch.Tensor) -> Any:
@@ -124,8 +163,8 @@ def reference_logits(method: Method, images: torch.Tensor) -> Any:
     return method.model(images)
 
 
-def reference_scores(method: Method, images: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad(), reference_autocast(images.device):
+def reference_scores(method: Method, images: torch.Tensor, dtype: torch.dtype | None = torch.float16) -> torch.Tensor:
+    with torch.no_grad(), reference_autocast(images.device, dtype):
         out = reference_logits(method, images)
     if method_family(method) == "query2label":
         return torch.sigmoid(out.float())
@@ -133,21 +172,23 @@ def reference_scores(method: Method, images: torch.Tensor) -> torch.Tensor:
 
 
 class ReferenceTrainer:
-    """The official training step for ``method`` (built with the reference settings)."""
+    """The official training step for ``method`` (built with the reference settings). ``dtype``: the autocast
+    dtype on CUDA (default fp16, the official code's; None: fp32)."""
 
-    def __init__(self, method: Method, device: torch.device) -> None:
-        self.method, self.device = method, device
+    def __init__(self, method: Method, device: torch.device, dtype: torch.dtype | None = torch.float16) -> None:
+        self.method, self.device, self.dtype = method, device, dtype
         self.family = method_family(method)
         self.optimizer, self.scheduler = method.configure_optimizers(steps_per_epoch=10_000)
         if self.family in ("intclip", "dualcoop"):  # the official code never freezes the text tower
             for p in text_tower_parameters(method):
                 p.requires_grad_(True)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.family == "query2label" and device.type == "cuda")
+        fp16 = dtype == torch.float16 and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.family == "query2label" and fp16)
         method.train(True)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         m = self.method
-        with reference_autocast(self.device):
+        with reference_autocast(self.device, self.dtype):
             loss = m.training_loss(images, labels)  # with the reference config: 77 positions, text recomputed
         self.optimizer.zero_grad()
         self.scaler.scale(loss).backward()
@@ -165,14 +206,22 @@ class ReferenceTrainer:
 
 
 class ProjectTrainer:
-    """The engine's training step for ``method`` (built with the project's defaults)."""
+    """The engine's training step for ``method`` (built with the project's defaults), at the precision ``bench run``
+    gives it (:func:`bench.train.engine.precision` of the method's config: bf16 where the GPU has it, fp16 without
+    loss scaling for ``intclip-official``). ``dtype`` forces an autocast dtype instead (a precision comparison;
+    a GradScaler for fp16 unless the config turns loss scaling off)."""
 
-    def __init__(self, method: Method, device: torch.device, amp: bool = True) -> None:
+    def __init__(self, method: Method, device: torch.device, amp: bool = True, dtype: torch.dtype | str | None = "config") -> None:
         self.method = method
-        self.ctx = RunContext(run_dir=None, seed=0, device=device, amp=amp, log=lambda *_: None)  # type: ignore[arg-type]
+        auto_dtype, scaling = precision(device, amp, method.config)
+        if dtype != "config":
+            auto_dtype = dtype if (amp and device.type == "cuda") else None
+            rule = getattr(method.config, "loss_scaling", "auto")
+            scaling = (auto_dtype == torch.float16) if rule == "auto" else (rule == "on" and auto_dtype is not None)
+        self.dtype = auto_dtype
+        self.ctx = RunContext(run_dir=None, seed=0, device=device, amp=amp, log=lambda *_: None, autocast_dtype=auto_dtype)  # type: ignore[arg-type]
         self.optimizer, self.scheduler = method.configure_optimizers(steps_per_epoch=10_000)
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not bf16)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=bool(scaling) and device.type == "cuda")
         method.train(True)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -189,20 +238,32 @@ def project_logits(method: Method, images: torch.Tensor) -> Any:
     return method._forward(images)
 
 
-def project_scores(method: Method, images: torch.Tensor, amp: bool = True) -> torch.Tensor:
-    """The engine's eval of one batch (call ``method.start_eval()`` once per pass first)."""
-    with torch.no_grad(), autocast(images.device, amp):
+def project_dtype(method: Method, device: torch.device, amp: bool = True) -> torch.dtype | None:
+    """The autocast dtype ``bench run`` gives ``method`` on ``device`` (None: fp32)."""
+    return precision(device, amp, method.config)[0]
+
+
+def project_scores(method: Method, images: torch.Tensor, amp: bool = True, dtype: torch.dtype | str | None = "config") -> torch.Tensor:
+    """The engine's eval of one batch (call ``method.start_eval()`` once per pass first), at the run's precision
+    (``dtype``: another autocast dtype; None: fp32)."""
+    if dtype == "config":
+        dtype = project_dtype(method, images.device, amp)
+    with torch.no_grad(), autocast(images.device, amp and dtype is not None, dtype):
         return method.predict(images)
 
 
-def text_side_step(method: Method, reference: bool) -> torch.Tensor:
-    """One text-side forward and backward (the prompt features of every class, a gradient for the contexts)."""
+def text_side_step(method: Method, reference: bool, dtype: torch.dtype | str | None = "config") -> torch.Tensor:
+    """One text-side forward and backward (the prompt features of every class, a gradient for the contexts):
+    the reference's all 77 positions in fp16 on CUDA, or the project's truncated pass at the run's precision
+    (``dtype`` overrides either; None: fp32)."""
     from bench.methods.components import prompt_features
 
     clip = method.net.clip if hasattr(method, "net") else method.clip
     prompts = method.net.prompts if hasattr(method, "net") else method.prompts
     device = prompts.ctx_pos.device
-    ctx = reference_autocast(device) if reference else autocast(device, True)
+    if dtype == "config":
+        dtype = torch.float16 if reference else project_dtype(method, device)
+    ctx = reference_autocast(device, dtype) if reference else autocast(device, dtype is not None, dtype)
     with ctx:
         pos, neg = prompt_features(clip, prompts, truncate=not reference)
     loss = pos.float().square().mean() + neg.float().square().mean()
@@ -238,6 +299,66 @@ def measure(step: Callable[[], Any], batch: int, device: torch.device, steps: in
     seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return Timing(steps * batch / seconds, 1000 * seconds / steps, peak, steps)
+
+
+@dataclass
+class Rounds:
+    """One path's share of an interleaved measurement (:func:`interleaved`)."""
+
+    images_per_s: float  # median over the rounds
+    ms_per_step: float  # median over the rounds
+    peak_mem_gib: float | None  # the most allocated during its timed rounds (CUDA only)
+    steps: int  # timed steps per round
+    rounds: list[float]  # images/s of every round, in order
+    first_call_s: float  # the first (untimed) call alone: compilation, autotuning, allocation
+    warmup_s: float  # every untimed call, the first included
+
+
+def interleaved(
+    paths: dict[str, Callable[[], Any]], batch: int, device: torch.device, steps: int, warmup: int, rounds: int
+) -> dict[str, Rounds]:
+    """Time several paths against each other on a shared (noisy) machine: each path gets ``warmup`` untimed calls
+    (at least one), then ``rounds`` rounds in which every path runs ``steps`` timed calls, the order reversed
+    every other round (ABBA), so a slow spell of the machine falls on every path alike. Per path: the median
+    img/s and ms/step over the rounds, every round's img/s (for the spread), the peak memory and the warm-up time."""
+    names = list(paths)
+    first: dict[str, float] = {}
+    warm: dict[str, float] = {}
+    for name in names:
+        synchronize(device)
+        t0 = time.perf_counter()
+        paths[name]()
+        synchronize(device)
+        first[name] = time.perf_counter() - t0
+        for _ in range(max(0, warmup - 1)):
+            paths[name]()
+        synchronize(device)
+        warm[name] = time.perf_counter() - t0
+    per_round: dict[str, list[float]] = {n: [] for n in names}
+    peaks: dict[str, float | None] = {n: None for n in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            synchronize(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                paths[name]()
+            synchronize(device)
+            per_round[name].append(steps * batch / (time.perf_counter() - t0))
+            if device.type == "cuda":
+                peaks[name] = max(peaks[name] or 0.0, torch.cuda.max_memory_allocated(device) / 2**30)
+    out = {}
+    for name in names:
+        median = statistics.median(per_round[name])
+        out[name] = Rounds(median, 1000 * batch / median, peaks[name], steps, per_round[name], first[name], warm[name])
+    return out
+
+
+def ratio(num: Rounds, den: Rounds) -> dict[str, Any]:
+    """num / den per round (both timed in the same round, so machine load cancels): median, min and max."""
+    per_round = [a / b for a, b in zip(num.rounds, den.rounds, strict=True)]
+    return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round), "rounds": per_round}
 
 
 def clone_learnable(method: Method) -> dict[str, torch.Tensor]:

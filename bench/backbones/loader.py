@@ -111,7 +111,7 @@ def weights_problem(spec: BackboneSpec, pretrained: str | None) -> str | None:
 
 def spec_towers(spec: BackboneSpec) -> tuple[str, str]:
     """(image tower, text tower) of a backbone from its open_clip config, no weights loaded."""
-    _run_setup(spec)
+    run_setup(spec)
     return towers(model_config(spec.model_name))
 
 
@@ -204,10 +204,12 @@ def weights_identity(spec: BackboneSpec, pretrained: str | None, weights_dir: Pa
 
 
 def _package_file(name: str) -> Path:
-    return Path(__file__).resolve().parent / "assets" / name
+    return Path(__file__).resolve().parents[1] / "assets" / name
 
 
-def _run_setup(spec: BackboneSpec) -> None:
+def run_setup(spec: BackboneSpec) -> None:
+    """Run the spec's ``setup`` hook (``"module:function"``, e.g. registering the tiny CLIP's open_clip config), so
+    open_clip knows the model before anything reads its config."""
     if spec.setup:
         module, _, func = spec.setup.partition(":")
         getattr(importlib.import_module(module), func)()
@@ -299,7 +301,7 @@ def load_backbone(
     """Build the open_clip model for ``spec`` with the resolved weights, in eval mode on ``device``."""
     import open_clip
 
-    _run_setup(spec)
+    run_setup(spec)
     value, local = resolve_pretrained(spec, pretrained, weights_dir)
     arch = architecture(spec, value)
     try:
@@ -321,10 +323,6 @@ def load_backbone(
     return Backbone(spec, model, tokenizer, value, sha, size, ident, built, activation(model), mean, std)  # type: ignore[arg-type]
 
 
-def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def backbone_rows(backbones: Any, methods: Any, pattern: str = "*") -> list[dict[str, Any]]:
     """What ``bench ls backbones`` shows: the registered backbones, then every other open_clip model, whose name
     matches ``pattern``: towers, pretrained tags (the default first) and the methods (registry base names) that
@@ -339,7 +337,7 @@ def backbone_rows(backbones: Any, methods: Any, pattern: str = "*") -> list[dict
     registered = backbones.names()
     specs = [backbones.get(n) for n in registered]
     for spec in specs:
-        _run_setup(spec)  # a registered backbone's own open_clip config (tiny-clip's) is listed once, under its name
+        run_setup(spec)  # a registered backbone's own open_clip config (tiny-clip's) is listed once, under its name
     taken = set(registered) | {spec.model_name for spec in specs}
     specs += [resolve_spec(n) for n in open_clip.list_models() if n not in taken]
     rows = []

@@ -18,7 +18,7 @@ import torch
 
 
 MODEL_NAME = "bench-tiny-clip"
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 CONFIG_PATH = ASSETS / f"{MODEL_NAME}.json"
 WEIGHTS_NAME = f"{MODEL_NAME}.pt"
 

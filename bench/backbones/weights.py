@@ -99,7 +99,7 @@ def weights_status(cfg: BenchConfig, backbone: str) -> WeightsState:
 def fetch(cfg: BenchConfig, backbone: str) -> Path:
     """Download ``backbone``'s weights with open_clip's own functions and return the cached file; an offline
     machine (``HF_HUB_OFFLINE``) or a failed download is a :class:`WeightsNotFoundError` saying what to do."""
-    from bench.backbones.loader import _run_setup
+    from bench.backbones.loader import run_setup
     from bench.backbones.openclip import hub_repo, hub_weights_file, is_hub, model_config, tag_weights_file
     from bench.registry import BACKBONES
 
@@ -113,7 +113,7 @@ def fetch(cfg: BenchConfig, backbone: str) -> Path:
             f"{backbone}: offline (HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE']}): cannot download {state.pretrained!r}; "
             f"unset HF_HUB_OFFLINE on a machine with network, or {state.fix.split(', or ', 1)[-1]}")
     spec = BACKBONES.get(backbone)
-    _run_setup(spec)
+    run_setup(spec)
     try:
         if is_hub(state.pretrained):
             model_config(state.pretrained)  # the repo's config comes with it

@@ -20,7 +20,7 @@ FIXED = 3  # Method, #P (M), n: repeated in every table
 
 
 def fitted_tables(summary: Any, width: int) -> list[Table]:
-    """Rich tables of ``summary`` (:func:`bench.reports.tables.summarise`), none wider than ``width``
+    """Rich tables of ``summary`` (:func:`bench.store.collection.summarise`), none wider than ``width``
     (unless a single metric column with the fixed ones does not fit: then that one, as narrow as it gets)."""
     from bench.reports import escape, tables
 

@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from bench.config import BenchConfig, load_config, parse_override
+from bench.config import BenchConfig, load_config
+from bench.overrides import command_overrides
 from bench.errors import BenchError
 
 data_app = typer.Typer(
@@ -68,10 +69,8 @@ def _config(config: Path | None, dataset: str, root: Path | None, sets: list[str
     from bench.registry import DATASETS
 
     DATASETS.check(dataset)
-    overrides: dict[str, object] = dict(parse_override(s) for s in sets or [])
-    if root is not None:
-        overrides[f"paths.data.{dataset}"] = str(root.expanduser().resolve())
-    return load_config(config, overrides, sections=False)  # the dataset only: no method module, no torch (bounded memory)
+    values = {f"paths.data.{dataset}": str(root.expanduser().resolve())} if root is not None else None
+    return load_config(config, command_overrides(sets=sets, values=values), sections=False)  # the dataset only: no method module, no torch (bounded memory)
 
 
 def _adapter(cfg: BenchConfig, dataset: str, workers: int | None):

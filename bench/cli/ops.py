@@ -12,8 +12,8 @@ from typing import Annotated, Literal, Optional
 import typer
 from bench.reports.escape import rich_text as escape  # control and bidi characters removed too
 
-from bench.cli.common import ConfigOpt, RayOpt, ResultsOpt, SetOpt, err, load, out, overrides
-from bench.config import parse_name_list
+from bench.cli.common import ConfigOpt, RayOpt, ResultsOpt, SetOpt, err, load, out
+from bench.overrides import command_overrides, parse_name_list
 
 weights_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                           help="Whether each backbone's weights are on this machine, and getting them.")
@@ -80,7 +80,7 @@ def weights_fetch(
 ) -> None:
     """Download a backbone's weights with open_clip's own download (into its cache, where `bench run` finds them);
     says so and exits 1 when offline (HF_HUB_OFFLINE)."""
-    from bench.config import backbone_key
+    from bench.overrides import backbone_key
     from bench.io import sha256_file
     from bench.backbones.weights import fetch
 
@@ -111,7 +111,7 @@ def reproduce(
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}: expected one of {', '.join(PRESETS)}")
     chosen = PRESETS[preset]
-    found = overrides(results, sets, {"protocol.name": protocol} if protocol else None, executor=executor)
+    found = command_overrides(results, sets, {"protocol.name": protocol} if protocol else None, executor=executor)
     plan = make_plan(config, chosen, parse_name_list(tables) if tables else None, scale, found)
     print_plan(plan, chosen, out)
     if dry_run:

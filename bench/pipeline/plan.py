@@ -62,11 +62,11 @@ class SuiteOutcome:
 
 def backbone_image_size(backbone: str) -> int:
     """The input resolution of a backbone, from its open_clip config (no weights loaded)."""
-    from bench.backbones.loader import _run_setup
+    from bench.backbones.loader import run_setup
     from bench.backbones.openclip import model_config
 
     spec = BACKBONES.get(backbone)
-    _run_setup(spec)
+    run_setup(spec)
     size = model_config(spec.model_name)["vision_cfg"]["image_size"]  # an hf-hub repo's: from the HF cache
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 

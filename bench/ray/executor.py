@@ -30,6 +30,7 @@ from bench.errors import ConfigError
 from bench.pipeline.plan import PlannedRun, SuiteOutcome
 from bench.pipeline.progress import Output, SuiteBoard, live_wanted, suite_board
 from bench.pipeline.runner import execute_run, record_failure
+from bench.store.schema import main_metric_of
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress view replaces Ray's tables
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -180,8 +181,8 @@ def _trial(config: dict[str, Any], cfg: BenchConfig, datasets: dict[str, Any]) -
         plan, datasets[plan.data], cfg, executor="ray", trial_id=trial_id, report=report, log=lambda *_: None,
         owner_alive=lambda: locks.is_held(plan.run_dir), placement=trial_placement(),
     )
-    key = "macro_f1" if result.dataset.task == "multilabel" else "accuracy"
-    tune.report({"done": True, "epoch": result.training.epochs_run, "val_" + key: result.metrics.val[key]})
+    key = main_metric_of(result.dataset.task)  # the engine's selection metric (a declared main metric is the tables')
+    tune.report({"done": True, "epoch": result.training.epochs_run, "val_" + key: result.metrics.val[key], "final_val": result.metrics.val[key]})
 
 
 class SuiteView(Callback):
@@ -205,7 +206,7 @@ class SuiteView(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         final = trial.last_result or {}
-        value = next((final[k] for k in ("val_macro_f1", "val_accuracy") if k in final), None)
+        value = final.get("final_val")
         self.out(self.board.finished(self._key(trial), "done", value))
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -1,4 +1,4 @@
 """The result store and what reads it: run folders and their records (:mod:`.store`), the record's schema,
-locks, provenance, and the results collection every report starts from (:mod:`.results`). Imports nothing from
+locks, provenance, and the results collection every report starts from (:mod:`.collection`). Imports nothing from
 planning, training or the CLI.
 """

@@ -18,6 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 SCHEMA_VERSION = 2
 MULTILABEL_METRICS = ("macro_f1", "micro_f1", "samples_f1", "mAP", "macro_f1_at_0_5", "micro_f1_at_0_5", "samples_f1_at_0_5")
 MULTICLASS_METRICS = ("accuracy", "mean_class_accuracy")
+PRIMARY = {"multilabel": "macro_f1", "multiclass": "accuracy"}  # a task's main metric unless its dataset declares one
+
+
+def main_metric_of(task: str, declared: str | None = None) -> str:
+    """The score tables and searches rank a dataset by: its declared main metric (a dataset's ``main_metric``), else
+    macro F1 for a multi-label task and accuracy for a multi-class one. The one place this rule is written."""
+    return declared or PRIMARY[task]
 
 
 class _Record(BaseModel):

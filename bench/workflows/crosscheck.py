@@ -21,7 +21,7 @@ import numpy as np
 
 from bench.errors import BenchError
 
-REFERENCE = Path(__file__).resolve().parent / "assets" / "default_reference.json"
+REFERENCE = Path(__file__).resolve().parents[1] / "assets" / "default_reference.json"
 METRICS = ("macro_f1", "micro_f1", "samples_f1", "mAP")
 SPLITS = ("test", "val")
 

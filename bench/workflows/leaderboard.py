@@ -43,7 +43,8 @@ def suite_config(cfg: BenchConfig) -> BenchConfig:
 
 
 def run_leaderboard(cfg: BenchConfig, console: Console, ray_address: str | None = None, run: bool = True) -> LeaderboardOutcome:
-    from bench.reports import compare, tables
+    from bench.reports import compare
+    from bench.store import collection
     from bench.reports.site import HISTORY, build_site
 
     suite_cfg = suite_config(cfg)
@@ -53,13 +54,13 @@ def run_leaderboard(cfg: BenchConfig, console: Console, ray_address: str | None 
 
         failed = dict(run_suite(suite_cfg, console, ray_address).failed)
     s = suite_cfg.suite
-    records, bad = tables.load_results(cfg.paths.results)
+    records, bad = collection.load_results(cfg.paths.results)
     for e in bad:
         console.print(f"[yellow]skipped corrupt result: {escape(str(e))}[/]")
     records = [
         r for r in records if r.method.name in s.methods and r.dataset.name in s.datasets and r.backbone["name"] == s.backbone and (r.seed is None or r.seed in s.seeds)
     ]
-    summary = tables.summarise(tables.results_frame(records))
+    summary = collection.summarise(collection.results_frame(records))
     lb = cfg.leaderboard
     if lb.bootstrap and not summary.empty:
         summary = compare.add_significance(summary, records, cfg.paths.results, lb.bootstrap, reference=cfg.report.reference,
