@@ -194,6 +194,18 @@ def class_texts(classes: list, mode: str) -> list[str]:
 
 
 # -- the model ---------------------------------------------------------------------------------------------------
+def make_fusion(kind: str, dim: int) -> nn.Module:
+    """The module that merges the sight and semantic maps (Table 5): ``sa`` sight-assisted aggregation (the
+    paper's), ``add`` a plain sum, ``concat-mlp`` concatenation then an MLP."""
+    if kind == "sa":
+        return SightAssistedAggregation(dim)
+    if kind == "add":
+        return AddFusion()
+    if kind == "concat-mlp":
+        return ConcatMLPFusion(dim)
+    raise ValueError(f"intclip: unknown fusion {kind!r} (expected sa, add or concat-mlp)")
+
+
 class IntCLIPNet(nn.Module):
     def __init__(self, clip: nn.Module, tokenizer, texts: list[str], config: IntCLIPConfig) -> None:
         super().__init__()
@@ -207,9 +219,7 @@ class IntCLIPNet(nn.Module):
         self.semantic = copy.deepcopy(deeper) if dual else deeper
         self.semantic.requires_grad_(config.trained_layers != "none")
         dim = int(visual.attnpool.c_proj.out_features if hasattr(visual, "attnpool") else visual.proj.shape[1])
-        self.fusion: nn.Module | None = None
-        if dual:
-            self.fusion = {"sa": SightAssistedAggregation, "add": lambda d: AddFusion(), "concat-mlp": ConcatMLPFusion}[config.fusion](dim)
+        self.fusion = make_fusion(config.fusion, dim) if dual else None
         self.prompts = PromptLearner(clip, tokenizer, texts, config.n_ctx, csc=True, init_std=config.ctx_init_std)
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """What a suite is: every method x dataset x seed resolved into a :class:`PlannedRun` (config, identity, run id,
-the dataset copy it reads), and the triage of those runs against the result store (complete, newer, corrupt,
-partial, new). Nothing here trains; :mod:`bench.pipeline.runner` runs one plan, :mod:`bench.pipeline.suite` all of them.
+the dataset copy it reads). Nothing here trains, prints or writes; :mod:`bench.pipeline.suite` triages the plans
+against the store and runs what is missing, :mod:`bench.pipeline.runner` runs one.
 """
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 import bench
-from bench.reports.escape import rich_text as escape  # control and bidi characters removed too
 from bench.store import store
 from bench.config import BenchConfig
 from bench.errors import ConfigError
@@ -32,6 +29,7 @@ class PlannedRun:
     identity: dict[str, Any]
     run_dir: Path
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the result (e.g. how a config was tuned)
+    aliases: list[str] = field(default_factory=list)  # other names of the suite that resolved to this run's identity
     data_key: str | None = None  # which decoded copy of the dataset the run reads (see input_decode); None: the dataset
 
     @property
@@ -39,8 +37,14 @@ class PlannedRun:
         return self.data_key or self.dataset
 
     @property
+    def names(self) -> list[str]:
+        """Every name the suite gave this run: the method, then its aliases."""
+        return [self.method, *self.aliases]
+
+    @property
     def label(self) -> str:
-        return f"{self.method} / {self.dataset} / " + ("deterministic" if self.seed is None else f"seed {self.seed}")
+        method = self.method + (f" (= {', '.join(self.aliases)})" if self.aliases else "")
+        return f"{method} / {self.dataset} / " + ("deterministic" if self.seed is None else f"seed {self.seed}")
 
     @property
     def torch_seed(self) -> int:
@@ -129,7 +133,7 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
                 "architecture": architecture(spec, cfg.backbone_pretrained(suite.backbone))}
     datasets = dict(datasets or {})
     size = backbone_image_size(suite.backbone)
-    plans = []
+    planned: dict[str, PlannedRun] = {}
     for dataset in suite.datasets:
         for method in suite.methods:
             method_config = cfg.method_config(method)
@@ -139,7 +143,7 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
                 datasets[key] = load_dataset(cfg, dataset, size, overrides)
             common = {
                 "code": {"bench": bench.__version__, "method": METHODS.get(method).version},
-                "method": {"name": method, "config": method_config.model_dump(mode="json")},
+                "method": method_identity(method, method_config),
                 "backbone": backbone,
                 "dataset": {
                     "name": dataset,
@@ -152,36 +156,33 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
             seeds = [None] if METHODS.get(method).deterministic and weights != "none" else suite.seeds
             for seed in seeds:
                 identity = {**common, "seed": seed}
-                run_id = store.compute_run_id(identity)
+                run_id = _stored_id(cfg.paths.results, identity, method)
+                if run_id in planned:  # another name of the suite resolved to this config: one run, both names
+                    planned[run_id].aliases.append(method)
+                    continue
                 run_dir = store.runs_dir(cfg.paths.results) / run_id
-                plans.append(PlannedRun(run_id, method, dataset, seed, suite.backbone, identity, run_dir, data_key=key))
-    return plans, datasets
+                planned[run_id] = PlannedRun(run_id, method, dataset, seed, suite.backbone, identity, run_dir, data_key=key)
+    return list(planned.values()), datasets
 
 
-def triage(plans: list[PlannedRun], console: Console, read_only: str | None = None) -> tuple[SuiteOutcome, list[PlannedRun]]:
-    """Split planned runs into complete (skipped) and to-run; corrupt results are moved aside and rerun.
-    ``read_only`` (why the store cannot be written): complete runs are reused as ever, and the first run that would
-    write (a corrupt result to move aside, a run to do or resume) raises :class:`ConfigError` naming that write."""
-    outcome = SuiteOutcome(planned=plans)
-    todo = []
-    for plan in plans:
-        status, reason = store.run_status(plan.run_dir)
-        if status == "complete":
-            outcome.skipped.append(plan.run_id)
-            continue
-        if status == "newer":  # a newer harness's record: never rerun, never moved
-            outcome.skipped.append(plan.run_id)
-            console.print(f"[yellow]{escape(plan.label)}: {escape(str(reason))}; kept as is[/]")
-            continue
-        if read_only is not None:
-            write = {"corrupt": f"moving the corrupt result {plan.run_dir / store.RESULT} aside ({reason})",
-                     "partial": f"resuming {plan.label} from its checkpoint in {plan.run_dir}"}.get(
-                         status, f"running {plan.label} (its result goes to {plan.run_dir})")
-            raise ConfigError(f"paths.results: {read_only}; the first write needed: {write}")
-        if status == "corrupt":
-            moved = store.quarantine(plan.run_dir)
-            console.print(f"[yellow]corrupt result for {escape(plan.label)}: {escape(str(reason))}; kept as {moved.name}, rerunning[/]")
-        elif status == "partial":
-            console.print(f"[cyan]{escape(plan.label)}: checkpoint found, resuming[/]")
-        todo.append(plan)
-    return outcome, todo
+def method_identity(method: str, config: Any) -> dict[str, Any]:
+    """What identifies a method in a run's identity: its registered base name and its resolved config. A variant's
+    name is not part of it: ``intclip:no-sa`` and ``intclip:fusion-add`` resolve to one config, so they are one
+    experiment, trained once per seed and reported under each name."""
+    return {"name": method.partition(":")[0], "config": config.model_dump(mode="json")}
+
+
+def experiment_key(method: str, config: Any) -> str:
+    """A short key of :func:`method_identity`: equal for two names that train the same experiment."""
+    return store.compute_run_id(method_identity(method, config))
+
+
+def _stored_id(results: Path, identity: dict[str, Any], method: str) -> str:
+    """The run id of ``identity``; for a variant whose run a store written before 0.2.1 holds under the identity
+    with the variant's name (complete), that run's id, so old stores are read, never rerun."""
+    run_id = store.compute_run_id(identity)
+    if ":" in method and not (store.runs_dir(results) / run_id / store.RESULT).is_file():
+        legacy = store.compute_run_id({**identity, "method": {**identity["method"], "name": method}})
+        if (store.runs_dir(results) / legacy / store.RESULT).is_file():
+            return legacy
+    return run_id

@@ -54,6 +54,7 @@ def build_record(
             resolved=getattr(method, "resolved", {}),
             family=type(method).family,
             display_name=type(method).display_name,
+            aliases=list(plan.aliases),
         ),
         backbone=backbone.describe(),
         dataset=DatasetRecord(

@@ -13,7 +13,8 @@ from bench.reports.escape import rich_text as escape  # control and bidi charact
 from bench.store import locks
 from bench.store import store
 from bench.config import BenchConfig
-from bench.pipeline.plan import PlannedRun, SuiteOutcome, plan_suite, triage
+from bench.errors import ConfigError
+from bench.pipeline.plan import PlannedRun, SuiteOutcome, plan_suite
 from bench.pipeline.progress import EtaColumn, live_wanted, suite_board
 from bench.pipeline.runner import execute_run, record_failure
 
@@ -137,3 +138,34 @@ def _serial(cfg: BenchConfig, todo: list[PlannedRun], datasets: dict[str, Any], 
             board.discard(plan.run_id)  # a result another bench wrote meanwhile: nothing left to do
             progress.advance(suite_task)
     return deferred
+
+
+def triage(plans: list[PlannedRun], console: Console, read_only: str | None = None) -> tuple[SuiteOutcome, list[PlannedRun]]:
+    """Split planned runs into complete (skipped) and to-run; corrupt results are moved aside and rerun.
+    ``read_only`` (why the store cannot be written): complete runs are reused as ever, and the first run that would
+    write (a corrupt result to move aside, a run to do or resume) raises :class:`ConfigError` naming that write."""
+    outcome = SuiteOutcome(planned=plans)
+    todo = []
+    for plan in plans:
+        status, reason = store.run_status(plan.run_dir)
+        if status == "complete":
+            outcome.skipped.append(plan.run_id)
+            if read_only is None:  # a name this suite gives the run that its record does not know yet
+                store.add_aliases(plan.run_dir, plan.names)
+            continue
+        if status == "newer":  # a newer harness's record: never rerun, never moved
+            outcome.skipped.append(plan.run_id)
+            console.print(f"[yellow]{escape(plan.label)}: {escape(str(reason))}; kept as is[/]")
+            continue
+        if read_only is not None:
+            write = {"corrupt": f"moving the corrupt result {plan.run_dir / store.RESULT} aside ({reason})",
+                     "partial": f"resuming {plan.label} from its checkpoint in {plan.run_dir}"}.get(
+                         status, f"running {plan.label} (its result goes to {plan.run_dir})")
+            raise ConfigError(f"paths.results: {read_only}; the first write needed: {write}")
+        if status == "corrupt":
+            moved = store.quarantine(plan.run_dir)
+            console.print(f"[yellow]corrupt result for {escape(plan.label)}: {escape(str(reason))}; kept as {moved.name}, rerunning[/]")
+        elif status == "partial":
+            console.print(f"[cyan]{escape(plan.label)}: checkpoint found, resuming[/]")
+        todo.append(plan)
+    return outcome, todo

@@ -38,25 +38,32 @@ def load_results(results: Path) -> tuple[list[RunResult], list[CorruptResultErro
     missing, damaged, unreadable or not finite, or whose metrics do not recompute from its scores
     (:func:`bench.store.store.iter_checked`), is skipped, never ranked, and the report does not crash."""
     good, bad = [], []
-    for _, rec in store.iter_checked(results):
-        (bad if isinstance(rec, CorruptResultError) else good).append(rec)
+    for run_dir, rec in store.iter_checked(results):
+        if isinstance(rec, CorruptResultError):
+            bad.append(rec)
+            continue
+        later = [n for n in store.read_aliases(run_dir) if n != rec.method.name and n not in rec.method.aliases]
+        if later:  # names later suites gave this run (aliases.json), merged in memory
+            rec.method.aliases = [*rec.method.aliases, *later]
+        good.append(rec)
     return good, bad
 
 
 def results_frame(records: list[RunResult]) -> pd.DataFrame:
-    """One row per run with the table metrics of val and test and the parameter counts."""
+    """One row per run and name (a run that several names resolved to is one row under each) with the table
+    metrics of val and test and the parameter counts."""
     rows = []
-    for r in records:
+    for r, name in ((r, name) for r in records for name in dict.fromkeys([r.method.name, *r.method.aliases])):
         row = {
             "run_id": r.run_id,
-            "method": r.method.name + (" (tuned)" if "tuning" in r.extra else ""),
-            "method_name": r.method.name,
+            "method": name + (" (tuned)" if "tuning" in r.extra else ""),
+            "method_name": name,
             "method_version": r.method.version,
             "config_id": store.compute_run_id(r.method.config)[:8],
             "weights_id": r.weights_id,
             "tuned": "tuning" in r.extra,
             "family": r.method.family,
-            "display_name": r.method.display_name,
+            "display_name": r.method.display_name if name == r.method.name else None,  # an alias: its own name
             "main_metric": main_metric_of(r.dataset.task, r.dataset.main_metric),
             "backbone": r.backbone["name"],
             "dataset": r.dataset.name,

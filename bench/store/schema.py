@@ -39,6 +39,8 @@ class MethodRecord(_Record):
     resolved: dict[str, Any] = Field(default_factory=dict, description="What 'auto' settings became for this run.")
     family: str | None = Field(default=None, description="The method's group in reports (e.g. 'Multi-label methods').")
     display_name: str | None = Field(default=None, description="A readable name for reports (e.g. 'DualCoOp').")
+    aliases: list[str] = Field(default_factory=list, description="Other registry names that resolved to this run's config "
+                               "(e.g. 'intclip:fusion-add' for 'intclip:no-sa'): one experiment, trained once, reported under each name.")
 
 
 class DatasetRecord(_Record):

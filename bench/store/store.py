@@ -26,6 +26,7 @@ from bench.store.schema import SCHEMA_VERSION, RunResult, migrate
 
 RESULT = "result.json"
 SCORES = "scores.npz"
+ALIASES = "aliases.json"  # names later suites gave a complete run (see add_aliases)
 SCORE_KEYS = ("val_scores", "val_labels", "test_scores", "test_labels")
 LOGIT_KEYS = ("val_logits", "test_logits")  # float64 ranking scores (logits / margins); absent in older stores
 RunStatus = Literal["complete", "newer", "corrupt", "partial", "new"]
@@ -205,6 +206,28 @@ def run_status(run_dir: Path) -> tuple[RunStatus, str | None]:
     if any(run_dir.glob("checkpoint*")):
         return "partial", None
     return "new", None
+
+
+def read_aliases(run_dir: Path) -> list[str]:
+    """The names later suites gave a complete run (``aliases.json``; empty when absent or unreadable)."""
+    try:
+        data = json.loads((run_dir / ALIASES).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [n for n in data if isinstance(n, str)] if isinstance(data, list) else []
+
+
+def add_aliases(run_dir: Path, names: list[str]) -> None:
+    """Remember every name in ``names`` that the run's record does not carry (a variant that resolves to the run's
+    config, named by a later suite) in ``aliases.json`` beside it: result.json is never rewritten."""
+    try:
+        method = json.loads((run_dir / RESULT).read_bytes()).get("method", {})
+        known = {method.get("name"), *method.get("aliases", []), *read_aliases(run_dir)}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return  # an unreadable record is the triage's and validate's business
+    new = [n for n in names if n not in known]
+    if new:
+        atomic_write_bytes(run_dir / ALIASES, json.dumps(sorted([*read_aliases(run_dir), *new])).encode())
 
 
 def quarantine(run_dir: Path) -> Path:

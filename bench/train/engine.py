@@ -10,7 +10,6 @@ that; ``intclip-code`` (the official code's test-set epoch selection) scores tes
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import math
 import os
@@ -30,7 +29,7 @@ from bench.datasets.base import DatasetData, Split
 from bench.errors import OrphanedRunError, TrainingDivergedError
 from bench.io import atomic_save, ensure_free_space
 from bench.protocol import Protocol, get_protocol
-from bench.selection import epoch_selection
+from bench.train.candidates import BestSoFar
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -70,6 +69,16 @@ class RunContext:
 
 
 @dataclass
+class FinalScores:
+    """A method's scores of val and test after training (test empty for search trials)."""
+
+    val_scores: np.ndarray  # float32 probabilities
+    test_scores: np.ndarray
+    val_logits: np.ndarray  # float64 logits / log-odds / margins: what ranks (mAP) without saturating
+    test_logits: np.ndarray
+
+
+@dataclass
 class Outcome:
     """What a run produced: final val/test scores and how it got there."""
 
@@ -84,6 +93,11 @@ class Outcome:
     resumed_from_epoch: int | None = None
     fit_info: dict[str, Any] = field(default_factory=dict)
     selections: dict[str, dict[str, Any]] = field(default_factory=dict)  # what -> Selection.to_dict() (epoch, C)
+
+    @classmethod
+    def of(cls, final: FinalScores, **how: Any) -> Outcome:
+        """The outcome with ``final``'s scores and ``how`` (history, best epoch, ...)."""
+        return cls(final.val_scores, final.test_scores, final.val_logits, final.test_logits, **how)
 
 
 def seed_everything(seed: int) -> None:
@@ -259,29 +273,28 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
     scaler = torch.amp.GradScaler("cuda", enabled=precision(ctx.device, ctx.amp, cfg)[1])  # (autocast: run_method)
 
     start_epoch, history = 0, []
-    # the val selection so far: every (epoch, variant) within the tie tolerance of the best metric keeps its state,
-    # so the tie rule (earliest epoch) can pick among them once training ends (bench.selection)
-    best: dict[str, Any] = {"candidates": []}
+    best = BestSoFar()  # every (epoch, variant) within the tie tolerance of the best val metric, with its state
     resumed_from = None
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = ctx.run_dir / CHECKPOINT
     ensure_free_space(ctx.run_dir, checkpoint_bytes(method), f"{method.name}'s checkpoint (written every epoch)")
     ckpt = read_checkpoint(ckpt_path, method.name, ctx.log, ctx.device) if ckpt_path.is_file() else None
     if ckpt is not None:
-        start_epoch, history, best = resume(ckpt, method, optimizer, scheduler, scaler, ctx.log)
+        start_epoch, history, stored = resume(ckpt, method, optimizer, scheduler, scaler, ctx.log)
+        best = BestSoFar.from_checkpoint(stored)
         resumed_from = start_epoch
 
     patience = getattr(cfg, "early_stop_patience", None)
     task_id = ctx.progress.add_task(f"  {method.name} epochs", total=cfg.epochs, completed=start_epoch) if ctx.progress else None
     for epoch in range(start_epoch, cfg.epochs):
-        if patience is not None and best["candidates"] and epoch - 1 - _top_epoch(best) >= patience:
+        if patience is not None and best.candidates and epoch - 1 - best.top_epoch >= patience:
             ctx.log(f"early stop after epoch {epoch} ({patience} epochs without improvement)")
             break
         t0 = time.perf_counter()
         losses = train_epoch(method, train_split, optimizer, scaler, scheduler, ctx, epoch)
         if scheduler is not None and method.scheduler_interval == "epoch":
             scheduler.step()
-        variant_metrics, best = _select(method, data.task, selection_split, protocol, ctx, epoch, best)
+        variant_metrics = _score_variants(method, data.task, selection_split, protocol, ctx, epoch, best)
         metric = max(variant_metrics.values())
         record = {
             "epoch": epoch,
@@ -294,80 +307,40 @@ def train(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
         }
         history.append(record)
         ctx.check_owner()
-        atomic_save(checkpoint_state(epoch + 1, method, optimizer, scheduler, scaler, best, history), ckpt_path)
+        atomic_save(checkpoint_state(epoch + 1, method, optimizer, scheduler, scaler, best.to_checkpoint(), history), ckpt_path)
         if ctx.report:
-            ctx.report({**record, "best_metric": _top(best), "checkpoint": str(ckpt_path)})
+            ctx.report({**record, "best_metric": best.top, "checkpoint": str(ckpt_path)})
         if ctx.progress is not None:
             ctx.progress.update(task_id, advance=1, description=f"  {method.name} epoch {epoch + 1} val {100 * metric:.2f}")
     if ctx.progress is not None:
         ctx.progress.remove_task(task_id)
 
-    selection, chosen = _epoch_selection(method, history, best, protocol.tie_tolerance)
+    selection, chosen = best.choose(method, history, protocol.tie_tolerance)
     if chosen is not None:
-        method.load_state_dict(chosen["state"])
-    return Outcome(
-        *_final_scores(method, data, ctx, lambda name: score_split(method, data.splits[name], ctx)),
+        method.load_state_dict(chosen.state)
+    return Outcome.of(
+        _final_scores(data, ctx, lambda name: score_split(method, data.splits[name], ctx)),
         history=history,
-        best_epoch=None if chosen is None else chosen["epoch"],
-        best_variant=None if chosen is None else chosen["variant"],
+        best_epoch=None if chosen is None else chosen.epoch,
+        best_variant=None if chosen is None else chosen.variant,
         epochs_run=len(history),
         resumed_from_epoch=resumed_from,
         selections={} if selection is None else {"epoch": selection.to_dict()},
     )
 
 
-def _top(best: dict[str, Any]) -> float:
-    """The highest selection metric so far (its candidate is always kept: it is within the tolerance of itself)."""
-    return max((c["metric"] for c in best["candidates"]), default=-math.inf)
-
-
-def _top_epoch(best: dict[str, Any]) -> int:
-    """The epoch of the highest selection metric so far (early stopping counts from it)."""
-    return max(best["candidates"], key=lambda c: (c["metric"], -c["epoch"]))["epoch"]
-
-
-def _epoch_selection(method: Method, history: list[dict[str, Any]], best: dict[str, Any], tolerance: float):
-    """The tie rule over every (epoch, variant) of the history: the earliest epoch (then the variant's order)
-    within the tolerance of the best; returns the Selection and the kept candidate it chose (None: no epochs)."""
-    selection = epoch_selection(history, list(method.eval_variants()), tolerance)
-    if selection is None:
-        return None, None
-    epoch, variant = selection.chosen
-    kept = {(c["epoch"], c["variant"]): c for c in best["candidates"]}
-    if (epoch, variant) not in kept:  # cannot happen: a candidate is dropped only once it is out of every tie set
-        raise RuntimeError(f"{method.name}: the selected epoch {epoch} ({variant}) was not kept")
-    return selection, kept[(epoch, variant)]
-
-
-def _select(
-    method: Method, task: str, split: Split, protocol: Protocol, ctx: RunContext, epoch: int, best: dict[str, Any]
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Score every eval variant (e.g. raw and EMA weights) on the selection split; return the variants' metrics
-    and the selection state: a CPU copy of the state of every candidate within the tie tolerance of the best metric
-    so far (``candidates``; one that falls out of that band can never be chosen again)."""
+def _score_variants(method: Method, task: str, split: Split, protocol: Protocol, ctx: RunContext, epoch: int,
+                    best: BestSoFar) -> dict[str, float]:
+    """Score every eval variant (e.g. raw and EMA weights) on the selection split, offer each to ``best``, and
+    return the variants' metrics."""
     variant_metrics = {}
-    candidates = list(best["candidates"])
-    top = _top(best)
     for variant in method.eval_variants():
         method.use_variant(variant)
-        scores = predict_split(method, split, ctx)
-        metric = protocol.selection_metric(task, scores, split.labels)
+        metric = protocol.selection_metric(task, predict_split(method, split, ctx), split.labels)
         variant_metrics[variant] = metric
-        if metric >= max(top, metric) - protocol.tie_tolerance:
-            state = _on_cpu(method.variant_state(variant))
-            candidates.append({"epoch": epoch, "variant": variant, "metric": metric, "state": state})
-        top = max(top, metric)
+        best.add(epoch, variant, metric, method.variant_state(variant), protocol.tie_tolerance)
     method.use_variant(method.eval_variants()[0])
-    return variant_metrics, {"candidates": [c for c in candidates if c["metric"] >= top - protocol.tie_tolerance]}
-
-
-def _on_cpu(state: Any) -> Any:
-    """A copy of a (nested) state with every tensor on the CPU: kept candidates do not hold accelerator memory."""
-    if isinstance(state, dict):
-        return {k: _on_cpu(v) for k, v in state.items()}
-    if torch.is_tensor(state):
-        return state.detach().to("cpu", copy=True)
-    return copy.deepcopy(state)
+    return variant_metrics
 
 
 def _check_optimizer_covers_learnable(method: Method, optimizer: torch.optim.Optimizer) -> None:
@@ -396,14 +369,14 @@ def run_method(method: Method, data: DatasetData, ctx: RunContext) -> Outcome:
             return score_split(method, data.splits[name], ctx)
         return _checked(method, cached, len(data.splits[name]))
 
-    return Outcome(*_final_scores(method, data, ctx, scores), fit_info=fit_info, selections=selections)
+    return Outcome.of(_final_scores(data, ctx, scores), fit_info=fit_info, selections=selections)
 
 
-def _final_scores(method: Method, data: DatasetData, ctx: RunContext, scores: Callable) -> tuple[np.ndarray, ...]:
-    """(val probabilities, test probabilities, val logits, test logits); test is empty for search trials."""
+def _final_scores(data: DatasetData, ctx: RunContext, scores: Callable) -> FinalScores:
+    """Val and test scored once (``scores(split) -> (probabilities, logits)``); test is empty for search trials."""
     val, val_logits = scores("val")
     if not ctx.score_test:
         empty = np.zeros((0, 0), np.float32)
-        return val, empty, val_logits, empty.astype(np.float64)
+        return FinalScores(val, empty, val_logits, empty.astype(np.float64))
     test, test_logits = scores("test")
-    return val, test, val_logits, test_logits
+    return FinalScores(val, test, val_logits, test_logits)

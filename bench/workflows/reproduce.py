@@ -185,7 +185,7 @@ def _seconds_per_image(records: list, method: str, backbone: str) -> tuple[float
     rates = []
     devices = set()
     for rec in records:
-        if rec.method.name != method or rec.backbone.get("name") != backbone:
+        if method not in (rec.method.name, *rec.method.aliases) or rec.backbone.get("name") != backbone:
             continue
         seconds, epochs = rec.timing.get("seconds_train_and_eval"), rec.training.epochs_run
         n = rec.dataset.split_sizes.get("train", 0)
@@ -217,17 +217,19 @@ def estimate(records: list, method: str, backbone: str, sizes: tuple[int, int, i
 
 def _done(records: list, key: tuple[str, str, str, str], seeds: list[int | None]) -> int:
     """Records for ``key`` = (method, dataset, backbone, protocol) and these seeds (the real run triages by run id)."""
-    return len({rec.seed for rec in records if rec.seed in seeds and
-                (rec.method.name, rec.dataset.name, rec.backbone.get("name"), rec.protocol.name) == key})
+    method, rest = key[0], key[1:]
+    return len({rec.seed for rec in records if rec.seed in seeds and method in (rec.method.name, *rec.method.aliases)
+                and (rec.dataset.name, rec.backbone.get("name"), rec.protocol.name) == rest})
 
 
 def make_plan(config: Path | None, preset: Preset, tables: list[str] | None, scale: str, overrides: dict[str, Any]) -> Plan:
     """Every job's config and one row per table x backbone x dataset x method with its runs and estimate."""
+    from bench.pipeline.plan import experiment_key
     from bench.registry import METHODS
 
     seeds = (0,) if scale == "tiny" else preset.seeds
     plan = Plan()
-    first: dict[tuple[str, str, str], str] = {}  # (backbone, dataset, method) -> the table that plans its runs
+    first: dict[tuple[str, str, str], tuple[str, str]] = {}  # (backbone, dataset, experiment) -> (table, name) planning it
     stored: dict[Path, list] = {}
     for job in _scale(select(preset, tables), scale):
         cfg = job_config(config, job, seeds, overrides, scale)
@@ -241,9 +243,13 @@ def make_plan(config: Path | None, preset: Preset, tables: list[str] | None, sca
             for method in job.methods:
                 run_seeds: list[int | None] = [None] if METHODS.get(method).deterministic and fixed else list(seeds)
                 epochs = int(getattr(cfg.method_config(method, job.backbone), "epochs", 0) or 0)
-                owner = first.setdefault((job.backbone, dataset, method), job.table)
-                shared = owner if owner != job.table else None  # the same runs serve several tables: counted once
-                hours, basis = (0.0, f"= Table {owner}") if shared else estimate(records, method, job.backbone, sizes, epochs, len(run_seeds))
+                # one experiment = one config: names that resolve to the same config (a variant equal to another,
+                # or the runs of another table) share their runs, counted once
+                key = (job.backbone, dataset, experiment_key(method, cfg.method_config(method, job.backbone)))
+                owner_table, owner = first.setdefault(key, (job.table, method))
+                shared = owner_table if (owner_table, owner) != (job.table, method) else None
+                same = f"= Table {owner_table}" + (f" {owner}" if owner != method else "")
+                hours, basis = (0.0, same) if shared else estimate(records, method, job.backbone, sizes, epochs, len(run_seeds))
                 done = _done(records, (method, dataset, job.backbone, cfg.protocol.name), run_seeds)
                 plan.rows.append(PlanRow(job.table, job.backbone, dataset, method, len(run_seeds), done, epochs, hours, basis, shared))
     return plan
@@ -270,7 +276,7 @@ def print_plan(plan: Plan, preset: Preset, console) -> None:
     console.print("anchor: the released IntCLIP code's RN101 training step on an NVIDIA H200 (770 img/s train, 2,780 img/s "
                   "eval, images on the GPU; SPEC 9), an upper bound for methods with a frozen image side; store: the "
                   "median seconds per training image of this store's earlier runs of that method and backbone; "
-                  "= Table N: the same runs serve that table, counted once.", highlight=False)
+                  "= Table N (name): the same runs (one config) serve that table or name, counted once.", highlight=False)
     if "6b" in tables:
         console.print("Table 6b: only IntCLIP (HCI) runs; HLEG [33] (with or without HCI) is not implemented in the harness "
                       "and no IntCLIP variant has the paper's HCI-FG sentences, so those rows are the paper's only.", highlight=False)
