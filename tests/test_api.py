@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import bench
 from bench.store import store
 from bench.cli.app import app
-from tests.storegen import make_run
+from tests.conftest import make_run
 
 
 def test_import_bench_stays_light():

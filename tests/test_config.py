@@ -7,7 +7,7 @@ import pytest
 from bench.config import BenchConfig, load_config
 from bench.overrides import parse_int_list, parse_override
 from bench.errors import ConfigError
-from conftest import REPO
+from tests.conftest import REPO
 
 
 def test_repo_bench_toml_spells_out_the_built_in_defaults():

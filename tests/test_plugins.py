@@ -2,23 +2,20 @@
 each (tests/plugin/bench_toy_plugin: prior_knn.py; toy_coco.py + toy_coco.json), declared in its dist-info."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-PLUGIN = Path(__file__).resolve().parent / "plugin"
+from tests.conftest import bench_cli
 
 
-def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGIN), os.environ.get("PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+
+def _plugin_bench(*args: str, cwd: Path):
+    return bench_cli(*args, cwd=cwd, plugin=True)
 
 
 def test_a_method_and_a_dataset_from_another_package_run_end_to_end(tmp_path):
-    assert "prior-knn" in _bench("ls", "methods", cwd=tmp_path).stdout.split()
-    assert "toy-coco" in _bench("ls", "datasets", cwd=tmp_path).stdout.split()
-    run = _bench("run", "--methods", "prior-knn,label-prior", "--dataset", "toy-coco", "--seeds", "0,1", "--executor", "serial",
+    assert "prior-knn" in _plugin_bench("ls", "methods", cwd=tmp_path).stdout.split()
+    assert "toy-coco" in _plugin_bench("ls", "datasets", cwd=tmp_path).stdout.split()
+    run = _plugin_bench("run", "--methods", "prior-knn,label-prior", "--dataset", "toy-coco", "--seeds", "0,1", "--executor", "serial",
                  "--no-progress", "--results", str(tmp_path / "results"), "--set", f'paths.cache="{tmp_path / "cache"}"', cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     records = {json.loads(p.read_text())["method"]["name"]: json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("*/result.json")}
@@ -26,7 +23,7 @@ def test_a_method_and_a_dataset_from_another_package_run_end_to_end(tmp_path):
     assert knn["seed"] is None and knn["method"]["family"] == "Reference points" and knn["dataset"]["main_metric"] == "mAP"
     assert knn["dataset"]["class_keys"] == ["red", "green", "blue", "yellow"] and knn["training"]["fit_info"]["k"] == 5
     assert knn["metrics"]["test"]["mAP"] > prior["metrics"]["test"]["mAP"] + 0.1  # it looks at the images
-    report = _bench("report", "--results", str(tmp_path / "results"), "--format", "md", "--bootstrap", "100",
+    report = _plugin_bench("report", "--results", str(tmp_path / "results"), "--format", "md", "--bootstrap", "100",
                     "--ref", "prior-knn", "--test", "bootstrap", cwd=tmp_path)
     assert report.returncode == 0 and "| prior-knn |" in report.stdout and "toy-coco" in report.stdout
     assert "| prior-knn | 0.000 | 1 (deterministic) |" in report.stdout

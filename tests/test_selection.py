@@ -17,7 +17,7 @@ from bench.reports import tables
 from bench.store import collection
 from bench.store.schema import SelectionRecord
 from bench.selection import TOLERANCE, epoch_selection, fragile_selections, select
-from storegen import make_run
+from tests.conftest import make_run
 
 
 def test_select_ties_margin_and_rule():

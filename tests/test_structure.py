@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import REPO
 from bench.backbones.loader import TINY_CLIP, load_backbone
 from bench.registry import METHODS, create_method
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {"bench": "bench", "bench.methods": "methods", "bench.datasets": "datasets", "bench.reports": "reports",
             "bench.tools": "tools"}
 MAX_MODULE_LINES = 450

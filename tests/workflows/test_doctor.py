@@ -20,8 +20,8 @@ from bench.workflows import doctor  # noqa: E402
 from bench.cli.app import app  # noqa: E402
 from bench.config import load_config  # noqa: E402
 from bench.backbones.weights import weights_status  # noqa: E402
-from test_backbones_openclip import REV, VIT, hub_cache, tiny_models  # noqa: E402,F401  (fixtures)
-from test_data_cache import make_emotionroi, make_fi  # noqa: E402
+from tests.backbones.test_backbones_openclip import REV, VIT, hub_cache, tiny_models  # noqa: E402,F401  (fixtures)
+from tests.test_data_cache import make_emotionroi, make_fi  # noqa: E402
 
 runner = CliRunner()
 
@@ -136,7 +136,7 @@ def test_the_paper_plan_counts_every_run_once(tmp_path, no_caches):
 def test_reproduce_end_to_end_on_the_tiny_clip(tmp_path, no_caches):
     """`--scale tiny --tables 2,6a` on generated roots: the doctor passes, every planned run runs once, the page and
     the LaTeX hold the reproduced tables beside the paper's rows, and a rerun trains nothing."""
-    from test_datasets_real import SHARED, build_root
+    from tests.datasets.test_datasets_real import SHARED, build_root
 
     if not (SHARED / "intentonomy_val2020.json").is_file():
         pytest.skip("real Intentonomy annotations not found")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import REPO
 from scipy import stats
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "significance_calibration.py"
+PATH = REPO / "benchmarks" / "significance_calibration.py"
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,7 @@ import pytest
 
 from bench.config import TrialResources, load_config
 from bench.errors import ConfigError
-
-
-def _bench(*args, cwd: Path, timeout=300, env: dict | None = None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+from tests.conftest import bench_cli
 
 
 def _records(tmp_path: Path) -> list[dict]:
@@ -37,7 +33,7 @@ def test_gpu_fractions_must_divide_one():
 
 def test_local_ray_runs_two_trials_of_two_epochs(write_config, tmp_path: Path):
     cfg = write_config(methods=("dualcoop",), seeds=(0, 1), epochs=2, extra="[ray]\nnum_cpus = 2\n")
-    proc = _bench("run", "--config", str(cfg), "--executor", "ray", "--no-progress", cwd=tmp_path)
+    proc = bench_cli("run", "--config", str(cfg), "--executor", "ray", "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     records = _records(tmp_path)
     assert len(records) == 2 and {r["executor"] for r in records} == {"ray"}
@@ -96,12 +92,12 @@ def test_existing_cluster_on_loopback(write_config, tmp_path: Path):
     try:
         address = f"127.0.0.1:{port}"  # this test's own cluster (`auto` could find another one on a shared host)
         no_storage = write_config(methods=("label-prior",), seeds=(0,))
-        proc = _bench("run", "--config", str(no_storage), "--ray-address", address, "--executor", "ray", cwd=tmp_path, env=auth)
+        proc = bench_cli("run", "--config", str(no_storage), "--ray-address", address, "--executor", "ray", cwd=tmp_path, env=auth)
         assert proc.returncode == 2 and "ray.storage_path: required when running on an existing Ray cluster" in proc.stderr
         assert not _records(tmp_path)  # checked before any trial started
         storage = tmp_path / "shared-storage"
         cfg = write_config(methods=("label-prior", "zeroshot"), seeds=(0,), extra=f'[ray]\nstorage_path = "{storage}"\n')
-        proc = _bench("run", "--config", str(cfg), "--ray-address", address, "--executor", "ray", "--no-progress", cwd=tmp_path, env=auth)
+        proc = bench_cli("run", "--config", str(cfg), "--ray-address", address, "--executor", "ray", "--no-progress", cwd=tmp_path, env=auth)
         assert proc.returncode == 0, proc.stderr
         assert {r["method"]["name"] for r in _records(tmp_path)} == {"label-prior", "zeroshot"}
         assert list(storage.glob("suite-*"))
@@ -192,13 +188,13 @@ def test_two_node_loopback_cluster_places_gpu_trials_and_applies_the_device_poli
             f'[ray]\nstorage_path = "{storage}"\nmax_failures = 0\n'
             '[ray.resources.dualcoop]\ncpu = 1\ngpu = 0.5\ncustom = {accel = 1}\n'))
         # bench doctor sees both nodes and holds each method's request against them
-        proc = _bench("doctor", "--config", str(cfg), "--ray-address", address, "--executor", "ray", cwd=tmp_path, env=auth)
+        proc = bench_cli("doctor", "--config", str(cfg), "--ray-address", address, "--executor", "ray", cwd=tmp_path, env=auth)
         assert "2 alive node(s)" in proc.stdout and "2 CPU/2 GPU" in proc.stdout, proc.stdout + proc.stderr
         assert proc.returncode == 0, proc.stdout  # dualcoop's 0.5 GPU + accel fits the worker; the rest is ok or warn
-        proc = _bench("doctor", "--config", str(cfg), "--ray-address", address, "--executor", "ray",
+        proc = bench_cli("doctor", "--config", str(cfg), "--ray-address", address, "--executor", "ray",
                       "--set", "ray.resources.dualcoop.gpu=4", cwd=tmp_path, env=auth)
         assert proc.returncode == 1 and "missing ray     dualcoop: asks for 1 CPU, 4 GPU per trial; no node has that" in proc.stdout
-        proc = _bench("run", "--config", str(cfg), "--ray-address", address, "--executor", "ray", "--no-progress",
+        proc = bench_cli("run", "--config", str(cfg), "--ray-address", address, "--executor", "ray", "--no-progress",
                       cwd=tmp_path, env=auth, timeout=600)
         assert proc.returncode == 1, proc.stderr  # the two GPU trials failed (no CUDA here), the CPU one did not
         (record,) = _records(tmp_path)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import REPO
 from bench import metrics
 from bench.store import store
 from bench.cli.app import app
@@ -17,9 +18,8 @@ from bench.config import DEFAULT_CONFIG, load_config
 from bench.reports import tables
 from bench.store import collection
 from bench.store.schema import SCHEMA_VERSION, RunResult, json_schema, migrate, unknown_keys
-from tests.storegen import make_run
+from tests.conftest import make_run
 
-REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 

@@ -16,7 +16,7 @@ from bench.cli.app import app
 from bench.reports import compare, layout, tables
 from bench.store import collection
 from bench.reports.latex import escape, to_latex
-from storegen import make_run
+from tests.conftest import build_store, make_run
 
 # Chosen test/val values (fractions) per method; every seed gets the same, so std = 0 and the ranking is exact.
 VALUES = {
@@ -27,12 +27,8 @@ VALUES = {
 
 
 def _store(root: Path, extra_methods=(), seeds=(0, 1)) -> Path:
-    for method, values in VALUES.items():
-        for seed in seeds:
-            make_run(root, method, seed, test=values["test"], val=values["val"], params=(15_751_809, 57_000_000))
-    for method in extra_methods:
-        for seed in seeds:
-            make_run(root, method, seed, test={"macro_f1": 0.35}, val={"macro_f1": 0.36})
+    build_store(root, VALUES, seeds, per_run=lambda m, s: {**VALUES[m], "params": (15_751_809, 57_000_000)})
+    build_store(root, extra_methods, seeds, test={"macro_f1": 0.35}, val={"macro_f1": 0.36})
     return root
 
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from bench.store import store
 from bench.cli.app import app
-from tests.storegen import make_run
+from tests.conftest import build_store
 
 runner = CliRunner()
 LB = ["--set", 'leaderboard.methods=["dualcoop","intclip","linear-probe"]', "--set", 'leaderboard.datasets=["intentonomy"]',
@@ -32,8 +32,8 @@ def _recompute(monkeypatch):
 
 
 def _store(results: Path) -> dict[tuple[str, int], Path]:
-    return {(m, s): store.runs_dir(results) / make_run(results, m, s, quality=0.5 + 0.05 * s).run_id
-            for m in ("intclip", "dualcoop", "linear-probe") for s in (0, 1, 2)}
+    return build_store(results, ("intclip", "dualcoop", "linear-probe"), (0, 1, 2),
+                       per_run=lambda m, s: {"quality": 0.5 + 0.05 * s})
 
 
 def _nan_scores(run_dir: Path) -> None:

@@ -20,10 +20,11 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from tests.conftest import SHARED as SHARED_ROOT
 from bench.datasets.images import DatasetError, DatasetNotFoundError, SplitIncompleteError  # noqa: E402
 from bench.datasets.intentonomy import Intentonomy  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "intentonomy"
+SHARED = SHARED_ROOT / "data" / "intentonomy"
 N_TRAIN = 40
 
 pytestmark = pytest.mark.skipif(

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from bench.store import store
 from bench.cli.app import app
-from storegen import make_run
+from tests.conftest import make_run
 
 LB = [
     "--set", 'leaderboard.methods=["dualcoop","intclip","linear-probe"]',

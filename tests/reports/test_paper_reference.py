@@ -16,9 +16,9 @@ from bench.reports import layout
 from bench.reports.escape import UNICODE_SYMBOLS, render_caption
 from bench.reports.latex import METRIC_SPEC, to_latex
 from bench.reports.paper import reference_frame
-from conftest import REPO, SHARED
-from storegen import make_run
-from test_reports import _cells, _summary, _two_column_article
+from tests.conftest import REPO, SHARED
+from tests.conftest import make_run
+from tests.reports.test_reports import _cells, _summary, _two_column_article
 
 RULE = "is printed only against the paper's row of the same method on the same backbone"
 

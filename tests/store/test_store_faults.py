@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from bench.store import store
 from bench.cli.app import app
 from bench.store import collection
-from tests.storegen import make_run
+from tests.conftest import build_store, make_run
 
 runner = CliRunner()
 
@@ -30,8 +30,9 @@ class _Planted:
 
 def _store(tmp_path: Path) -> tuple[Path, list[Path]]:
     results = tmp_path / "results"
-    runs = [make_run(results, m, 0, quality=q) for m, q in (("intclip", 0.6), ("dualcoop", 0.5), ("label-prior", 0.1))]
-    return results, [store.runs_dir(results) / r.run_id for r in runs]
+    quality = {"intclip": 0.6, "dualcoop": 0.5, "label-prior": 0.1}
+    runs = build_store(results, quality, per_run=lambda m, s: {"quality": quality[m]})
+    return results, list(runs.values())
 
 
 def _validate(results: Path):

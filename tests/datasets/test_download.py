@@ -36,9 +36,9 @@ from typer.testing import CliRunner
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import bench  # noqa: E402  (after the environment is set)
+from tests.conftest import REPO
 from bench.datasets.download import USER_AGENT, DownloadError, TokenBucket, backoff_delay, retry_after_seconds, rewrite_url  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "intentonomy"
 TIMEOUT = 2.5  # the client's --timeout in these tests; slow-* waits SLOW before answering
 SLOW = 4.0
@@ -433,8 +433,8 @@ def test_the_server_killed_and_restarted_mid_download(tmp_path):
 
     def start(port: int) -> tuple[subprocess.Popen, int]:
         port_file.unlink(missing_ok=True)
-        proc = subprocess.Popen([sys.executable, __file__, "serve", "--port", str(port), "--port-file", str(port_file),
-                                 "--chunk-delay", "0.02", "--done-log", str(done)])
+        proc = subprocess.Popen([sys.executable, "-m", "tests.datasets.test_download", "serve", "--port", str(port), "--port-file", str(port_file),
+                                 "--chunk-delay", "0.02", "--done-log", str(done)], cwd=REPO)
         wait_for(lambda: port_file.is_file() or proc.poll() is not None, "the server")
         return proc, int(port_file.read_text())
 
@@ -708,7 +708,7 @@ def test_the_official_annotation_files(server, tmp_path, monkeypatch):
     assert {s: (c["images"], c["ok"]) for s, c in counts.items()} == {"train": (3, 3), "val": (4, 4), "test": (4, 4)}
 
 
-if __name__ == "__main__":  # the restart test's server: `python tests/test_download.py serve --port-file F ...`
+if __name__ == "__main__":  # the restart test's server: `python -m tests.datasets.test_download serve --port-file F ...`
     cli = argparse.ArgumentParser()
     cli.add_argument("command", choices=["serve"])
     cli.add_argument("--port", type=int, default=0)

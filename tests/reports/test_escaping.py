@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from bench.store import store
 from bench.cli.app import app
 from bench.reports import escape
-from tests.storegen import make_run
+from tests.conftest import make_run
 
 runner = CliRunner()
 HOSTILE_METHOD = "evil<script>alert(1)</script>|[/]*x*_y_`z`"

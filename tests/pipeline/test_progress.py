@@ -222,8 +222,8 @@ def test_serial_suite_without_live_progress_logs_epochs_with_the_eta(write_confi
 
 # the final table within 100 columns
 
-def _store(tmp_path: Path) -> Path:
-    from tests.storegen import make_run
+def _wide_store(tmp_path: Path) -> Path:
+    from tests.conftest import make_run
 
     results = tmp_path / "results"
     extra = {"tuning": {"study": "s"}}
@@ -240,7 +240,7 @@ def test_the_final_table_fits_100_columns_and_no_number_wraps(tmp_path, monkeypa
     from bench.reports import tables
     from bench.store import collection
 
-    results = _store(tmp_path)
+    results = _wide_store(tmp_path)
     records, _ = collection.load_results(results)
     summary = collection.summarise(collection.results_frame(records))
     (( _, header, rows),) = tables.table_rows(summary)

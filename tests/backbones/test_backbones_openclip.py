@@ -23,7 +23,8 @@ from bench.backbones.loader import (
     spec_towers,
     weights_identity,
 )
-from bench.cli.app import _load, app
+from bench.cli.app import app
+from bench.cli.common import load as _load
 from bench.config import configured_backbone, load_config
 from bench.overrides import backbone_key, split_key
 from bench.errors import ConfigError, UnknownNameError, WeightsNotFoundError
