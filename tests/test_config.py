@@ -171,6 +171,6 @@ def test_cli_paths_are_taken_as_paths_not_toml(tmp_path: Path, monkeypatch):
     import bench.cli.app as cli
 
     seen = {}
-    monkeypatch.setattr("bench.pipeline.suite.run_suite", lambda cfg, *a, **k: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(SystemExit(0)))
+    monkeypatch.setattr("bench.workflows.suite.run_suite", lambda cfg, *a, **k: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(SystemExit(0)))
     CliRunner().invoke(cli.app, ["run", "--dataset", "intentonomy", "--data-root", str(odd), "--executor", "serial"])
     assert seen["cfg"].paths.data["intentonomy"] == odd.resolve()

@@ -1,3 +1,3 @@
-"""CLIP backbones: specs and loading (:mod:`.loader`), the open_clip glue, the project's tiny CLIP, pretrained
-weights (status and fetch) and parameter counts of methods built on a backbone.
+"""CLIP backbones: specs, loading and weight identities (:mod:`.loader`), the open_clip glue (:mod:`.openclip`)
+and the project's tiny CLIP (:mod:`.tiny_clip`). Imports nothing of the harness but its base modules (errors, io).
 """

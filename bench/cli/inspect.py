@@ -131,7 +131,7 @@ def params(
     """Build each method with random weights (no download) and print learnable and total parameters."""
     import json
 
-    from bench.backbones.params import count_params
+    from bench.pipeline.params import count_params
 
     if fmt not in ("table", "json"):
         raise BenchError(f"--format {fmt!r}: expected table or json")

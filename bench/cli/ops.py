@@ -53,7 +53,7 @@ def weights_status(
     tiny CLIP, the open_clip or Hugging Face cache), or the command or download that gets them. No network."""
     from rich.table import Table
 
-    from bench.backbones.weights import weights_status as status
+    from bench.workflows.weights import weights_status as status
 
     cfg = load(config, None, sets)
     names = backbones or list(dict.fromkeys([cfg.suite.backbone, *([cfg.leaderboard.backbone] if cfg.leaderboard.backbone else []), *cfg.backbones]))
@@ -82,7 +82,7 @@ def weights_fetch(
     says so and exits 1 when offline (HF_HUB_OFFLINE)."""
     from bench.overrides import backbone_key
     from bench.io import sha256_file
-    from bench.backbones.weights import fetch
+    from bench.workflows.weights import fetch
 
     cfg = load(config, None, sets, values={backbone_key(backbone): pretrained} if pretrained else None)
     path = fetch(cfg, backbone)
@@ -148,7 +148,7 @@ def crosscheck(
     if run:
         from rich.console import Console
 
-        from bench.pipeline.suite import run_suite
+        from bench.workflows.suite import run_suite
 
         outcome = run_suite(cfg, Console(stderr=True))
         if outcome.failed:

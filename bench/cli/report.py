@@ -37,7 +37,7 @@ def report(
         raise BenchError("--reference applies to --format latex and html")
     if (columns or metrics) and fmt not in ("latex", "html"):
         raise BenchError("--columns and --metrics apply to --format latex and html (md and csv list every metric)")
-    from bench.api import render_report
+    from bench.reports.render import render_report
 
     values: dict[str, object] = {}
     if ref is not None:

@@ -32,7 +32,7 @@ def run(
     pretrained: PretrainedOpt = None,
 ) -> None:
     """Train and evaluate every method x dataset x seed that has no result yet, then print the table."""
-    from bench.pipeline.suite import run_suite
+    from bench.workflows.suite import run_suite
 
     if data_root is not None:
         names = parse_name_list(dataset) if dataset else None
@@ -91,7 +91,7 @@ def tune(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress of the search and the refit (off: one line per event, for logs).")] = True,
 ) -> None:
     """Search hyperparameters on val (Optuna TPE + ASHA on Ray Tune), then refit the best over the seeds."""
-    from bench.pipeline.tune import run_tune
+    from bench.workflows.tune import run_tune
     from bench.registry import DATASETS, METHODS
 
     METHODS.check(method)

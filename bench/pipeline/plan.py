@@ -1,5 +1,5 @@
 """What a suite is: every method x dataset x seed resolved into a :class:`PlannedRun` (config, identity, run id,
-the dataset copy it reads). Nothing here trains, prints or writes; :mod:`bench.pipeline.suite` triages the plans
+the dataset copy it reads). Nothing here trains, prints or writes; :mod:`bench.workflows.suite` triages the plans
 against the store and runs what is missing, :mod:`bench.pipeline.runner` runs one.
 """
 

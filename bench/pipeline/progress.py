@@ -2,7 +2,7 @@
 clock that ticks, and a suite ETA from the epochs finished so far.
 
 A board holds the trials and their events; it imports no Ray. The Ray callbacks (:mod:`bench.ray.executor`,
-:mod:`bench.ray.search`) and the serial loop (:mod:`bench.pipeline.suite`) feed it events. Rendering happens at render time
+:mod:`bench.ray.search`) and the serial loop (:mod:`bench.workflows.suite`) feed it events. Rendering happens at render time
 (rich calls ``__rich__`` on every refresh of a ``Live``), so elapsed times and the ETA move between events. Each
 event also returns one line of text: with live progress off (``--no-progress``), or on a console that is not a
 terminal (a log file, a pipe), that line is printed instead of the live view.

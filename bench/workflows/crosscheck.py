@@ -47,7 +47,7 @@ class Check:
 def table_of(results: Path) -> dict[str, dict[str, Any]]:
     """The default suite's table from a store: ``{method: {"n": int, "run_ids": [...], "test": {metric: %}, "val":
     {...}}}`` (one dataset/backbone/protocol group; a store with several is refused)."""
-    from bench.api import report_inputs
+    from bench.reports.render import report_inputs
 
     _, summary = report_inputs(Path(results), bootstrap=0)
     if summary.empty:

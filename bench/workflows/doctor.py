@@ -1,7 +1,7 @@
 """``bench doctor``: what a real run needs, checked before it starts, with the command that fixes each gap.
 
 Checks, for the suite a config (and the command line) describes: every dataset's root, annotation files and
-manifest (``bench data verify``); the backbone's weights (:mod:`bench.backbones.weights`); the CUDA devices and their free
+manifest (``bench data verify``); the backbone's weights (:mod:`bench.workflows.weights`); the CUDA devices and their free
 memory against ``engine.device``; the Ray cluster (reachable, its nodes' CPUs/GPUs against each method's
 per-trial request) or the embedded one; free disk for each dataset's decoded cache at the backbone's resolution
 and for the result store. Nothing is trained, downloaded or written (a check that would need to write says so).
@@ -71,7 +71,7 @@ def _dataset_checks(cfg: BenchConfig, name: str, image_size: int) -> tuple[list[
 
 
 def _weights_checks(cfg: BenchConfig, backbone: str) -> list[Check]:
-    from bench.backbones.weights import weights_status
+    from bench.workflows.weights import weights_status
 
     state = weights_status(cfg, backbone)
     return [Check("weights", backbone, "ok" if state.present else "missing", state.detail, fix=state.fix)]

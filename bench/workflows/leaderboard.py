@@ -50,7 +50,7 @@ def run_leaderboard(cfg: BenchConfig, console: Console, ray_address: str | None 
     suite_cfg = suite_config(cfg)
     failed: dict[str, str] = {}
     if run:
-        from bench.pipeline.suite import run_suite
+        from bench.workflows.suite import run_suite
 
         failed = dict(run_suite(suite_cfg, console, ray_address).failed)
     s = suite_cfg.suite

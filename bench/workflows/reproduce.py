@@ -297,7 +297,7 @@ def gate(plan: Plan, console, ray_address: str | None = None) -> list:
 
 def run_all(plan: Plan, console, ray_address: str | None = None) -> dict[str, str]:
     """Run what is missing of every job; returns the failures (run id -> message) and fills ``plan.run_ids``."""
-    from bench.pipeline.suite import run_suite
+    from bench.workflows.suite import run_suite
 
     failed: dict[str, str] = {}
     for cfg in plan.configs:
@@ -314,7 +314,7 @@ def write_report(plan: Plan, folder: Path, preset: Preset, bootstrap: int = 1000
     import subprocess
     import tempfile
 
-    from bench.api import report_inputs
+    from bench.reports.render import report_inputs
     from bench.io import atomic_write_bytes, atomic_write_text
     from bench.reports import layout
     from bench.reports.html import render_page

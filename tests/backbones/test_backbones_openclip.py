@@ -28,7 +28,7 @@ from bench.cli.common import load as _load
 from bench.config import configured_backbone, load_config
 from bench.overrides import backbone_key, split_key
 from bench.errors import ConfigError, UnknownNameError, WeightsNotFoundError
-from bench.backbones.params import placeholder_task
+from bench.pipeline.params import placeholder_task
 from bench.registry import BACKBONES, METHODS, create_method
 
 VIT, VIT_QG, RN = "bench-test-tiny-vit", "bench-test-tiny-vit-quickgelu", "bench-test-tiny-rn"
@@ -274,7 +274,7 @@ def test_a_tag_loads_from_the_cache_with_the_hash_of_the_file_open_clip_read(hub
 
 
 def test_tune_refuses_an_unsupported_pair_before_it_decodes_anything(tiny_models, write_config, monkeypatch, tmp_path):
-    from bench.pipeline import tune
+    from bench.workflows import tune
 
     monkeypatch.setattr(tune, "load_dataset", lambda *a, **k: pytest.fail("the dataset was loaded"))
     cfg = load_config(write_config(methods=("dualcoop",)), {"suite.backbone": VIT, backbone_key(VIT): "none"})

@@ -80,7 +80,7 @@ def test_batched_cutout_draws_what_pil_cutout_draws_with_the_same_centres_and_co
 
 
 def test_prompt_methods_augment_training_batches_only():
-    from bench.backbones.params import placeholder_task
+    from bench.pipeline.params import placeholder_task
 
     data = placeholder_task(3)
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ import torch
 from bench.backbones.loader import load_backbone
 from bench.errors import UnknownNameError
 from bench.methods.intclip import AddFusion, ConcatMLPFusion, SightAssistedAggregation, class_texts
-from bench.backbones.params import count_params, placeholder_task
+from bench.pipeline.params import count_params, placeholder_task
 from bench.registry import BACKBONES, METHODS
 
 CPU = torch.device("cpu")

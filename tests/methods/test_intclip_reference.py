@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from bench.backbones.loader import TINY_CLIP, BackboneSpec, load_backbone
 from bench.train.engine import RunContext, train_step
-from bench.backbones.params import placeholder_task
+from bench.pipeline.params import placeholder_task
 from bench.registry import METHODS
 
 CPU = torch.device("cpu")

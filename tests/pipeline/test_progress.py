@@ -206,7 +206,7 @@ def test_the_serial_progress_carries_the_eta_column():
 
 def test_serial_suite_without_live_progress_logs_epochs_with_the_eta(write_config):
     from bench.config import load_config
-    from bench.pipeline.suite import run_suite
+    from bench.workflows.suite import run_suite
 
     cfg = load_config(write_config(methods=("dualcoop",), seeds=(0,), epochs=2))
     console = Console(record=True, width=200, file=io.StringIO())

@@ -98,7 +98,7 @@ def test_a_newer_record_this_version_cannot_read_is_left_alone(tmp_path):
     status, reason = store.run_status(run_dir)
     assert status == "newer" and "newer bench" in reason
     from bench.pipeline.plan import PlannedRun
-    from bench.pipeline.suite import triage
+    from bench.workflows.suite import triage
     from rich.console import Console
 
     plan = PlannedRun(run_dir.name, "intclip", "intentonomy", 0, "RN101", {}, run_dir)

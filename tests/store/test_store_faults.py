@@ -168,7 +168,7 @@ def _suite_in_a_process(config: str, queue) -> None:
     from rich.console import Console
 
     from bench.config import load_config
-    from bench.pipeline.suite import run_suite
+    from bench.workflows.suite import run_suite
 
     _os.chdir(Path(config).parent)
     outcome = run_suite(load_config(config), Console(stderr=True, quiet=True))
@@ -208,7 +208,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(write_config, tmp_path):
 
     from bench.config import load_config
     from bench.pipeline.plan import plan_suite
-    from bench.pipeline.suite import run_suite
+    from bench.workflows.suite import run_suite
 
     config = write_config(methods=("label-prior",), seeds=(0,))
     os.chdir(config.parent)
@@ -323,7 +323,7 @@ def test_a_disk_that_fills_mid_suite_then_frees_loses_nothing(write_config, monk
 
     import bench.io
     from bench.config import load_config
-    from bench.pipeline.suite import run_suite
+    from bench.workflows.suite import run_suite
 
     config = write_config(methods=("dualcoop", "linear-probe"), seeds=(0, 1), epochs=3)
     monkeypatch.chdir(config.parent)
@@ -363,7 +363,7 @@ def test_too_little_free_space_is_refused_before_training(write_config, monkeypa
     from rich.console import Console
 
     from bench.config import load_config
-    from bench.pipeline.suite import run_suite
+    from bench.workflows.suite import run_suite
 
     config = write_config(methods=("dualcoop",), seeds=(0,), epochs=2)
     monkeypatch.chdir(config.parent)

@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench.workflows import doctor  # noqa: E402
 from bench.cli.app import app  # noqa: E402
 from bench.config import load_config  # noqa: E402
-from bench.backbones.weights import weights_status  # noqa: E402
+from bench.workflows.weights import weights_status  # noqa: E402
 from tests.backbones.test_backbones_openclip import REV, VIT, hub_cache, tiny_models  # noqa: E402,F401  (fixtures)
 from tests.test_data_cache import make_emotionroi, make_fi  # noqa: E402
 

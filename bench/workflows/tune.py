@@ -1,5 +1,5 @@
 """`bench tune`: search a method's hyperparameters on val (Optuna TPE + ASHA, run by :mod:`bench.ray.search`),
-keep the study and its summary, then refit the best config over the suite's seeds (:mod:`bench.pipeline.suite`), each refit
+keep the study and its summary, then refit the best config over the suite's seeds (:mod:`bench.workflows.suite`), each refit
 scoring test once. Search trials never score test.
 """
 
@@ -19,7 +19,7 @@ from bench.io import atomic_write_text
 from bench.pipeline.plan import backbone_image_size, check_support, input_decode, load_dataset
 from bench.protocol import get_protocol
 from bench.registry import METHODS
-from bench.pipeline.suite import run_suite
+from bench.workflows.suite import run_suite
 
 
 def run_tune(cfg: BenchConfig, method: str, dataset: str, console: Console, ray_address: str | None = None) -> dict[str, Any]:
