@@ -10,7 +10,9 @@ dotted path, e.g. ``bench.toml: methods.linear-probe.c_gird: unknown key``.
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -270,12 +272,29 @@ def _where(source: Path | None) -> str:
     return str(source) if source else "config"
 
 
-def _format_errors(err: ValidationError, prefix: str, source: Path | None, note: str = "") -> str:
+def _known_keys(cls: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys the model allows where ``loc`` (a validation error's location) ends: for "did you mean"."""
+    model: Any = cls
+    for part in loc[:-1]:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        nested = [a for a in (annotation, *typing.get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(getattr(model, "model_fields", {}))
+
+
+def _format_errors(err: ValidationError, prefix: str, source: Path | None, note: str = "",
+                   cls: type[BaseModel] | None = None) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            close = difflib.get_close_matches(str(e["loc"][-1]), _known_keys(cls, e["loc"]) if cls else [], n=3, cutoff=0.6)
+            msg = "unknown key" + (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "")
         elif e["type"] == "missing":
             msg = "required key is missing"
         else:
@@ -288,7 +307,7 @@ def _validate_section(cls: type[BaseModel], data: dict, prefix: str, source: Pat
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, prefix, source, note)) from None
+        raise ConfigError(_format_errors(err, prefix, source, note, cls)) from None
 
 
 def _resolve_paths(cfg: BenchConfig, base: Path) -> None:
@@ -306,7 +325,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None, base: Path | 
     try:
         cfg = BenchConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, "", source)) from None
+        raise ConfigError(_format_errors(err, "", source, cls=BenchConfig)) from None
     cfg.source = source
     _resolve_paths(cfg, base or (source.parent if source else Path.cwd()))
     _check_names(cfg, sections)
@@ -359,10 +378,25 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
     sections by their own config classes unless ``sections`` is false)."""
     source, data, builtin = _read(path, overrides)
     base = Path.cwd() if builtin else source.parent
-    cfg = parse_config(data, source, base=base, sections=sections)
+    try:
+        cfg = parse_config(data, source, base=base, sections=sections)
+    except ConfigError as err:
+        raise ConfigError(_blame_overrides(str(err), source, overrides or {})) from None
     cfg.builtin = builtin
     cfg.overrides = dict(overrides or {})
     return cfg
+
+
+def _blame_overrides(message: str, source: Path, overrides: dict[str, Any]) -> str:
+    """An error about a key the command line set (``--set``, ``--seeds``, ``--backbone`` ...) names the command line,
+    not the file: ``command line (suite.seed=1): suite.seed: unknown key; did you mean 'seeds'?``."""
+    out = []
+    for line in message.split("\n"):
+        head = f"{source}: "
+        key = line[len(head):].split(": ", 1)[0] if line.startswith(head) else ""
+        given = next((k for k in overrides if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None) if key else None
+        out.append(f"command line ({given}={overrides[given]!r}): {line[len(head):]}" if given else line)
+    return "\n".join(out)
 
 
 def _read(path: Path | str | None, overrides: dict[str, Any] | None) -> tuple[Path, dict[str, Any], bool]:

@@ -41,18 +41,36 @@ def ls(
     if what != "runs":
         raise BenchError(f"bench ls {what!r}: expected one of methods, datasets, backbones, runs")
     from bench.store import store
-    from bench.store.schema import main_metric_of
 
     cfg = _load(config, results)
-    for run_dir, rec in store.iter_results(cfg.paths.results):
+    _ls_runs(store.iter_results(cfg.paths.results), pattern)
+
+
+def _ls_runs(found, pattern: str) -> None:
+    """The store's runs as one aligned table, sorted by dataset, backbone, method and seed; unreadable ones after."""
+    from rich.table import Table
+
+    from bench.store.schema import main_metric_of
+
+    good, bad = [], []
+    for run_dir, rec in found:
         if isinstance(rec, BenchError):
-            out.print(f"{run_dir.name}  [red]unreadable[/]: {escape(str(rec))}")
-        elif fnmatch.fnmatchcase(rec.method.name, pattern):
-            main_metric = main_metric_of(rec.dataset.task, rec.dataset.main_metric)
-            out.print(
-                f"{rec.run_id}  {rec.method.name:<14} {rec.dataset.name:<12} {rec.backbone['name']:<10} {'deterministic' if rec.seed is None else f'seed {rec.seed}'}  "
-                f"test {main_metric} {100 * rec.metrics.test[main_metric]:.2f}"
-            )
+            bad.append((run_dir.name, str(rec)))
+        elif any(fnmatch.fnmatchcase(n, pattern) for n in (rec.method.name, *rec.method.aliases)):
+            good.append(rec)
+    good.sort(key=lambda r: (r.dataset.name, r.backbone["name"], r.method.name, -1 if r.seed is None else r.seed, r.run_id))
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col, justify in (("run id", "left"), ("method", "left"), ("dataset", "left"), ("backbone", "left"),
+                         ("protocol", "left"), ("seed", "right"), ("test (main metric)", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for rec in good:
+        metric = main_metric_of(rec.dataset.task, rec.dataset.main_metric)
+        name = rec.method.name + (f" (= {', '.join(rec.method.aliases)})" if rec.method.aliases else "")
+        table.add_row(rec.run_id, escape(name), escape(rec.dataset.name), escape(rec.backbone["name"]), rec.protocol.name,
+                      "-" if rec.seed is None else str(rec.seed), f"{metric} {100 * rec.metrics.test[metric]:.2f}")
+    out.print(table)
+    for name, reason in sorted(bad):
+        out.print(f"{escape(name)}  [red]unreadable[/]: {escape(reason)}")
 
 
 def _ls_backbones(pattern: str) -> None:

@@ -45,6 +45,9 @@ def report(
     if test is not None:
         values["report.test"] = test
     cfg = _load(config, results, sections=False, values=values)  # reads results only: no method module (no torch)
+    if not cfg.paths.results.is_dir():
+        where = "--results" if results is not None else f"paths.results of {cfg.source or 'the built-in defaults'}"
+        raise BenchError(f"{where}: no result store at {cfg.paths.results} (run `bench run` first, or pass --results DIR)")
     text, n_runs = render_report(cfg, fmt, bootstrap, reference, standalone, warn=lambda m: err.print(f"[yellow]{escape(m)}[/]"),
                                  columns=columns, metrics=parse_name_list(metrics) if metrics else None)
     if output is None:

@@ -156,12 +156,13 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
             seeds = [None] if METHODS.get(method).deterministic and weights != "none" else suite.seeds
             for seed in seeds:
                 identity = {**common, "seed": seed}
-                run_id = _stored_id(cfg.paths.results, identity, method)
-                if run_id in planned:  # another name of the suite resolved to this config: one run, both names
-                    planned[run_id].aliases.append(method)
+                canonical = store.compute_run_id(identity)
+                if canonical in planned:  # another name of the suite resolved to this config: one run, both names
+                    planned[canonical].aliases.append(method)
                     continue
+                run_id = _stored_id(cfg.paths.results, identity, method)
                 run_dir = store.runs_dir(cfg.paths.results) / run_id
-                planned[run_id] = PlannedRun(run_id, method, dataset, seed, suite.backbone, identity, run_dir, data_key=key)
+                planned[canonical] = PlannedRun(run_id, method, dataset, seed, suite.backbone, identity, run_dir, data_key=key)
     return list(planned.values()), datasets
 
 

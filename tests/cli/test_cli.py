@@ -109,7 +109,9 @@ def test_report_md_and_csv(finished_suite, tmp_path):
     assert row["test_macro_f1_mean"] == pytest.approx(np.mean(values))
     assert row["test_macro_f1_std"] == pytest.approx(np.std(values, ddof=1))
     listing = bench("ls", "runs", "--config", str(finished_suite))
-    assert listing.output.count("seed") == 2 and listing.output.count("deterministic") == 3
+    rows = [line.split() for line in listing.output.splitlines()[1:] if line.strip()]  # under the header, aligned
+    assert [r[1] for r in rows] == sorted(r[1] for r in rows) and all(len(r) == 8 for r in rows)
+    assert sum(r[5] == "-" for r in rows) == 3 and sorted(r[5] for r in rows if r[5] != "-") == ["0", "1"]
     # the declared reference (intclip, the paper's method) did not run: no p-values, and the report says why
     assert "| ref |" not in md.output and "No p-values: the declared reference intclip has no runs in this table." in md.output
     md = bench("report", "--config", str(finished_suite), "--ref", "dualcoop", "--test", "bootstrap")

@@ -504,7 +504,10 @@ def test_every_paper_table_fits_a_two_column_article(tmp_path):
     assert res.exit_code == 0, res.output
     tex = (tmp_path / "tables.tex").read_text()
     assert tex.count(r"\begin{tabular}") == 6  # Table 1, Tables 2-5, Table 6a (6b only on ViT-B/32: test_paper_reference)
-    _two_column_article(tmp_path)
+    labels = re.findall(r"\\label\{([^}]*)\}", tex)
+    assert len(labels) == 6 and len(set(labels)) == 6, labels  # \ref finds each table (LaTeX warns on a duplicate)
+    log = _two_column_article(tmp_path)
+    assert "multiply defined" not in log
     if shutil.which("pdftotext"):
         text = subprocess.run(["pdftotext", "paper.pdf", "-"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
         for title in ("Main comparison", "Component ablation", "Class text", "Image encoder", "Fusion of the two branches", "Image emotion recognition"):
