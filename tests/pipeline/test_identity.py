@@ -19,16 +19,17 @@ OLD_STORE = REPO / "tests" / "data" / "store-0.2.0"
 runner = CliRunner()
 
 
-def _config(tmp_path: Path, shared_cache: Path, methods: list[str], seeds=(0, 1)):
+def _config(tmp_path: Path, shared_cache: Path, methods: list[str], seeds=(0, 1), extra: dict | None = None):
     return load_config(None, {"suite.methods": methods, "suite.datasets": ["synthetic"], "suite.seeds": list(seeds),
                               "suite.executor": "serial", "paths.results": str(tmp_path / "results"),
-                              "paths.cache": str(shared_cache), "datasets.synthetic": {"n_train": 96, "n_val": 48, "n_test": 48}})
+                              "paths.cache": str(shared_cache), "datasets.synthetic": {"n_train": 96, "n_val": 48, "n_test": 48},
+                              **(extra or {})})
 
 
 def test_variants_with_one_config_are_one_run_per_seed_with_every_name(tmp_path, shared_cache):
     names = ["intclip:no-sa", "intclip:fusion-add", "intclip", "intclip:dual-semantic", "intclip:fusion-concat-mlp"]
-    cfg = _config(tmp_path, shared_cache, names)
-    plans, _ = plan_suite(cfg)
+    cfg = _config(tmp_path, shared_cache, names, extra={'methods."intclip:dual-semantic".epochs': 6})
+    plans, _ = plan_suite(cfg)  # (the embedded default's [methods.intclip] sets epochs = 6, a section of that name only)
     by_seed = {}
     for p in plans:
         by_seed.setdefault(p.seed, []).append(p.names)
@@ -43,6 +44,8 @@ def test_variants_with_one_config_are_one_run_per_seed_with_every_name(tmp_path,
 def test_a_store_written_before_reads_without_a_rerun_under_both_names(tmp_path):
     work = tmp_path / "store"
     shutil.copytree(OLD_STORE, work)
+    with (work / "bench.toml").open("a") as f:  # the settings the file gives intclip:no-sa, for the other name too
+        f.write('\n[methods."intclip:fusion-add"]\nepochs = 1\nbatch_size = 32\n')
     before = sorted(p.name for p in (work / "results" / "runs").iterdir())
     assert len(before) == 3
     done = runner.invoke(app, ["run", "--config", str(work / "bench.toml"), "--no-progress",
