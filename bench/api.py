@@ -7,8 +7,9 @@
     new = bench.run(methods=["dualcoop", "zeroshot"], seeds=[0, 1], executor="serial")
     print(bench.report("results", format="md"))   # or "csv", "latex", "html": the text `bench report` writes
 
-Records that do not validate (or whose artifacts are damaged) are skipped with a :class:`RuntimeWarning` naming
-them, as the command line skips them with a message.
+Metrics are fractions in [0, 1] (as the records store them); the reports print them as percentages. Records that
+do not validate (or whose artifacts are damaged) are skipped with a :class:`RuntimeWarning` naming them, as the
+command line skips them with a message.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def run(
 
     ``config`` is a bench.toml (default: ./bench.toml, else the built-in defaults: the synthetic dataset and the tiny
     CLIP); ``overrides`` sets any dotted key (``{"methods.dualcoop.epochs": 2}``). Complete runs are reused, never
-    redone. Failed runs are not in the frame; ``frame.attrs["failed"]`` maps their run ids to the error."""
+    redone. Metrics are fractions. Failed runs are not in the frame; ``frame.attrs["failed"]`` is a dict mapping their run
+    ids to the error message (empty when none failed)."""
     from rich.console import Console
 
     from bench.store import collection

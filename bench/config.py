@@ -15,9 +15,9 @@ import re
 import typing
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from bench.errors import ConfigError
 from bench.overrides import set_dotted
@@ -41,6 +41,12 @@ class SuiteConfig(_Strict):
     backbone: str = "tiny-clip"
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     executor: Literal["ray", "serial"] = "ray"
+    # label efficiency (README "Label efficiency"), at most one; unset: the whole training split. train_fraction:
+    # seeded stratified nested subsets; shots: k images per class (single-label data); label_proportion: partial
+    # labels, each training label observed with this probability (DualCoOp's setting)
+    train_fraction: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(default=None, min_length=1)
+    shots: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=1)
+    label_proportion: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(default=None, min_length=1)
 
     @field_validator("methods", "datasets", "seeds")
     @classmethod
@@ -48,6 +54,16 @@ class SuiteConfig(_Strict):
         if not value:
             raise ValueError("must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _one_label_protocol(self) -> SuiteConfig:
+        chosen = {k: getattr(self, k) for k in ("train_fraction", "shots", "label_proportion") if getattr(self, k)}
+        if len(chosen) > 1:
+            raise ValueError(f"set at most one of suite.train_fraction, suite.shots, suite.label_proportion (got {', '.join(chosen)})")
+        for key, values in chosen.items():
+            if len(set(values)) != len(values):
+                raise ValueError(f"suite.{key} lists a value twice: {values}")
+        return self
 
 
 class PathsConfig(_Strict):

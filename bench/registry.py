@@ -158,7 +158,7 @@ class BackboneRegistry(Registry):
             return name
         import open_clip
 
-        close = difflib.get_close_matches(name, [*self._targets, *open_clip.list_models()], n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, list(dict.fromkeys([*self._targets, *open_clip.list_models()])), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownNameError(
             f"unknown backbone {name!r}{hint} (registered: {', '.join(self.names())}; or any open_clip model name or "

@@ -33,6 +33,7 @@ from bench.reports.escape import rich_text
 
 EXAMPLE_URLS = 3
 SHOWN_FAILURES = 10
+OFFLINE_AFTER = 20  # this many failures without an answer from the first requests: say the machine may be offline
 
 
 @dataclass
@@ -265,15 +266,22 @@ def execute(plan: Plan, dataset: str, opts: Options, base_url: str | None, err: 
 
         step, t0 = max(1, len(todo) // 20), time.monotonic()
 
-        def done(o: Outcome) -> None:  # without the bar (logs): each failure, and a line per 5 %
+        def done(o: Outcome) -> None:  # without the bar (logs): the first failures, and a line per 5 %
             finished.append(o)
             bar.advance(images)
+            failures = sum(f.state == "failed" for f in finished)
+            if o.state == "failed" and failures == OFFLINE_AFTER and len(finished) == OFFLINE_AFTER and all(
+                    f.status is None for f in finished):
+                err.print(f"[red]the first {OFFLINE_AFTER} requests all failed without an answer from the server: is this "
+                          "machine offline (no network, a proxy or DNS that blocks the image host)? The download goes "
+                          "on; stop it with Ctrl-C and rerun once online (what is complete is kept)[/]", highlight=False)
             if show:
                 return
-            if o.state == "failed":
+            if o.state == "failed" and failures <= SHOWN_FAILURES:
                 colour = "yellow" if o.item.split == "train" else "red"
+                more = f" (further failures are counted, not listed: see {REPORT})" if failures == SHOWN_FAILURES else ""
                 err.print(f"[{colour}]{o.item.split} {rich_text(o.item.id)}: {o.status or 'no answer'}: "
-                          f"{rich_text(o.reason)}[/]", highlight=False)
+                          f"{rich_text(o.reason)}{more}[/]", highlight=False)
             n, received = int(bar.tasks[images].completed), int(bar.tasks[data].completed)
             if n % step == 0 or n == len(todo):
                 seconds = max(time.monotonic() - t0, 1e-9)
@@ -362,6 +370,11 @@ def print_summary(result: Result, out: Console, err: Console) -> None:
         shown = "; ".join(f"{o.item.id} ({o.status or 'no answer'}: {o.reason})" for o in failed[:SHOWN_FAILURES])
         more = f" and {len(failed) - SHOWN_FAILURES} more" if len(failed) > SHOWN_FAILURES else ""
         err.print(f"[{colour}]{split}: {len(failed):,} images could not be fetched: {rich_text(shown)}{more}[/]", highlight=False)
+    failed = [o for o in result.outcomes if o.state == "failed"]
+    if failed and len(failed) == len(result.outcomes) and all(o.status is None for o in failed):
+        err.print("[bold red]every request failed without an answer from the server: this machine looks offline (or a "
+                  "proxy, firewall or DNS blocks the image host); rerun once online, complete images are kept[/]",
+                  highlight=False)
     if result.lost_eval:
         lost = ", ".join(f"{result.failed(s):,} {s}" for s in c if s != "train" and result.failed(s))
         err.print(f"[bold red]{lost} images could not be fetched (listed in {REPORT}): runs on this root fail until "

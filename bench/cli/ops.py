@@ -45,7 +45,8 @@ def doctor(
 
 @weights_app.command("status")
 def weights_status(
-    backbones: Annotated[Optional[list[str]], typer.Argument(help="Backbones (default: the suite's, the leaderboard's and every [backbones.*] of the config).")] = None,
+    backbones: Annotated[Optional[list[str]], typer.Argument(help="Backbones (default: the suite's, the leaderboard's, every [backbones.*] of the config and every registered one).")] = None,
+    backbone: Annotated[Optional[list[str]], typer.Option("--backbone", "-b", help="A backbone to show (repeatable; any open_clip name or hf-hub:org/name too).")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
 ) -> None:
@@ -56,7 +57,13 @@ def weights_status(
     from bench.workflows.weights import weights_status as status
 
     cfg = load(config, None, sets)
-    names = backbones or list(dict.fromkeys([cfg.suite.backbone, *([cfg.leaderboard.backbone] if cfg.leaderboard.backbone else []), *cfg.backbones]))
+    from bench.registry import BACKBONES
+
+    asked = [*(backbones or []), *(backbone or [])]
+    for name in asked:
+        BACKBONES.check(name)  # an unknown name fails with "did you mean"
+    names = asked or list(dict.fromkeys([cfg.suite.backbone, *([cfg.leaderboard.backbone] if cfg.leaderboard.backbone else []),
+                                         *cfg.backbones, *BACKBONES.names()]))
     table = Table(title="backbone weights", title_justify="left")
     for col in ("backbone", "weights", "present", "where / how to get them"):
         table.add_column(col, overflow="fold")

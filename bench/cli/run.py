@@ -88,6 +88,7 @@ def tune(
     ray_address: RayOpt = None,
     backbone: Annotated[Optional[str], typer.Option("--backbone", "-b", help="Backbone name (see `bench ls backbones`); overrides suite.backbone.")] = None,
     pretrained: PretrainedOpt = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds the best config is refitted over (overrides suite.seeds).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress of the search and the refit (off: one line per event, for logs).")] = True,
 ) -> None:
     """Search hyperparameters on val (Optuna TPE + ASHA on Ray Tune), then refit the best over the seeds."""
@@ -97,13 +98,15 @@ def tune(
     METHODS.check(method)
     DATASETS.check(dataset)
     overrides = list(sets or []) + ([f"tune.num_samples={num_samples}"] if num_samples else [])
-    cfg = _load(config, results, overrides, backbone=backbone, pretrained=pretrained)
+    cfg = _load(config, results, overrides, backbone=backbone, pretrained=pretrained,
+                seeds=parse_int_list(seeds, "--seeds") if seeds else None)
     if not progress:
         cfg.engine.progress = False
     summary = run_tune(cfg, method, dataset, err, ray_address)
     _print_runs(cfg, set(summary["refit_run_ids"]))  # the refit's results, as `bench run` prints them
+    best = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in summary["best_params"].items())
     err.print(
-        f"best {summary['best_params']} (val {100 * summary['best_val_selection_metric']:.2f}); "
+        f"best: {escape(best) or 'the preset'} (val {100 * summary['best_val_selection_metric']:.2f}); "
         f"{summary['stopped_early']} of {summary['num_trials']} trials stopped early by ASHA; "
         f"refit {len(summary['refit_run_ids'])} runs; study {summary['storage']}"
     )

@@ -14,6 +14,7 @@ import bench
 from bench.store import store
 from bench.config import BenchConfig
 from bench.errors import ConfigError
+from bench.pipeline.labels import LabelPlan
 from bench.registry import BACKBONES, DATASETS, METHODS
 
 
@@ -44,7 +45,9 @@ class PlannedRun:
     @property
     def label(self) -> str:
         method = self.method + (f" (= {', '.join(self.aliases)})" if self.aliases else "")
-        return f"{method} / {self.dataset} / " + ("deterministic" if self.seed is None else f"seed {self.seed}")
+        level = self.identity.get("labels")  # a label-efficiency level (bench.pipeline.labels)
+        dataset = self.dataset + (f" @ {level['protocol']} {level['value']}" if level else "")
+        return f"{method} / {dataset} / " + ("deterministic" if self.seed is None else f"seed {self.seed}")
 
     @property
     def torch_seed(self) -> int:
@@ -134,6 +137,7 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
     datasets = dict(datasets or {})
     size = backbone_image_size(suite.backbone)
     planned: dict[str, PlannedRun] = {}
+    labels = LabelPlan(suite)  # the label-efficiency levels (README "Label efficiency"), if the suite sets one
     for dataset in suite.datasets:
         for method in suite.methods:
             method_config = cfg.method_config(method)
@@ -152,17 +156,19 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
                 },
                 "protocol": cfg.protocol.name,
             }
-            # a method without randomness of its own, on fixed weights, gives the same scores for every seed: one run
-            seeds = [None] if METHODS.get(method).deterministic and weights != "none" else suite.seeds
-            for seed in seeds:
-                identity = {**common, "seed": seed}
-                canonical = store.compute_run_id(identity)
-                if canonical in planned:  # another name of the suite resolved to this config: one run, both names
-                    planned[canonical].aliases.append(method)
-                    continue
-                run_id = _stored_id(cfg.paths.results, identity, method)
-                run_dir = store.runs_dir(cfg.paths.results) / run_id
-                planned[canonical] = PlannedRun(run_id, method, dataset, seed, suite.backbone, identity, run_dir, data_key=key)
+            for level in labels.levels_for(method, dataset, datasets[key]):  # [None]: the whole training split
+                # a method without randomness of its own, on fixed weights, gives the same scores for every seed: one
+                # run (on a label level the seed draws the subset: one per seed)
+                seeds = [None] if METHODS.get(method).deterministic and weights != "none" and level is None else suite.seeds
+                for seed in seeds:
+                    identity = {**common, "seed": seed, **labels.identity(level, key, datasets[key], seed)}
+                    canonical = store.compute_run_id(identity)
+                    if canonical in planned:  # another name of the suite resolved to this config: one run, both names
+                        planned[canonical].aliases.append(method)
+                        continue
+                    run_id = _stored_id(cfg.paths.results, identity, method)
+                    run_dir = store.runs_dir(cfg.paths.results) / run_id
+                    planned[canonical] = PlannedRun(run_id, method, dataset, seed, suite.backbone, identity, run_dir, data_key=key)
     return list(planned.values()), datasets
 
 

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any, Callable
 from bench.store import store
 from bench.config import BenchConfig
 from bench.io import atomic_write_text
+from bench.pipeline.labels import apply_labels, cache_dir
 from bench.pipeline.plan import PlannedRun, SuiteOutcome
 from bench.protocol import get_protocol
 from bench.pipeline.record import build_record
 from bench.registry import BACKBONES, DATASETS, create_method
-from bench.store.schema import RunResult
+from bench.store.schema import LabelProtocolRecord, RunResult
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -57,8 +58,10 @@ def execute_run(
     previous_threads = torch.get_num_threads()
     threads = set_threads(cfg.ray.trial_resources(plan.method).cpu)
     try:
+        data, labels = apply_labels(plan.identity, plan.method, data, plan.torch_seed)  # a label-efficiency subset
         return _execute(plan, data, cfg, device, threads, executor=executor, trial_id=trial_id, progress=progress,
-                        report=report, log=log, started=started, t0=t0, owner_alive=owner_alive, placement=placement)
+                        report=report, log=log, started=started, t0=t0, owner_alive=owner_alive, placement=placement,
+                        labels=labels)
     finally:
         torch.set_num_threads(previous_threads)  # a caller's (a notebook's, a test's) setting is left as it was
 
@@ -81,8 +84,8 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
     autocast_dtype, loss_scaling = precision(device, cfg.engine.amp, method.config)
     ctx = RunContext(
         run_dir=plan.run_dir, seed=plan.torch_seed, device=device, protocol=cfg.protocol.name, amp=cfg.engine.amp,
-        eval_batch_size=cfg.engine.eval_batch_size, cache_dir=cfg.paths.cache, deterministic=cfg.engine.deterministic,
-        progress=run["progress"], report=run["report"], log=run["log"], owner_alive=run["owner_alive"],
+        eval_batch_size=cfg.engine.eval_batch_size, cache_dir=cache_dir(cfg.paths.cache, run["labels"]),
+        deterministic=cfg.engine.deterministic, progress=run["progress"], report=run["report"], log=run["log"], owner_alive=run["owner_alive"],
     )
     t_setup = time.perf_counter()
     try:
@@ -133,6 +136,7 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
         main_metric=DATASETS.get(plan.dataset).main_metric,
         selections=selections,
     )
+    result.label_protocol = None if run["labels"] is None else LabelProtocolRecord(**run["labels"])
     scores = {"val_scores": outcome.val_scores, "val_labels": val.labels, "val_logits": outcome.val_logits,
               "test_scores": outcome.test_scores, "test_labels": test.labels, "test_logits": outcome.test_logits}
     ctx.check_owner()

@@ -104,6 +104,20 @@ class ConfigFileRecord(_Record):
     overrides: dict[str, Any] = Field(default_factory=dict, description="--set overrides applied on top of it.")
 
 
+class LabelProtocolRecord(_Record):
+    protocol: Literal["train_fraction", "shots", "label_proportion"] = Field(
+        description="The label-efficiency protocol (README 'Label efficiency'): a stratified fraction of the training images, "
+        "k images per class, or partial labels (each training label observed with a probability).")
+    value: int | float = Field(description="The fraction of training images, the images per class (k), or the probability a training label is observed.")
+    nested_in: list[float] = Field(default_factory=list, description="train_fraction: the suite's smaller fractions, whose subsets this one contains.")
+    seed: int = Field(description="The seed the subset (or the mask) was drawn with: the run's.")
+    n_train: int = Field(ge=0, description="Training images the run trained on.")
+    n_train_full: int = Field(ge=0, description="Training images of the whole split.")
+    train_sha256: str = Field(description="sha256 of the sorted indices (little-endian int64) of the training images trained on.")
+    observed: float | None = Field(default=None, description="label_proportion: the fraction of training labels observed.")
+    observed_sha256: str | None = Field(default=None, description="label_proportion: sha256 of the observed-label mask (its shape, then its bits).")
+
+
 class RunResult(_Record):
     """One finished run."""
 
@@ -137,6 +151,9 @@ class RunResult(_Record):
     )
     config_file: ConfigFileRecord | None = Field(default=None, description="Where the run's settings came from.")
     extra: dict[str, Any] = Field(default_factory=dict, description="e.g. {'tuning': {...}} for a refit of a tuned config.")
+    label_protocol: LabelProtocolRecord | None = Field(
+        default=None, description="The training subset or partial labels the run trained on (val and test stay whole); None: the "
+        "whole training split with every label (so is every record written before these protocols).")
     selections: dict[str, SelectionRecord] = Field(
         default_factory=dict,
         description="Each val selection of the run (threshold, C, epoch; config for a tuned refit) with its tie set and "

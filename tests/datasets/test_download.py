@@ -343,6 +343,28 @@ def test_a_lost_val_or_test_image_exits_1(server, tmp_path, monkeypatch):
     served(root, ["ok-a1", "ok-b1", "ok-c1"])
 
 
+def test_an_offline_machine_is_named_and_failures_are_not_listed_one_per_image(tmp_path, monkeypatch):
+    """Every request unanswered (a closed port): the log names the likely cause once and lists only the first
+    failures, not one line per image; the report still holds every one."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as sock:  # a port nobody listens on: every connection is refused
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    root = tmp_path / "root"
+    names = {"train": [f"ok-t{i}" for i in range(18)], "val": [f"ok-v{i}" for i in range(4)], "test": [f"ok-c{i}" for i in range(4)]}
+    write_annotations(root / "annotations", names)
+    result = invoke(args(root, closed, "--retries", "0"))
+    assert result.exit_code == 1, result.output  # val/test lost
+    per_image = [line for line in result.output.splitlines() if line.split(" ")[0] in ("train", "val", "test") and "no answer" in line]
+    assert len(per_image) == 10  # the first 10 failures, not one line for each of the 26
+    text = " ".join(result.output.split())
+    assert "further failures are counted, not listed" in text
+    assert "the first 20 requests all failed without an answer" in text and "looks offline" in text
+    assert len(report(root)["failed"]) == 26
+
+
 def test_dry_run_fetches_nothing_and_says_what_it_would(server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root, ann = tmp_path / "root", tmp_path / "official"
