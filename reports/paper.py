@@ -17,6 +17,7 @@ PAPER_DATASET = {"intentonomy": "Intentonomy", "emotionroi": "EmotionROI", "fi":
 TABLE1_REFERENCE = {
     "query2label": ("Query2Label",),
     "dualcoop": ("DualCoOp",),
+    "hleg": ("HLEG",),
     "intclip": ("IntCLIP (RN101)", "IntCLIP (ViT-B/32)"),
     "intclip-official": ("IntCLIP (RN101)", "IntCLIP (ViT-B/32)"),
 }
@@ -26,9 +27,11 @@ TABLE6A_REFERENCE = {"intclip": ("IntCLIP (R101)",), "intclip-official": ("IntCL
 # row of it). Tables 2-5 and 6a are RN101 (their full IntCLIP is Table 1's RN101 row); Table 6b's IntCLIP (HCI) row
 # is Table 1's IntCLIP (ViT-B/32) val row (reference/README.md).
 PAPER_BACKBONE: dict[str, dict[str, str]] = {
-    "table1": {"DualCoOp": "RN101", "Query2Label": "RN101", "IntCLIP (RN101)": "RN101", "IntCLIP (ViT-B/32)": "ViT-B-32"},
+    "table1": {"DualCoOp": "RN101", "Query2Label": "RN101", "HLEG": "RN101", "IntCLIP (RN101)": "RN101",
+               "IntCLIP (ViT-B/32)": "ViT-B-32"},
     **{table: {"*": "RN101"} for table in ("table2", "table3", "table4", "table5", "table6a")},
-    "table6b": {"IntCLIP (HCI)": "ViT-B-32", "IntCLIP (HCI-FG)": "ViT-B-32"},
+    "table6b": {"IntCLIP (HCI)": "ViT-B-32", "IntCLIP (HCI-FG)": "ViT-B-32", "HLEG [33]": "ViT-B-32",
+                "HLEG [33] + HCI": "ViT-B-32"},
 }
 
 
@@ -104,14 +107,16 @@ ABLATIONS = (
 
 # Table 6b, "Generalization of HCI": val F1 of IntCLIP with its HCI sentences (the shipped ones: ``intclip``) and with
 # the paper's fine-grained HCI sentences (HCI-FG: no method variant has them; ``intclip:no-hci`` is Table 3's
-# fine-grained class names, without HCI), and of HLEG [33] without and with HCI (HLEG is not in the harness). Rows
-# without a method are the paper's only.
+# fine-grained class names, without HCI), and of HLEG [33] without and with HCI (``hleg``, ``hleg:hci``: its fine label
+# embedding initialised from the HCI sentences). Rows without a method are the paper's only.
 HCI_GENERALISATION = Ablation(
     "table6b",
     "Generalization of HCI (the paper's Table 6b)",
     (
         ("IntCLIP (HCI)", ("intclip",), "IntCLIP (HCI)"),
         ("IntCLIP (HCI-FG)", (), "IntCLIP (HCI-FG)"),
+        ("HLEG [33]", ("hleg",), "HLEG [33]"),
+        ("HLEG [33] + HCI", ("hleg:hci",), "HLEG [33] + HCI"),
     ),
 )
 

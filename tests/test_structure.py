@@ -224,7 +224,7 @@ def _plugin(name: str):
 def _build(name: str, data, seed: int = 0, **overrides):
     cls = _plugin(name) if name == "prior-knn" else METHODS.get(name)
     small = {"epochs": 1, "batch_size": 16} if "epochs" in cls.Config.model_fields else {}
-    if name.startswith("query2label"):
+    if name.startswith(("query2label", "hleg", "labcr")):
         small |= {"hidden_dim": 32, "dim_feedforward": 64}
     torch.manual_seed(seed)
     backbone = load_backbone(TINY_CLIP, "none")

@@ -2,7 +2,7 @@
 
 A preset names, per table of the paper, the methods x datasets x backbones to run (Table 1: the main comparison on
 Intentonomy, RN101 and IntCLIP on ViT-B/32; Tables 2-5: IntCLIP's ablation variants; Table 6a: EmotionROI and FI;
-Table 6b: IntCLIP with its HCI sentences on ViT-B/32, the runs of Table 1, as HLEG is not in the harness),
+Table 6b: IntCLIP with its HCI sentences on ViT-B/32, the runs of Table 1, and HLEG with and without them),
 over the preset's seeds, under the protocol the command line chooses. The plan is printed with an estimate of its
 GPU-hours; ``bench doctor``'s checks gate the real thing; only runs without a complete result are run (the store
 is the usual one, so a rerun resumes); one HTML page (and, where pdflatex is installed, one PDF) puts every
@@ -54,13 +54,13 @@ def _ablation_methods(key: str) -> tuple[str, ...]:
 
 
 def _hci_methods() -> tuple[str, ...]:
-    """Table 6b's runnable rows: those with a method (IntCLIP (HCI)); HLEG [33] and IntCLIP (HCI-FG) have none."""
+    """Table 6b's runnable rows: those with a method (IntCLIP (HCI), HLEG [33], HLEG [33] + HCI); IntCLIP (HCI-FG) has none."""
     from bench.reports.paper import HCI_GENERALISATION
 
     return tuple(dict.fromkeys(names[0] for _, names, _ in HCI_GENERALISATION.rows if names))
 
 
-TABLE1 = ("label-prior", "zeroshot", "linear-probe", "dualcoop", "query2label", "intclip", "intclip-official")
+TABLE1 = ("label-prior", "zeroshot", "linear-probe", "dualcoop", "query2label", "hleg", "intclip", "intclip-official")
 INTCLIP_ECCV2024 = Preset(
     "intclip-eccv2024",
     "IntCLIP (ECCV 2024): Tables 1-5 and 6b on Intentonomy, Table 6a on EmotionROI and FI",
@@ -278,8 +278,8 @@ def print_plan(plan: Plan, preset: Preset, console) -> None:
                   "median seconds per training image of this store's earlier runs of that method and backbone; "
                   "= Table N (name): the same runs (one config) serve that table or name, counted once.", highlight=False)
     if "6b" in tables:
-        console.print("Table 6b: only IntCLIP (HCI) runs; HLEG [33] (with or without HCI) is not implemented in the harness "
-                      "and no IntCLIP variant has the paper's HCI-FG sentences, so those rows are the paper's only.", highlight=False)
+        console.print("Table 6b: IntCLIP (HCI), HLEG [33] (hleg) and HLEG [33] + HCI (hleg:hci) run; no IntCLIP variant has "
+                      "the paper's HCI-FG sentences, so that row is the paper's only.", highlight=False)
 
 
 def gate(plan: Plan, console, ray_address: str | None = None) -> list:
