@@ -1,6 +1,7 @@
 """`pip install .` (not editable) installs methods/, datasets/, reports/ into the bench namespace, with the
 shipped tiny CLIP and no top-level `datasets` module that would shadow Hugging Face's."""
 
+import pytest
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_non_editable_install_layout(tmp_path: Path):
     target = tmp_path / "site"
     proc = subprocess.run(

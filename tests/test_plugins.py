@@ -1,6 +1,7 @@
 """A lab adds a method and a dataset from its own package, through entry points, without touching bench: one file
 each (tests/plugin/bench_toy_plugin: prior_knn.py; toy_coco.py + toy_coco.json), declared in its dist-info."""
 
+import pytest
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ def _plugin_bench(*args: str, cwd: Path):
     return bench_cli(*args, cwd=cwd, plugin=True)
 
 
+@pytest.mark.slow
 def test_a_method_and_a_dataset_from_another_package_run_end_to_end(tmp_path):
     assert "prior-knn" in _plugin_bench("ls", "methods", cwd=tmp_path).stdout.split()
     assert "toy-coco" in _plugin_bench("ls", "datasets", cwd=tmp_path).stdout.split()

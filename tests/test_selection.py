@@ -60,6 +60,7 @@ def tiny_store(write_config, tmp_path):
     return config, tmp_path / "results"
 
 
+@pytest.mark.slow
 def test_records_carry_each_selection_and_the_engine_restores_the_chosen_epoch(tiny_store):
     _, results = tiny_store
     records = {r.method.name: r for _, r in store.iter_results(results)}
@@ -77,6 +78,7 @@ def test_records_carry_each_selection_and_the_engine_restores_the_chosen_epoch(t
         assert sel.tolerance == TOLERANCE and sel.chosen in sel.tie_set and sel.value >= sel.best - TOLERANCE
 
 
+@pytest.mark.slow
 def test_no_selection_moves_under_float_noise(tiny_store):
     """Thresholds and epochs from the stored val scores and histories, and the probe's C and threshold refitted on
     its cached features, each scaled by 1 + 1e-7 noise, 10 draws: nothing moves."""
@@ -138,6 +140,7 @@ def _reference_from(results, tolerance=0.25):
                      for m, r in rows.items()}}
 
 
+@pytest.mark.slow
 def test_crosscheck_passes_within_and_fails_outside_the_tolerance(tiny_store, tmp_path):
     config, results = tiny_store
     reference = _reference_from(results)

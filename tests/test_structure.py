@@ -233,7 +233,10 @@ def _build(name: str, data, seed: int = 0, **overrides):
     return create_method(name, cls.Config(**small, **overrides), backbone, data, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("name", [*METHODS.names(), "prior-knn"])
+LIGHT = {"label-prior", "zeroshot", "linear-probe", "prior-knn"}  # contracts checked in the fast run (-m "not slow")
+
+
+@pytest.mark.parametrize("name", [n if n in LIGHT else pytest.param(n, marks=pytest.mark.slow) for n in [*METHODS.names(), "prior-knn"]])
 def test_every_registered_method_keeps_the_contract(name, synthetic, tmp_path):
     from bench.train.engine import RunContext, run_method
 

@@ -179,7 +179,7 @@ def test_ls_backbones_lists_towers_tags_and_methods(tiny_models):
     rows = {r["name"]: r for r in backbone_rows(BACKBONES, METHODS, "bench-test-*")}
     assert set(rows) == {VIT, VIT_QG, RN}
     assert rows[VIT] == {"name": VIT, "registered": False, "image_tower": "vit", "text_tower": "clip", "default": None,
-                         "tags": [], "methods": ["intclip", "intclip-official", "label-prior", "linear-probe", "query2label", "zeroshot"]}
+                         "tags": [], "methods": ["hleg", "intclip", "intclip-official", "label-prior", "linear-probe", "query2label", "zeroshot"]}
     assert "dualcoop" in rows[RN]["methods"] and rows[RN]["image_tower"] == "resnet"
     registered = backbone_rows(BACKBONES, METHODS)
     assert [r["name"] for r in registered[:4]] == ["RN101", "RN50", "ViT-B-32", "tiny-clip"]
@@ -198,6 +198,7 @@ def test_ls_backbones_lists_towers_tags_and_methods(tiny_models):
     assert runner.invoke(app, ["ls", "methods", "dualcoop"]).output.split() == ["dualcoop"]
 
 
+@pytest.mark.slow
 def test_local_checkpoint_runs_end_to_end_and_the_record_names_model_tag_and_hash(tiny_models, write_config, tmp_path):
     weights = tmp_path / "tiny-vit.pt"
     torch.save(_state(VIT, seed=3), weights)
@@ -273,6 +274,7 @@ def test_a_tag_loads_from_the_cache_with_the_hash_of_the_file_open_clip_read(hub
     assert all(torch.equal(v, expected[k]) for k, v in backbone.model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_tune_refuses_an_unsupported_pair_before_it_decodes_anything(tiny_models, write_config, monkeypatch, tmp_path):
     from bench.workflows import tune
 

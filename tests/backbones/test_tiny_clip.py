@@ -108,6 +108,7 @@ def test_missing_weights_fail_fast(tmp_path, monkeypatch):
     assert time.perf_counter() - start < 1.0
 
 
+@pytest.mark.slow
 def test_shipped_model_knows_sight(shipped):
     model, tokenizer = shipped
     result = sight.zero_shot_sight(model, tokenizer, n=60)
@@ -144,6 +145,7 @@ def test_shape_twins_differ_only_in_shape():
     assert images.shape == (8, 96, 96, 3) and len(captions) == 8
 
 
+@pytest.mark.slow
 def test_pretrain_is_deterministic(tmp_path):
     kwargs = dict(seed=3, steps=2, batch_size=8, warmup=1, eval_n=6, log=lambda _msg: None)
     threads = torch.get_num_threads()
@@ -160,6 +162,7 @@ def test_pretrain_is_deterministic(tmp_path):
     assert other["sha256"] != first["sha256"]
 
 
+@pytest.mark.slow
 def test_eval_cli(capsys):
     assert program.main(["--eval", "--n", "12"]) == 0
     out = capsys.readouterr().out

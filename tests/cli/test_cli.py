@@ -37,6 +37,7 @@ def finished_suite(write_config, tmp_path):
     return cfg
 
 
+@pytest.mark.slow
 def test_run_writes_complete_records_consistent_with_their_scores(finished_suite, tmp_path):
     records = _results(tmp_path)
     assert len(records) == 5  # the deterministic methods run once (seed None), DualCoOp once per seed
@@ -76,6 +77,7 @@ def test_run_writes_complete_records_consistent_with_their_scores(finished_suite
     assert by_method["dualcoop"]["training"]["epochs_run"] == 2 and len(by_method["dualcoop"]["training"]["history"]) == 2
 
 
+@pytest.mark.slow
 def test_second_run_trains_nothing_and_rewrites_nothing(finished_suite, tmp_path):
     before = {p: p.read_bytes() for p in (tmp_path / "results").rglob("result.json")}
     result = bench("run", "--config", str(finished_suite))
@@ -84,6 +86,7 @@ def test_second_run_trains_nothing_and_rewrites_nothing(finished_suite, tmp_path
     assert {p: p.read_bytes() for p in (tmp_path / "results").rglob("result.json")} == before
 
 
+@pytest.mark.slow
 def test_corrupt_result_is_kept_aside_and_rerun(finished_suite, tmp_path):
     run_dir = next((tmp_path / "results" / "runs").iterdir())
     (run_dir / "result.json").write_text("{ truncated")
@@ -95,6 +98,7 @@ def test_corrupt_result_is_kept_aside_and_rerun(finished_suite, tmp_path):
     assert "1 runs trained, 4 reused" in result.output
 
 
+@pytest.mark.slow
 def test_report_md_and_csv(finished_suite, tmp_path):
     md = bench("report", "--config", str(finished_suite), "--format", "md")
     assert md.exit_code == 0

@@ -200,6 +200,7 @@ max_iter = 50
 """
 
 
+@pytest.mark.slow
 def test_bench_run_end_to_end(tmp_path):
     """40 train and the first 120 val / 120 test images of the real files: the full splits cost ~40 s of CPU
     inference on 2 cores and add nothing that the tests above do not check."""

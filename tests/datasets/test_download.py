@@ -301,6 +301,7 @@ SPEC = {
 FLAKY = ("r429", "e500", "slow", "trunc")
 
 
+@pytest.mark.slow
 def test_download_retries_recovers_and_reports(server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "root"
@@ -416,6 +417,7 @@ SLOW_SPEC = {"train": [f"ok-k{i}" for i in range(8)], "val": [f"ok-k{i}" for i i
              "test": [f"ok-k{i}" for i in range(12, 16)]}
 
 
+@pytest.mark.slow
 def test_a_killed_download_leaves_no_partial_file_and_resumes(tmp_path):
     srv = Server(chunk_delay=0.02)  # ~10 chunks per image: each takes ~0.2 s
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -449,6 +451,7 @@ def test_a_killed_download_leaves_no_partial_file_and_resumes(tmp_path):
         thread.join()
 
 
+@pytest.mark.slow
 def test_the_server_killed_and_restarted_mid_download(tmp_path):
     port_file, done = tmp_path / "port", tmp_path / "done.log"
     done.touch()

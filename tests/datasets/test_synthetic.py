@@ -34,6 +34,7 @@ def labels(scene) -> set[str]:
     return {k for k, v in zip(syn.CLASS_KEYS, syn.labels_of(scene), strict=True) if v}
 
 
+@pytest.mark.slow
 def test_default_splits_shapes_and_ids(default_data):
     assert default_data.name == "synthetic" and default_data.task == "multilabel"
     assert default_data.num_classes == 12
@@ -139,6 +140,7 @@ def test_hierarchy(default_data):
     assert set(fine_per_middle.values()) == {2}
 
 
+@pytest.mark.slow
 def test_every_rule_combines_attributes():
     # no intention is decided by the presence of one kind of object: for each class, some scene containing any
     # given (shape, colour) object lacks the label

@@ -21,6 +21,7 @@ def test_open_clip_tags_trained_with_gelu_keep_their_own_architecture():
     assert architecture(TINY_CLIP, None) == "bench-tiny-clip"  # the project's own model, pretrained with GELU
 
 
+@pytest.mark.slow
 def test_the_text_tower_applies_quickgelu_on_rn50():
     torch.manual_seed(0)
     backbone = load_backbone(RN50, "none")
@@ -79,6 +80,7 @@ def test_batched_cutout_draws_what_pil_cutout_draws_with_the_same_centres_and_co
         assert np.array_equal(out[i].permute(1, 2, 0).numpy(), np.asarray(pil)), i
 
 
+@pytest.mark.slow
 def test_prompt_methods_augment_training_batches_only():
     from bench.pipeline.params import placeholder_task
 

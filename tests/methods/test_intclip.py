@@ -17,6 +17,7 @@ def build(name="intclip", num_classes=5, backbone="tiny-clip", **overrides):
     return cls(cls.Config(**overrides), load_backbone(BACKBONES.get(backbone), "none"), placeholder_task(num_classes), CPU)
 
 
+@pytest.mark.slow
 def test_exact_learnable_counts_rn101_28_classes():
     counts = {r["method"]: r["learnable"] for r in count_params(["intclip", "intclip-official", "dualcoop", "linear-probe", "zeroshot"], "RN101", 28)}
     assert counts == {
@@ -95,6 +96,7 @@ def test_ablation_switches_change_exactly_what_they_name():
     assert class_texts(placeholder_task(1).classes, "hci") == ["an intention numbered 0"]
 
 
+@pytest.mark.slow
 def test_global_token_default_and_official_top_left():
     torch.manual_seed(0)
     images = torch.randn(2, 3, 96, 96)
@@ -125,6 +127,7 @@ def test_presets_and_variant_names():
         METHODS.get("intclip").Config(preset="fast")
 
 
+@pytest.mark.slow
 def test_vit_b32_builds_with_cls_and_patch_tokens():
     method = build("intclip", num_classes=28, backbone="ViT-B-32")
     assert method.param_counts()["learnable"] == 22_050_689  # 3 blocks 21,263,616 + SA 328,321 + prompts 458,752

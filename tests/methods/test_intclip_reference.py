@@ -126,6 +126,7 @@ def reference_loss(logit_pos, logit_neg, y):
     return -0.03 * (loss * weight).sum()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tower", ["tiny-clip", "deep-resnet"])
 def test_intclip_official_equals_an_independent_reference_of_the_released_code(tmp_path, request, tower):
     spec = TINY_CLIP if tower == "tiny-clip" else request.getfixturevalue("deep_resnet")

@@ -116,6 +116,7 @@ def test_warmup_cosine_is_dassls_constant_warmup_around_cosine_annealing():
     assert [lr for row in lrs[1:] for lr in row] == pytest.approx(closed, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_linear_probe_cached_feature_scores_equal_a_pass_over_the_images(tmp_path):
     from bench.datasets.synthetic import SyntheticIntentions
     from bench.train.engine import RunContext, predict_split, run_method

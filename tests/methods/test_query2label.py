@@ -67,6 +67,7 @@ def optimizer_ids(method: Query2Label) -> set[int]:
     return {id(p) for g in opt.param_groups for p in g["params"]}
 
 
+@pytest.mark.slow
 def test_exact_parameter_counts_rn101_timm_trunk_28_classes():
     data = make_data(c=28, sizes=(2, 2, 2))
     method = Query2Label(Query2LabelConfig(timm_pretrained=False), RN101_LIKE, data, CPU)
@@ -199,6 +200,7 @@ def test_sine_position_encoding_by_hand():
             assert pos[:, r, c].tolist() == pytest.approx(want, abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trunk, frozen_bn", [("clip", "eval"), ("clip", "buffers"), ("timm", "eval")])
 def test_training_step_leaves_frozen_parts_and_bn_statistics_alone(tiny_backbone, trunk, frozen_bn):
     extra = {"timm_model": "resnet18", "timm_pretrained": False} if trunk == "timm" else {}
@@ -235,6 +237,7 @@ def test_training_step_leaves_frozen_parts_and_bn_statistics_alone(tiny_backbone
     assert bool(bn_affine) == (frozen_bn == "eval")  # BN scale/shift train only as nn.BatchNorm2d in eval mode
 
 
+@pytest.mark.slow
 def test_ema_matches_hand_computation_and_variants_swap(tiny_backbone):
     decay = 0.9
     method = tiny_method(tiny_backbone, ema_decay=decay)
@@ -343,6 +346,7 @@ def run_ctx(tmp_path, **kw) -> RunContext:
     return RunContext(run_dir=tmp_path, seed=0, device=CPU, eval_batch_size=16, log=lambda *_: None, **kw)
 
 
+@pytest.mark.slow
 def test_end_to_end_on_the_tiny_backbone_and_exact_resume(tiny_backbone, tmp_path):
     data = make_data()
     cfg = dict(epochs=2, batch_size=16)
@@ -375,6 +379,7 @@ def test_end_to_end_on_the_tiny_backbone_and_exact_resume(tiny_backbone, tmp_pat
             assert torch.allclose(value, last[1][key][name], atol=1e-6), (key, name)
 
 
+@pytest.mark.slow
 def test_bench_params_builds_query2label_offline_with_random_weights():
     """`bench params` never loads weights: with HF_HUB_OFFLINE=1 and no timm cache it still counts Query2Label."""
     import json

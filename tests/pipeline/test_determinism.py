@@ -2,6 +2,7 @@
 synthetic dataset) in one process after unrelated random work, in a fresh process, and under the Ray executor with a
 worker that ran another trial first. (kill -9 and resume vs an uninterrupted run: tests/test_kill_resume.py.)"""
 
+import pytest
 import json
 import os
 import subprocess
@@ -51,6 +52,7 @@ def _run_in_process(cfg_path: Path, results: Path) -> None:
         execute_run(plan, data[plan.data], cfg, log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_two_builds_with_one_seed_give_the_same_weights_and_scores(write_config, tmp_path: Path):
     cfg = write_config(methods=METHODS, epochs=1, extra=EXTRA)
     _run_in_process(cfg, tmp_path / "a")
@@ -71,6 +73,7 @@ def _flatten(state, prefix="") -> dict:
     return {prefix: state if isinstance(state, torch.Tensor) else torch.tensor(state)}
 
 
+@pytest.mark.slow
 def test_fresh_process_and_ray_with_a_reused_worker_give_identical_scores(write_config, tmp_path: Path):
     cfg = write_config(methods=METHODS, epochs=1, extra=EXTRA)
     _run_in_process(cfg, tmp_path / "in-process")

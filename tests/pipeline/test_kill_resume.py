@@ -24,6 +24,7 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
     raise AssertionError("timed out")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["serial", "ray"])
 def test_sigkill_then_rerun_resumes_from_checkpoint(write_config, tmp_path: Path, executor: str):
     cfg = write_config(methods=("zeroshot", "dualcoop"), epochs=12, extra="[ray]\nnum_cpus = 1\n")

@@ -236,7 +236,7 @@ def _wide_store(tmp_path: Path) -> Path:
 
 
 def test_the_final_table_fits_100_columns_and_no_number_wraps(tmp_path, monkeypatch):
-    from bench.cli import app as cli
+    from bench.cli import run as cli
     from bench.reports import tables
     from bench.store import collection
 
@@ -263,6 +263,7 @@ def test_the_final_table_fits_100_columns_and_no_number_wraps(tmp_path, monkeypa
 
 # Ray's startup banner
 
+@pytest.mark.slow
 def test_a_ray_suite_logs_its_trials_and_no_token_banner(write_config, tmp_path: Path):
     cfg = write_config(methods=("dualcoop",), seeds=(0,), epochs=2, extra="[ray]\nnum_cpus = 1\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

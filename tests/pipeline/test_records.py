@@ -37,6 +37,7 @@ def test_builtin_defaults_are_the_repository_bench_toml_whole(tmp_path, monkeypa
     assert builtin.config_file()["sha256"] == repo.config_file()["sha256"]
 
 
+@pytest.mark.slow
 def test_same_run_id_from_any_folder(tmp_path, monkeypatch):
     from bench.pipeline.plan import plan_suite
 

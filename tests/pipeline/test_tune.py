@@ -1,5 +1,6 @@
 """`bench tune`: Optuna TPE + ASHA on val through Ray Tune, a persisted study, then a refit over the seeds."""
 
+import pytest
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import optuna
 
 
+@pytest.mark.slow
 def test_tune_searches_on_val_stops_trials_early_and_refits(write_config, tmp_path: Path):
     cfg = write_config(methods=("dualcoop",), seeds=(0, 1), epochs=4, extra="[tune]\nnum_samples = 6\n[ray]\nnum_cpus = 2\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

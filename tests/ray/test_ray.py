@@ -31,6 +31,7 @@ def test_gpu_fractions_must_divide_one():
     assert cfg.ray.trial_resources("intclip:no-sa").gpu == 0.5 and cfg.ray.trial_resources("dualcoop").cpu == 1
 
 
+@pytest.mark.slow
 def test_local_ray_runs_two_trials_of_two_epochs(write_config, tmp_path: Path):
     cfg = write_config(methods=("dualcoop",), seeds=(0, 1), epochs=2, extra="[ray]\nnum_cpus = 2\n")
     proc = bench_cli("run", "--config", str(cfg), "--executor", "ray", "--no-progress", cwd=tmp_path)
@@ -81,6 +82,7 @@ def _stop_own_head(head: subprocess.Popen) -> None:
         return
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI is not installed")
 def test_existing_cluster_on_loopback(write_config, tmp_path: Path):
     with socket.socket() as s:
@@ -167,6 +169,7 @@ def _nodes(address: str, auth: dict, want: int, timeout: float = 120) -> list[di
     raise AssertionError(f"the cluster did not reach {want} nodes")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI is not installed")
 def test_two_node_loopback_cluster_places_gpu_trials_and_applies_the_device_policy(write_config, tmp_path: Path):
     """A head (CPUs only) and a worker that declares 2 GPUs and a custom resource, both on loopback: gpu = 0.5
@@ -217,7 +220,7 @@ def test_the_embedded_cluster_refuses_a_client_without_its_token(tmp_path: Path)
     """README "What listens where": Ray 2.60 listens on every interface and cannot be told otherwise, so what protects
     the embedded cluster is its token authentication; a client that does not present the session's token is refused."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, ray; from bench.config import load_config; from bench import ray_executor; "
+        [sys.executable, "-c", "import sys, ray; from bench.config import load_config; from bench.ray import executor as ray_executor; "
                                "ray_executor.init_ray(load_config(None, {'ray.num_cpus': 1}), None); "
                                "print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.readline()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path,

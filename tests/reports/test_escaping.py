@@ -91,6 +91,7 @@ def test_markdown_report_keeps_its_columns_and_carries_no_html(tmp_path):
     assert len(rows) >= 4 and len(widths) == 1  # every row has as many cell borders as the header
 
 
+@pytest.mark.slow
 def test_html_report_escapes_names_and_draws_math_looking_class_keys(tmp_path):
     results = _hostile_store(tmp_path)
     page = _report(results, "html", tmp_path / "t.html")

@@ -100,6 +100,7 @@ def test_clicking_a_header_sorts_by_its_numbers_and_no_request_leaves(browser, r
     assert resources == []
 
 
+@pytest.mark.slow
 def test_one_colour_per_method_on_every_plot_and_page(tmp_path, monkeypatch):
     """Every plot draws a method in the colour the page (or the site) gives it: the per-class bars, the training
     curves, score against parameters and the history trend take one mapping, and each draws with it."""
@@ -185,6 +186,7 @@ def leaderboard_site(tmp_path) -> Path:
     return site
 
 
+@pytest.mark.slow
 def test_the_leaderboard_overview_has_ranks_plots_trend_and_downloads(leaderboard_site):
     html = (leaderboard_site / "index.html").read_text()
     assert "Val" not in re.search(r"<thead>.*?</thead>", html, re.S).group(0)  # the overview: test split only

@@ -83,6 +83,7 @@ def test_a_delta_on_the_papers_backbone_equals_the_hand_computed_difference(tmp_
     assert "+6.94" in tex and "+1.85" in tex and "+1.45" in tex and "$-$1.05" in tex
 
 
+@pytest.mark.slow
 def test_no_delta_off_the_papers_backbone_and_no_empty_delta_column(tmp_path):
     for seed in (0, 1):
         for method in ("dualcoop", "query2label", "intclip", "intclip:no-sa"):

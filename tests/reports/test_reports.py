@@ -285,6 +285,7 @@ def test_report_cli_rejects_bad_options(tmp_path):
     assert res.exit_code != 0 and "--standalone" in str(res.exception or res.output)
 
 
+@pytest.mark.slow
 def test_reports_and_the_site_never_import_torch(tmp_path):
     import sys
 

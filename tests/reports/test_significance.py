@@ -326,6 +326,7 @@ def test_seed_test_matches_scipy_and_says_why():
         assert math.isnan(p) and why == words, (a, b)
 
 
+@pytest.mark.slow
 def test_seed_mdd_has_the_stated_power():
     """At the minimum detectable difference, an independent simulation of scipy's Welch test (normal seeds, std 1,
     other draws than seed_mdd's) rejects 80% of the time; the difference scales with the std."""

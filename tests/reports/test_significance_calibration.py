@@ -135,6 +135,7 @@ def test_val_picked_rule(cal):
     assert cal._reject(0.05) and not cal._reject(0.0501) and not cal._reject(math.nan)
 
 
+@pytest.mark.slow
 def test_quick_run_has_every_line(cal, tmp_path):
     out = tmp_path / "table.md"
     result = cal.main(["--quick", "--markdown", str(out)], log=lambda line: None)

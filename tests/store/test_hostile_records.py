@@ -95,6 +95,7 @@ def test_a_metric_edited_after_a_checked_report_is_still_caught(tmp_path):
     assert [runs[("linear-probe", 0)].name in s for s in _skips(second.output)] == [True]
 
 
+@pytest.mark.slow
 def test_leaderboard_publishes_neither_nan_nor_tampered_records(tmp_path):
     """Was: exit 2 and no site for the NaN record (significance on); 99.00 on the site for the tampered one."""
     results, nan_run, tampered = _hostile(tmp_path)
@@ -196,6 +197,7 @@ def _verify_peak_mb(root: Path, cache: Path) -> tuple[int, int]:
     return int(code), int(peak)
 
 
+@pytest.mark.slow
 def test_verify_turns_a_decompression_bomb_into_a_bad_image_with_bounded_memory(tmp_path):
     """Was: a 12000x12000 PNG (under PIL's hard 2x limit, so only warned about) decoded to 432 MB and counted ok,
     and every file was read whole (a 150 MB image: 150 MB more)."""

@@ -175,6 +175,7 @@ def _suite_in_a_process(config: str, queue) -> None:
     queue.put((sorted(outcome.completed), sorted(outcome.skipped), dict(outcome.failed)))
 
 
+@pytest.mark.slow
 def test_two_suites_on_one_store_train_each_run_exactly_once(write_config):
     """Was: both trained everything and overwrote each other's complete records."""
     import multiprocessing
@@ -215,7 +216,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(write_config, tmp_path):
     cfg = load_config(config)
     (plan,), _ = plan_suite(cfg)
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from bench import locks; import time; l = locks.try_lock({str(plan.run_dir)!r}); print(l is not None, flush=True); time.sleep(600)"],
+        [sys.executable, "-c", f"from bench.store import locks; import time; l = locks.try_lock({str(plan.run_dir)!r}); print(l is not None, flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -250,7 +251,7 @@ def test_leaderboard_regenerations_take_turns(tmp_path):
     cfg = load_config(None, {"paths.results": str(results), "leaderboard.site": str(site), "leaderboard.bootstrap": 0,
                              "leaderboard.methods": ["intclip"]})
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from bench import locks; import sys; l = locks.try_lock({str(site / 'history')!r}); "
+        [sys.executable, "-c", f"from bench.store import locks; import sys; l = locks.try_lock({str(site / 'history')!r}); "
                                "print(l is not None, flush=True); sys.stdin.readline()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
@@ -315,6 +316,7 @@ def _scores(results: Path) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_mid_suite_then_frees_loses_nothing(write_config, monkeypatch):
     """Was: temp files left behind filled the disk for the next run, the error read "unexpected pos ...", and
     error.json could be left empty. Now: the failed runs say "No space left on device at <file>", nothing
@@ -398,7 +400,7 @@ def test_a_trial_whose_suite_is_gone_writes_nothing(write_config, monkeypatch):
     assert not list(plan.run_dir.glob("checkpoint*")) and not (plan.run_dir / store.RESULT).exists()
 
     driver = subprocess.Popen(  # a live suite holding the lock: the same trial runs to its record
-        [sys.executable, "-c", f"from bench import locks; import sys; l = locks.try_lock({str(plan.run_dir)!r}); "
+        [sys.executable, "-c", f"from bench.store import locks; import sys; l = locks.try_lock({str(plan.run_dir)!r}); "
                                "print(l is not None, flush=True); sys.stdin.readline()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )

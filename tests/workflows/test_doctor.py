@@ -121,11 +121,13 @@ def test_the_paper_plan_counts_every_run_once(tmp_path, no_caches):
     from bench.workflows.reproduce import INTCLIP_ECCV2024, make_plan
 
     plan = make_plan(None, INTCLIP_ECCV2024, None, "paper", {"paths.results": str(tmp_path / "results")})
-    # Table 1: 3 deterministic + 4 x 3 seeds on RN101, zero-shot + 3 IntCLIP on ViT-B/32; Tables 2-5: 3 + 1 + 5 + 2
-    # variants x 3 seeds (IntCLIP and the consolidated names shared); Table 6a: (2 + 3) x 2 datasets
-    assert plan.runs == 15 + 4 + 3 * (3 + 1 + 5 + 2) + 10 == 62
+    # Table 1: 3 deterministic + 5 x 3 seeds on RN101, zero-shot + 3 IntCLIP on ViT-B/32; Tables 2-5: 3 + 1 + 4 + 1
+    # configs x 3 seeds (IntCLIP and the consolidated names shared; single-none is no-sie-sa's config and fusion-add
+    # no-sa's: one experiment, one run); Table 6a: (2 + 3) x 2 datasets; Table 6b: HLEG and HLEG + HCI x 3 on ViT-B/32
+    assert plan.runs == 18 + 4 + 3 * (3 + 1 + 4 + 1) + 10 + 6 == 65
     shared = {(r.table, r.method): r.shared for r in plan.rows if r.shared}
-    assert shared == {("2", "intclip"): "1", ("3", "intclip"): "1", ("3", "intclip:consolidated"): "2", ("4", "intclip"): "1", ("5", "intclip"): "1", ("6b", "intclip"): "1"}
+    assert shared == {("2", "intclip"): "1", ("3", "intclip"): "1", ("3", "intclip:consolidated"): "2", ("4", "intclip"): "1",
+                      ("4", "intclip:single-none"): "2", ("5", "intclip"): "1", ("5", "intclip:fusion-add"): "2", ("6b", "intclip"): "1"}
     row = next(r for r in plan.rows if (r.table, r.backbone, r.method) == ("1", "RN101", "intclip"))
     # no bench.toml: the methods' own settings (50 epochs), not the embedded default's cut for 2 cores
     assert row.epochs == 50 and row.hours == pytest.approx(3 * (50 * (12740 / 770 + 498 / 2780) + 1217 / 2780) / 3600)
@@ -133,6 +135,7 @@ def test_the_paper_plan_counts_every_run_once(tmp_path, no_caches):
     assert res.exit_code == 1 and "--tables 7: intclip-eccv2024 has tables 1, 2, 3, 4, 5, 6a, 6b" in str(res.exception)
 
 
+@pytest.mark.slow
 def test_reproduce_end_to_end_on_the_tiny_clip(tmp_path, no_caches):
     """`--scale tiny --tables 2,6a` on generated roots: the doctor passes, every planned run runs once, the page and
     the LaTeX hold the reproduced tables beside the paper's rows, and a rerun trains nothing."""

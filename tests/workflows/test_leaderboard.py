@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import re
 from pathlib import Path
@@ -36,6 +38,7 @@ def _row(html: str, method: str) -> str:
     return re.search(rf'<tr class="[^"]*" data-method="{re.escape(method)}">.*?</tr>', html, re.S).group(0)
 
 
+@pytest.mark.slow
 def test_two_regenerations_with_a_planted_drop(tmp_path):
     results, site = tmp_path / "results", tmp_path / "site"
     for method, value in (("dualcoop", 0.38), ("intclip", 0.40), ("linear-probe", 0.30)):
@@ -76,6 +79,7 @@ def test_two_regenerations_with_a_planted_drop(tmp_path):
     assert "No regression beyond 1.0 points" in (site / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_history_compares_a_row_only_with_the_same_experiment(tmp_path):
     """Runs on other weights join the store between regenerations: they are a new row, not a change of the old."""
     results, site = tmp_path / "results", tmp_path / "site"
@@ -107,6 +111,7 @@ def test_a_damaged_history_record_is_named(tmp_path):
     assert res.exit_code != 0 and "2026-01-01T000000Z.json" in str(res.exception)
 
 
+@pytest.mark.slow
 def test_leaderboard_runs_what_is_missing(write_config, tmp_path):
     cfg = write_config(methods=("label-prior",), extra='[leaderboard]\nsite = "lb-site"\nbootstrap = 0\n')
     runner = CliRunner()
