@@ -127,6 +127,7 @@ METHODS = MethodRegistry(
         "label-prior": "bench.methods.label_prior:LabelPrior",
         "query2label": "bench.methods.query2label:Query2Label",
         "hleg": "bench.methods.hleg:HLEG",
+        "labcr": "bench.methods.labcr:LabCR",
     },
     group="bench.methods",
 )

@@ -60,7 +60,8 @@ def _hci_methods() -> tuple[str, ...]:
     return tuple(dict.fromkeys(names[0] for _, names, _ in HCI_GENERALISATION.rows if names))
 
 
-TABLE1 = ("label-prior", "zeroshot", "linear-probe", "dualcoop", "query2label", "hleg", "intclip", "intclip-official")
+TABLE1 = ("label-prior", "zeroshot", "linear-probe", "dualcoop", "query2label", "hleg", "labcr", "intclip",
+          "intclip-official")
 INTCLIP_ECCV2024 = Preset(
     "intclip-eccv2024",
     "IntCLIP (ECCV 2024): Tables 1-5 and 6b on Intentonomy, Table 6a on EmotionROI and FI",
