@@ -105,6 +105,9 @@ class Method(ABC):
     family: ClassVar[str] = "Other methods"
     display_name: ClassVar[str | None] = None
     scheduler_interval: ClassVar[Literal["epoch", "step"]] = "epoch"  # when the engine steps the scheduler
+    # True when the training loss ignores unobserved labels: the partial-label protocol (suite.label_proportion)
+    # gives training labels of -1 (bench.datasets.subsets.UNOBSERVED) where a label is hidden; other methods refuse it
+    partial_labels: ClassVar[bool] = False
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {}  # named config changes, run as "<name>:<variant>"
 
     @classmethod

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from bench.datasets.subsets import UNOBSERVED
 from bench.train.batches import to_device
 from bench.methods.augment import TrainAugment
 from bench.methods.base import TrainConfig
@@ -234,9 +235,12 @@ def asymmetric_loss(
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """DualCoOp/IntCLIP ASL on the 2-way softmax over (negative, positive), summed; in fp32 (fp16's eps underflows
-    to NaN)."""
+    to NaN). Labels of -1 (:data:`bench.datasets.subsets.UNOBSERVED`, partial labels) add nothing, as the released
+    DualCoOp code drops them from the sum; with every label observed the sum is bit for bit the plain one."""
     p_pos = torch.softmax(torch.stack([logit_neg.float(), logit_pos.float()], dim=-1), dim=-1)[..., 1]
-    return -asymmetric_loss_terms(p_pos, labels, gamma_neg, gamma_pos, clip, eps).sum()
+    observed = labels != UNOBSERVED
+    terms = asymmetric_loss_terms(p_pos, labels.clamp(min=0), gamma_neg, gamma_pos, clip, eps)
+    return -torch.where(observed, terms, torch.zeros_like(terms)).sum()
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, epochs: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5):

@@ -54,6 +54,7 @@ class DualCoOp(PromptScoring, Method):
     Config = DualCoOpConfig
     image_towers = ("resnet",)  # dense tokens through the attnpool's v/c projections: any open_clip ModifiedResNet
     clip_text = True
+    partial_labels = True  # the ASL ignores unobserved (-1) labels, as the released code's partial-label training
 
     def __init__(self, config: DualCoOpConfig, backbone, data, device) -> None:
         super().__init__(config, backbone, data, device)

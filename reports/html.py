@@ -131,10 +131,12 @@ def render_page(
     leaderboard: dict | None = None,
     plots_per_run: bool = True,
     colors: dict[str, str] | None = None,
+    efficiency: str = "",
 ) -> str:
     """One self-contained page: the tables (each with CSV/JSON downloads), then per dataset group the plots, the
     leaderboard's history (table and trend per dataset), then every run's provenance. ``colors``: method label ->
-    colour, shared by every page of a site (default: from this page's summary)."""
+    colour, shared by every page of a site (default: from this page's summary). ``efficiency``: the label-efficiency
+    sections (:func:`bench.reports.efficiency.to_html`), after the tables."""
     labels = method_labels(summary)
     colors = colors or plots.method_colors(summary["method"] if not summary.empty else [])
     names = display_names(summary)
@@ -155,6 +157,7 @@ def render_page(
         history=[_history_row(h) for h in reversed(history)],
         trends=[(d, s) for d, s in trends if s],
         leaderboard=leaderboard,
+        efficiency=efficiency,
     )
 
 

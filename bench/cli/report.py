@@ -25,6 +25,7 @@ def report(
     standalone: Annotated[bool, typer.Option("--standalone", help="latex: a complete document that compiles on its own.")] = False,
     columns: Annotated[Optional[Literal["test", "val", "both"]], typer.Option("--columns", help="latex/html: the splits every paper table shows (default: as the paper, Table 1 test and val, the others test).")] = None,
     metrics: Annotated[Optional[str], typer.Option("--metrics", help="latex/html: comma-separated metric columns, e.g. macro_f1,mAP (default: the paper's; a table keeps those of its task).")] = None,
+    tables: Annotated[Literal["all", "efficiency"], typer.Option("--tables", help="efficiency: only the label-efficiency tables (CSV: one row per method and budget).")] = "all",
     results: ResultsOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -49,7 +50,7 @@ def report(
         where = "--results" if results is not None else f"paths.results of {cfg.source or 'the built-in defaults'}"
         raise BenchError(f"{where}: no result store at {cfg.paths.results} (run `bench run` first, or pass --results DIR)")
     text, n_runs = render_report(cfg, fmt, bootstrap, reference, standalone, warn=lambda m: err.print(f"[yellow]{escape(m)}[/]"),
-                                 columns=columns, metrics=parse_name_list(metrics) if metrics else None)
+                                 columns=columns, metrics=parse_name_list(metrics) if metrics else None, tables=tables)
     if output is None:
         sys.stdout.write(text)
     else:

@@ -43,11 +43,15 @@ class PlannedRun:
         return [self.method, *self.aliases]
 
     @property
+    def dataset_label(self) -> str:
+        """The dataset, and the label-efficiency level the run trains at (bench.pipeline.labels), if any."""
+        level = self.identity.get("labels")
+        return self.dataset + (f" @ {level['protocol']} {level['value']}" if level else "")
+
+    @property
     def label(self) -> str:
         method = self.method + (f" (= {', '.join(self.aliases)})" if self.aliases else "")
-        level = self.identity.get("labels")  # a label-efficiency level (bench.pipeline.labels)
-        dataset = self.dataset + (f" @ {level['protocol']} {level['value']}" if level else "")
-        return f"{method} / {dataset} / " + ("deterministic" if self.seed is None else f"seed {self.seed}")
+        return f"{method} / {self.dataset_label} / " + ("deterministic" if self.seed is None else f"seed {self.seed}")
 
     @property
     def torch_seed(self) -> int:

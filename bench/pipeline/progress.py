@@ -298,7 +298,7 @@ def suite_board(cfg: Any, plans: list[Any], clock: Callable[[], float] = time.mo
             epochs = getattr(cfg.method_config(p.method), "epochs", None)
         except Exception:  # a bad method config fails its own run (recorded as such), not the suite's display
             epochs = None
-        board.add_run(p.run_id, p.method, p.dataset, p.seed, epochs)
+        board.add_run(p.run_id, p.method, p.dataset_label, p.seed, epochs)
     return board
 
 

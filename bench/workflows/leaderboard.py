@@ -39,6 +39,7 @@ def suite_config(cfg: BenchConfig) -> BenchConfig:
         value = getattr(lb, key)
         if value is not None:
             setattr(out.suite, key, value)
+    out.suite.train_fraction = out.suite.shots = out.suite.label_proportion = None  # the leaderboard: whole splits
     return out
 
 
@@ -58,7 +59,8 @@ def run_leaderboard(cfg: BenchConfig, console: Console, ray_address: str | None 
     for e in bad:
         console.print(f"[yellow]skipped corrupt result: {escape(str(e))}[/]")
     records = [
-        r for r in records if r.method.name in s.methods and r.dataset.name in s.datasets and r.backbone["name"] == s.backbone and (r.seed is None or r.seed in s.seeds)
+        r for r in records if r.method.name in s.methods and r.dataset.name in s.datasets and r.backbone["name"] == s.backbone
+        and (r.seed is None or r.seed in s.seeds) and r.label_protocol is None
     ]
     summary = collection.summarise(collection.results_frame(records))
     lb = cfg.leaderboard

@@ -4,6 +4,8 @@ subset part of a run's identity. Pure numpy: no model, no rendering."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -34,7 +36,7 @@ def test_fractions_are_nested_exact_in_size_and_within_one_positive_per_class():
     for seed in range(3):
         drawn = subsets.nested_fractions(y, FRACTIONS, seed)
         assert list(drawn) == FRACTIONS
-        for small, large in zip(FRACTIONS, FRACTIONS[1:]):
+        for small, large in itertools.pairwise(FRACTIONS):
             assert set(drawn[small]) < set(drawn[large]), (seed, small, large)
         for f, idx in drawn.items():
             assert len(idx) == int(np.floor(f * n + 0.5)) and len(set(idx)) == len(idx)

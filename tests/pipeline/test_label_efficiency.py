@@ -103,6 +103,31 @@ def test_methods_without_a_mask_and_k_shot_on_multilabel_data_are_refused_by_nam
         apply_labels(plans[0].identity, "label-prior", datasets[plans[0].data], 0)
 
 
+def test_k_shot_runs_train_on_k_images_per_class_of_single_label_data():
+    from bench.config import SuiteConfig
+    from bench.datasets.base import Split
+    from bench.pipeline.labels import LabelLevel, LabelPlan
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> Split:
+        return Split(rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8), rng.integers(0, 3, n), [str(i) for i in range(n)])
+
+    classes = [ClassInfo(k, k, k) for k in ("happy", "sad", "calm")]
+    data = DatasetData("toy", "multiclass", classes, [], {"train": split(60), "val": split(9), "test": split(9)}, "0" * 64)
+    labels = LabelPlan(SuiteConfig(shots=[4, 1]))
+    assert labels.levels_for("zeroshot", "toy", data) == [None]  # nothing to train: one run, as without shots
+    one, four = labels.levels_for("dualcoop", "toy", data)
+    for level, k in ((one, 1), (four, 4)):
+        identity = labels.identity(level, "toy", data, 3)
+        part, record = apply_labels(identity, "dualcoop", data, 3)
+        assert np.bincount(part.splits["train"].labels, minlength=3).tolist() == [k] * 3
+        assert record["n_train"] == 3 * k and record["n_train_full"] == 60 and record["seed"] == 3
+        assert part.splits["val"] is data.splits["val"]
+    with pytest.raises(ConfigError, match=r"suite.shots: toy: 30-shot needs 30 training images per class"):
+        LabelPlan(SuiteConfig(shots=[30])).identity(LabelLevel("shots", 30), "toy", data, 0)
+
+
 def test_partial_labels_hide_training_labels_only(tmp_path, shared_cache):
     plans, datasets = plan_suite(_cfg(tmp_path, shared_cache, ["dualcoop"], label_proportion=[0.3]))
     plan = plans[1]
