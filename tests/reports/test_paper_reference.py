@@ -149,12 +149,18 @@ def test_table_6b_has_the_papers_rows_beside_the_reproduced_one(tmp_path):
 def test_reproduce_plans_table_6b_with_the_runs_of_table_1(tmp_path):
     from bench.workflows.reproduce import INTCLIP_ECCV2024, Job, make_plan
 
-    assert Job("6b", ("intclip",), ("intentonomy",), "ViT-B-32") in INTCLIP_ECCV2024.jobs and "6b" in INTCLIP_ECCV2024.tables
+    assert Job("6b", ("intclip", "hleg", "hleg:hci"), ("intentonomy",), "ViT-B-32") in INTCLIP_ECCV2024.jobs
+    assert "6b" in INTCLIP_ECCV2024.tables
     results = {"paths.results": str(tmp_path / "results")}
-    (alone,) = make_plan(None, INTCLIP_ECCV2024, ["6b"], "paper", results).rows
-    assert (alone.table, alone.backbone, alone.method, alone.runs, alone.shared) == ("6b", "ViT-B-32", "intclip", 3, None)
+    alone = make_plan(None, INTCLIP_ECCV2024, ["6b"], "paper", results).rows
+    assert [(r.table, r.backbone, r.method, r.runs, r.shared) for r in alone] == [
+        ("6b", "ViT-B-32", m, 3, None) for m in ("intclip", "hleg", "hleg:hci")]
     plan = make_plan(None, INTCLIP_ECCV2024, ["1", "6b"], "paper", results)
-    assert next(r for r in plan.rows if r.table == "6b").shared == "1" and plan.runs == 15 + 4  # counted once
+    six_b = {r.method: r.shared for r in plan.rows if r.table == "6b"}
+    # IntCLIP (HCI) is Table 1's ViT-B/32 IntCLIP: counted once; HLEG on ViT-B/32 and HLEG + HCI are 6b's own
+    assert six_b == {"intclip": "1", "hleg": None, "hleg:hci": None}
+    table1 = sum(r.runs for r in plan.rows if r.table == "1")
+    assert plan.runs == table1 + 6
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed (.ci/run installs it)")
