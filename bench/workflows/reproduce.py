@@ -79,6 +79,10 @@ PRESETS = {INTCLIP_ECCV2024.name: INTCLIP_ECCV2024}
 # Measured anchor (SPEC 9): the released IntCLIP code, RN101, on an NVIDIA H200: 770 img/s training (batch 64),
 # 2,780 img/s eval. An upper bound for methods whose image side is frozen (DualCoOp, the linear probe's features).
 ANCHOR_TRAIN, ANCHOR_EVAL = 770.0, 2780.0
+# The anchor's images are already decoded on the GPU; a run here reads the decoded-image cache, built once per
+# dataset x input size (x decode) on the CPU by `bench data prepare` (or the first run) at about the decode rate
+# `bench data verify` measures (1,074 img/s on 2 cores for Intentonomy's 256 px JPEGs; benchmarks/data_throughput.py).
+DECODE_RATE = 1000.0
 # split sizes of the real datasets, for an estimate before the data is there (Intentonomy's official files; EmotionROI
 # 1,188/792 official, val carved from train; FI 23,308 images split by [datasets.fi] fractions)
 KNOWN_SIZES = {"intentonomy": (12740, 498, 1217), "emotionroi": (1188, 0, 792), "fi": (23308, 0, 0)}
@@ -140,6 +144,7 @@ class PlanRow:
     hours: float | None
     basis: str
     shared: str | None = None  # the table whose runs these are (the same runs serve several tables)
+    images: int = 0  # the dataset's images (train + val + test), for its decoded-image cache
 
 
 @dataclass
@@ -155,6 +160,16 @@ class Plan:
     @property
     def runs(self) -> int:
         return sum(r.runs for r in self.rows if r.shared is None)
+
+    def caches(self) -> dict[tuple[str, int], int]:
+        """(dataset, input size) -> images of each decoded-image cache the plan reads (built once, then reused)."""
+        from bench.pipeline.plan import backbone_image_size
+
+        out: dict[tuple[str, int], int] = {}
+        for r in self.rows:
+            size = backbone_image_size(r.backbone)
+            out[(r.dataset, size)] = max(out.get((r.dataset, size), 0), r.images)
+        return out
 
 
 def _sizes(cfg: BenchConfig, dataset: str) -> tuple[int, int, int] | None:
@@ -188,6 +203,8 @@ def _seconds_per_image(records: list, method: str, backbone: str) -> tuple[float
     for rec in records:
         if method not in (rec.method.name, *rec.method.aliases) or rec.backbone.get("name") != backbone:
             continue
+        if not str(rec.env.get("device", "")).startswith("cuda"):
+            continue  # GPU-hours: a CPU run's timing says nothing about them
         seconds, epochs = rec.timing.get("seconds_train_and_eval"), rec.training.epochs_run
         n = rec.dataset.split_sizes.get("train", 0)
         if seconds and epochs and n:
@@ -195,7 +212,7 @@ def _seconds_per_image(records: list, method: str, backbone: str) -> tuple[float
             devices.add(str(rec.env.get("device", "?")))
     if not rates:
         return None
-    return statistics.median(rates), f"store: {len(rates)} run(s), {', '.join(sorted(devices))}"
+    return statistics.median(rates), f"store: {len(rates)} GPU run(s) on {', '.join(sorted(devices))}"
 
 
 def estimate(records: list, method: str, backbone: str, sizes: tuple[int, int, int] | None, epochs: int, runs: int) -> tuple[float | None, str]:
@@ -209,10 +226,10 @@ def estimate(records: list, method: str, backbone: str, sizes: tuple[int, int, i
         seconds = max(epochs, 1) * train * per_image
     elif epochs:
         seconds = epochs * (train / ANCHOR_TRAIN + val / ANCHOR_EVAL) + test / ANCHOR_EVAL
-        basis = "anchor" + ("" if method.startswith("intclip") else ", upper bound")
+        basis = "anchor (H200)" + ("" if method.startswith("intclip") else ", upper bound")
     else:
         seconds = (train + val + test) / ANCHOR_EVAL
-        basis = "anchor, eval only"
+        basis = "anchor (H200), eval only"
     return runs * seconds / 3600, basis
 
 
@@ -252,7 +269,8 @@ def make_plan(config: Path | None, preset: Preset, tables: list[str] | None, sca
                 same = f"= Table {owner_table}" + (f" {owner}" if owner != method else "")
                 hours, basis = (0.0, same) if shared else estimate(records, method, job.backbone, sizes, epochs, len(run_seeds))
                 done = _done(records, (method, dataset, job.backbone, cfg.protocol.name), run_seeds)
-                plan.rows.append(PlanRow(job.table, job.backbone, dataset, method, len(run_seeds), done, epochs, hours, basis, shared))
+                plan.rows.append(PlanRow(job.table, job.backbone, dataset, method, len(run_seeds), done, epochs, hours, basis,
+                                         shared, sum(sizes) if sizes else 0))
     return plan
 
 
@@ -274,9 +292,16 @@ def print_plan(plan: Plan, preset: Preset, console) -> None:
         table.add_row(r.table, r.backbone, r.dataset, escape(r.method), str(r.runs), str(r.done),
                       str(r.epochs or "-"), hours, escape(r.basis))
     console.print(table)
+    caches = plan.caches()
+    decode_minutes = sum(caches.values()) / DECODE_RATE / 60
+    console.print(f"decoded-image caches: {len(caches)} (dataset x input size: "
+                  f"{', '.join(f'{d} {s}px' for d, s in caches)}), about {decode_minutes:.0f} CPU-minutes to build once at "
+                  f"~{DECODE_RATE:,.0f} img/s (bench data prepare; an existing cache is reused), not in the GPU-hours",
+                  highlight=False)
     console.print("anchor: the released IntCLIP code's RN101 training step on an NVIDIA H200 (770 img/s train, 2,780 img/s "
                   "eval, images on the GPU; SPEC 9), an upper bound for methods with a frozen image side; store: the "
-                  "median seconds per training image of this store's earlier runs of that method and backbone; "
+                  "median seconds per training image of this store's earlier GPU runs of that method and backbone "
+                  "(CPU runs ignored), with the GPUs named; "
                   "= Table N (name): the same runs (one config) serve that table or name, counted once.", highlight=False)
     if "6b" in tables:
         console.print("Table 6b: IntCLIP (HCI), HLEG [33] (hleg) and HLEG [33] + HCI (hleg:hci) run; no IntCLIP variant has "
