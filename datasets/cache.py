@@ -10,11 +10,27 @@ gets built, while a label-only change (another train threshold) reuses the pixel
 ``.build-<pid>-<random>/`` and renames it into place once complete (a rename is atomic, so a partially written
 cache is never used; a concurrent builder that loses the race discards its copy; a killed build leaves only a
 ``.build-*`` folder, which is never read). Building decodes in a thread pool (``os.cpu_count()`` workers, or
-``BENCH_DATA_WORKERS``; PIL releases the GIL while decoding, resizing and hashing, and threads write straight into
-the memory-mapped output) with PIL draft mode, which lets libjpeg decode a 3000x2000 JPEG directly at 1/2, 1/4 or
-1/8 scale (the largest that stays >= S on both sides): about 7x faster than a full decode. When the manifest must
-be (re)computed too, hashing and the draft decode share one pass: each file is read once. Superseded cache folders
-are not deleted automatically (another process may still map them); delete ``<cache>/<dataset>/decoded-*`` freely.
+``BENCH_DATA_WORKERS``; PIL releases the GIL while decoding, resizing and hashing) with PIL draft mode, which lets
+libjpeg decode a 3000x2000 JPEG directly at 1/2, 1/4 or 1/8 scale (the largest that stays >= S on both sides):
+about 7x faster than a full decode. When the manifest must be (re)computed too, hashing and the draft decode share
+one pass: each file is read once.
+
+**Bounded memory.** Each thread decodes into its own one-image buffer and writes it with ``pwrite`` at its row's
+offset in the staged ``.npy`` (whose header numpy writes): the pixels reach the file through the page cache, which
+is not the process's memory, and the file is never written through a memory map (a map of the whole output made
+every written page resident: the build's peak RSS grew by N x S x S x 3 bytes, 2.2 GB for Intentonomy at 224 px).
+Tasks are submitted a few per thread ahead, dropped rows are compacted in 32 MB pieces, and every file is fsynced
+before the folder is renamed into place: the pixels cost the build a few images per thread at any dataset size
+(what still grows with N is the listing and the manifest, about 2 KB an image, as in ``bench data verify``).
+
+**Where the time goes.** Per image, the build does what ``bench data verify`` does (read, sha256, decode) plus the
+resize to S x S, a copy and the write. On small files the resize dominates: PIL's bicubic 256 -> 224 px costs 2 to
+3 times the JPEG decode of the same 256 px file (over half the build's time; ``benchmarks/data_throughput.py``
+prints the split), and it is what defines the cached bytes. On full-size originals (3000 x 2000) draft mode makes
+the build cheaper than verify's full decode.
+
+Superseded cache folders are not deleted automatically (another process may still map them); delete
+``<cache>/<dataset>/decoded-*`` freely.
 """
 
 from __future__ import annotations
@@ -34,8 +50,20 @@ import numpy as np
 from bench.io import atomic_write_bytes, ensure_free_space
 
 from .base import DatasetError, SplitIncompleteError
+from .cache_build import decode_staged, finish_staged
+from .manifest import (
+    CACHE_FORMAT,
+    RESAMPLE,
+    Entry,
+    Listing,
+    Manifest,
+    examples,
+    manifest_file,
+    new_manifest,
+    reconcile,
+)
 
-from .manifest import CACHE_FORMAT, RESAMPLE, Entry, Listing, Manifest, _examples, _run_pool, default_workers, manifest_file, new_manifest, reconcile, scan_file
+
 
 def cache_dir_name(images_sha256: str, size: int, resample: str, draft: bool) -> str:
     """The cache key as a folder name: size, resize method and the manifest's image-entries hash."""
@@ -116,7 +144,7 @@ def _incomplete_message(dataset: str, root: Path, manifest_counts: dict, bad: di
         n = manifest_counts[split]["images"]
         kinds = {s: [e.path for e in entries if e.status == s] for s in ("missing", "corrupt")}
         desc = " and ".join(f"{len(v)} {k}" for k, v in kinds.items() if v)
-        parts.append(f"{desc} of {n} {split} images (e.g. {_examples([e.path for e in entries])})")
+        parts.append(f"{desc} of {n} {split} images (e.g. {examples([e.path for e in entries])})")
     return (
         f"{dataset}: {'; '.join(parts)} under {root}. Val/test images are never dropped: restore them, then "
         f"`bench data verify --dataset {dataset}` lists every missing or corrupt file."
@@ -188,12 +216,12 @@ def materialize(
     stage = Path(work_dir) / f".build-{os.getpid()}-{secrets.token_hex(4)}"
     stage.mkdir()
     try:
-        staged = _decode_staged(listing, entries, stale, rows, stage, size, resample=resample, draft=draft,
+        staged = decode_staged(listing, entries, stale, rows, stage, size, resample=resample, draft=draft,
                                 workers=workers, progress=progress, progress_total=progress_total)
         manifest = new_manifest(dataset, listing, class_keys, entries)
         manifest.write(manifest_path)  # written before failing, so `verify`-like counts persist and reuse works
         fail_early(entries)
-        _compact_staged(dataset, root, stage, staged, rows, entries)
+        finish_staged(dataset, root, staged, rows, entries)
         folder = Path(work_dir) / cache_dir_name(manifest.images_sha256(), size, resample, draft)
         meta = _cache_meta(dataset, manifest, entries, size, resample, draft, time.perf_counter() - t0)
         atomic_write_bytes(stage / "meta.json", json.dumps(meta).encode())
@@ -211,73 +239,6 @@ def materialize(
     if arrays is None:
         raise DatasetError(f"{dataset}: could not publish the decoded cache {folder}")
     return Materialized(manifest, manifest_path, arrays, folder, False, len(stale), time.perf_counter() - t0)
-
-
-def _decode_staged(
-    listing: Listing,
-    entries: dict[str, list[Entry]],
-    stale: set[tuple[str, int]],
-    rows: dict[str, list[int]],
-    stage: Path,
-    size: int,
-    *,
-    resample: str,
-    draft: bool,
-    workers: int | None,
-    progress: Callable[[int], None] | None,
-    progress_total: Callable[[int], None] | None,
-) -> dict[str, np.ndarray]:
-    """Decode the images ``rows`` names into ``stage/<split>.npy`` (one memory-mapped array per split, in row
-    order) on a thread pool, and put each file's new scan into ``entries`` (in place)."""
-    staged = {
-        s: np.lib.format.open_memmap(stage / f"{s}.npy", mode="w+", dtype=np.uint8, shape=(len(idx), size, size, 3))
-        for s, idx in rows.items()
-    }
-    tasks, where = [], []
-    for split, idx in rows.items():
-        for j, i in enumerate(idx):
-            prev = None if (split, i) in stale else entries[split][i]
-            tasks.append(
-                lambda p=listing.paths[split][i], prev=prev, out=staged[split][j]: scan_file(
-                    listing.root, p, previous=prev, size=size, resample=resample, draft=draft, out=out
-                )
-            )
-            where.append((split, i))
-    if progress_total:
-        progress_total(len(tasks))
-    for (split, i), entry in zip(where, _run_pool(tasks, workers or default_workers(), progress), strict=True):
-        old = entries[split][i]
-        if (split, i) not in stale and entry.status == "ok":
-            entry.check = old.check  # a verified entry keeps its provenance
-        entries[split][i] = entry
-    return staged
-
-
-def _compact_staged(
-    dataset: str, root: Path, stage: Path, staged: dict[str, np.ndarray], rows: dict[str, list[int]],
-    entries: dict[str, list[Entry]],
-) -> None:
-    """Drop the rows whose image failed to decode (train only: val/test failures raised before) from the staged
-    arrays, then flush and release them."""
-    for split, idx in rows.items():
-        ok = [j for j, i in enumerate(idx) if entries[split][i].status == "ok"]
-        if not ok:
-            raise DatasetError(f"{dataset}: no usable {split} images under {root} ({len(entries[split])} listed)")
-        if len(ok) < len(idx):
-            src = staged[split]
-            dst = np.lib.format.open_memmap(stage / f"{split}.compact.npy", mode="w+", dtype=np.uint8,
-                                            shape=(len(ok), *src.shape[1:]))
-            for start in range(0, len(ok), 256):
-                dst[start : start + 256] = src[ok[start : start + 256]]
-            dst.flush()
-            del dst
-            staged[split] = None  # type: ignore[assignment]
-            del src
-            os.replace(stage / f"{split}.compact.npy", stage / f"{split}.npy")
-    for arr in staged.values():
-        if arr is not None:
-            arr.flush()
-    staged.clear()
 
 
 def _cache_meta(

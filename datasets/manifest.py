@@ -80,7 +80,7 @@ def check_relative(path: str, where: str) -> str:
     return p.as_posix()
 
 
-def _examples(paths: Iterable[str]) -> str:
+def examples(paths: Iterable[str]) -> str:
     items = list(paths)
     more = f", ... ({len(items)} in all)" if len(items) > EXAMPLES else ""
     return ", ".join(items[:EXAMPLES]) + more

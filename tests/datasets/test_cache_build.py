@@ -21,7 +21,7 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.datasets import cache as cache_mod
+from bench.datasets import cache_build as cache_mod
 from bench.datasets import manifest as manifest_mod  # scan_file looks decode_image up there
 from bench.datasets.images import Listing, materialize
 
@@ -290,11 +290,11 @@ def test_window_draws_tasks_lazily_and_keeps_order():
             yield lambda i=i: i * i
 
     ahead = []
-    for r in cache_mod._run_window(tasks(200), 3, seen.append):
+    for r in cache_mod.run_window(tasks(200), 3, seen.append):
         ahead.append(drawn[0] - len(ahead) - 1)  # drawn but not yet handed out when this result arrives
     assert len(seen) == 200 and max(ahead) <= cache_mod.WINDOW_PER_WORKER * 3
-    assert list(cache_mod._run_window(tasks(50), 3, None)) == [i * i for i in range(50)]
-    assert list(cache_mod._run_window(tasks(5), 1, None)) == [0, 1, 4, 9, 16]
+    assert list(cache_mod.run_window(tasks(50), 3, None)) == [i * i for i in range(50)]
+    assert list(cache_mod.run_window(tasks(5), 1, None)) == [0, 1, 4, 9, 16]
 
     ran = [0]
 
@@ -308,5 +308,5 @@ def test_window_draws_tasks_lazily_and_keeps_order():
             yield task
 
     with pytest.raises(ValueError, match="image 10"):
-        list(cache_mod._run_window(failing(500), 2, None))
+        list(cache_mod.run_window(failing(500), 2, None))
     assert ran[0] <= 11 + cache_mod.WINDOW_PER_WORKER * 2  # the rest was never started

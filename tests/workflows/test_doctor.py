@@ -21,7 +21,7 @@ from bench.cli.app import app  # noqa: E402
 from bench.config import load_config  # noqa: E402
 from bench.workflows.weights import weights_status  # noqa: E402
 from tests.backbones.test_backbones_openclip import REV, VIT, hub_cache, tiny_models  # noqa: E402,F401  (fixtures)
-from tests.test_data_cache import make_emotionroi, make_fi  # noqa: E402
+from tests.datasets.test_data_cache import make_emotionroi, make_fi  # noqa: E402
 
 runner = CliRunner()
 
