@@ -14,8 +14,12 @@ the project's defaults (default ``intclip-official``, the released code's model)
       ``bench run`` executes (memory-mapped batches gathered and pinned ahead by a background thread);
   also the model step alone on a batch already on the device (the bound for both).
 
+``--cache-only`` skips (a) (what the GPU script runs: the cached epoch within its time budget). ``--json`` is
+rewritten after every measurement, so a run cut off by a time limit keeps what it measured.
+
   python benchmarks/epoch.py                          # CPU, small: 256 images, tiny-clip, batch 32
   python benchmarks/epoch.py --device cuda --full     # 12,740 images, RN101, batch 64, 16 loader workers
+  python benchmarks/epoch.py --device cuda --full --cache-only --distinct 128
 """
 
 from __future__ import annotations
@@ -109,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quality", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads in the main process")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder, removed)")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--cache-only", action="store_true", help="skip (a), the epoch from JPEG files")
+    parser.add_argument("--json", type=Path, default=None, help="every number, rewritten as each is measured")
     args = parser.parse_args(argv)
 
     import torch
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from bench.datasets.base import Split
     from bench.datasets.images import Listing, materialize
     from bench.train.devices import resolve_device
-    from bench.train.engine import RunContext, train_epoch
+    from bench.train.engine import train_epoch
     from bench.registry import BACKBONES, METHODS
 
     device = resolve_device(args.device)
@@ -141,12 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     method = cls(cls.Config(batch_size=batch), load_backbone(BACKBONES.get(backbone), "none"), data, device)
     size = method.backbone.image_size
     labels = (np.random.default_rng(1).random((n, data.num_classes)) > 0.85).astype(np.float32)
-    ctx = RunContext(run_dir=None, seed=0, device=device, log=lambda *_: None)  # type: ignore[arg-type]
-    optimizer, _ = method.configure_optimizers(steps_per_epoch=1)
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not bf16)
-    trainer = speed.ProjectTrainer(method, device)
-    trainer.optimizer, trainer.scaler = optimizer, scaler
+    trainer = speed.ProjectTrainer(method, device)  # the run's precision (bench.train.engine.precision)
+    ctx, optimizer, scaler = trainer.ctx, trainer.optimizer, trainer.scaler
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="bench-epoch-"))
     if device.type == "cuda":
@@ -154,12 +155,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         device_name = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
     out: dict[str, Any] = {"n": n, "distinct": distinct, "method": args.method, "backbone": backbone,
-                           "image_size": size, "batch": batch, "workers": workers, "device": device_name}
+                           "image_size": size, "batch": batch, "workers": workers, "device": device_name,
+                           "cache_only": args.cache_only}
+
+    def save() -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.json.with_name(args.json.name + ".part")
+            tmp.write_text(json.dumps(out, indent=2) + "\n")
+            os.replace(tmp, args.json)
+
+    save()
     try:
         root, cache = work / "root", work / "cache"
         t = time.perf_counter()
         names = generate(root, n, distinct, args.quality, workers)
         out["generate_s"] = time.perf_counter() - t
+        save()
         mb = sum((root / "src" / f).stat().st_size for f in os.listdir(root / "src")) / 1e6 / distinct
         print(f"{out['device']} | {args.method} on {backbone} (random init) at {size} px, batch {batch} | {n} train images "
               f"= {distinct} distinct {W}x{H} q{args.quality} JPEGs ({mb:.2f} MB each), made in {out['generate_s']:.1f} s")
@@ -171,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps = max(3, min(20, n // batch))
         model = speed.measure(lambda: trainer.step(x, y), batch, device, steps, warmup=3)
         out["model_only_img_s"] = model.images_per_s
+        save()
 
         # (a) JPEG files through a DataLoader, decoded every epoch
         order = np.random.default_rng([0, 0]).permutation(n)  # the engine's epoch-0 order for seed 0
@@ -179,18 +192,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             pin_memory=device.type == "cuda", worker_init_fn=_one_thread, persistent_workers=False,
         )
         method.train(True)
-        speed.synchronize(device)
-        t = time.perf_counter()
-        for images, ys in loader:
-            trainer.step(method.prepare(images), ys.to(device, non_blocking=True))
-        speed.synchronize(device)
-        out["jpeg_epoch_s"] = time.perf_counter() - t
+        if not args.cache_only:
+            speed.synchronize(device)
+            t = time.perf_counter()
+            for images, ys in loader:
+                trainer.step(method.prepare(images), ys.to(device, non_blocking=True))
+            speed.synchronize(device)
+            out["jpeg_epoch_s"] = time.perf_counter() - t
+            save()
 
         # (b) the decoded cache: built once, then the engine's own epoch
         listing = Listing(root, {"train": names}, {"train": labels}, {"train": names})
         t = time.perf_counter()
         built = materialize("epoch-benchmark", listing, [c.key for c in data.classes], cache, size, workers=workers, strict_splits=())
         out["cache_build_s"] = time.perf_counter() - t
+        save()
         split = Split(built.arrays["train"], labels, names)
         speed.synchronize(device)
         t = time.perf_counter()
@@ -198,19 +214,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         speed.synchronize(device)
         out["cache_epoch_s"] = time.perf_counter() - t
         assert len(losses) == -(-n // batch)
+        save()
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    a, b = out["jpeg_epoch_s"], out["cache_epoch_s"]
+    a, b = out.get("jpeg_epoch_s"), out["cache_epoch_s"]
     print(f"model step alone (batch on the device)      : {out['model_only_img_s']:9.1f} img/s  ({n / out['model_only_img_s']:7.1f} s per epoch)")
-    print(f"(a) epoch from JPEG files ({workers} loader procs): {n / a:9.1f} img/s  {a:7.1f} s")
-    print(f"(b) epoch from the decoded cache            : {n / b:9.1f} img/s  {b:7.1f} s   {a / b:5.1f}x faster than (a)")
+    if a is not None:
+        print(f"(a) epoch from JPEG files ({workers} loader procs): {n / a:9.1f} img/s  {a:7.1f} s")
+    faster = f"   {a / b:5.1f}x faster than (a)" if a is not None else ""
+    print(f"(b) epoch from the decoded cache            : {n / b:9.1f} img/s  {b:7.1f} s{faster}")
     print(f"    one-time cache build (sha256 + draft decode, {workers} threads): {out['cache_build_s']:.1f} s "
           f"({n / out['cache_build_s']:.0f} img/s)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    out["complete"] = True
+    save()
     return out
 
 

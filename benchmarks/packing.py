@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per trial")
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="every row, rewritten as each is measured")
     a = parser.parse_args(argv)
     cuda = a.device.startswith("cuda")
     args = {
@@ -114,6 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {name}; backbone {args['backbone']}, batch {args['batch']}, {args['steps']} timed steps per trial")
     print(f"{'method':<10} {'trials':>6} {'gpu/trial':>9} {'per-trial img/s':>16} {'aggregate img/s':>16} {'x one trial':>11} {'peak GiB/trial':>15}")
     rows = []
+
+    def save(complete: bool = False) -> None:  # after every row: a run cut off by a time limit keeps its rows
+        if a.json:
+            a.json.parent.mkdir(parents=True, exist_ok=True)
+            tmp = a.json.with_name(a.json.name + ".part")
+            tmp.write_text(json.dumps({"device": name, "settings": args, "rows": rows, "complete": complete}, indent=2))
+            os.replace(tmp, a.json)
+
+    save()
     for method in a.methods.split(","):
         base = None
         for k in counts:
@@ -124,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             peak = "-" if row["peak_gib_per_trial"] is None else f"{row['peak_gib_per_trial']:.2f}"
             print(f"{method:<10} {k:>6} {row['gpu_per_trial']:>9.2f} {row['per_trial_img_s']:>16.1f} "
                   f"{row['aggregate_img_s']:>16.1f} {row['speedup_vs_one']:>11.2f} {peak:>15}", flush=True)
-    if a.json:
-        a.json.write_text(json.dumps({"device": name, "settings": args, "rows": rows}, indent=2))
+            save()
+    save(complete=True)
     return 0
 
 

@@ -123,16 +123,26 @@ def reference_autocast(device: torch.device, dtype: torch.dtype | None = torch.f
     return torch.autocast("cuda", dtype=dtype)
 
 
+_AUGMENT_ATTRS = ("_augment", "_randaugment")  # the prompt methods' Cutout + RandAugment, Query2Label's RandAugment
+
+
+def training_augmentation(method: Method) -> Any:
+    """The augmentation ``method.prepare`` applies to training batches (None: none)."""
+    return next((getattr(method, a) for a in _AUGMENT_ATTRS if getattr(method, a, None) is not None), None)
+
+
 @contextlib.contextmanager
 def augmentation_off(method: Method):
     """``method.prepare`` without the training augmentation (normalisation and layout only), e.g. to give two
     paths one identical input."""
-    saved = getattr(method, "_augment", None)
-    method._augment = None  # type: ignore[attr-defined]
+    saved = {a: getattr(method, a) for a in _AUGMENT_ATTRS if hasattr(method, a)}
+    for a in saved:
+        setattr(method, a, None)
     try:
         yield method
     finally:
-        method._augment = saved  # type: ignore[attr-defined]
+        for a, value in saved.items():
+            setattr(method, a, value)
 
 
 def plain_input(method: Method, images: torch.Tensor) -> torch.Tensor:
@@ -305,22 +315,33 @@ def measure(step: Callable[[], Any], batch: int, device: torch.device, steps: in
 class Rounds:
     """One path's share of an interleaved measurement (:func:`interleaved`)."""
 
-    images_per_s: float  # median over the rounds
-    ms_per_step: float  # median over the rounds
+    images_per_s: float  # median over the rounds, by ``clock``
+    ms_per_step: float  # median over the rounds, by ``clock``
     peak_mem_gib: float | None  # the most allocated during its timed rounds (CUDA only)
     steps: int  # timed steps per round
-    rounds: list[float]  # images/s of every round, in order
-    first_call_s: float  # the first (untimed) call alone: compilation, autotuning, allocation
-    warmup_s: float  # every untimed call, the first included
+    rounds: list[float]  # images/s of every round, in order, by ``clock``
+    first_call_s: float  # the first (untimed) call alone, wall clock: compilation, autotuning, allocation
+    warmup_s: float  # every untimed call, the first included, wall clock
+    clock: str = "wall"  # "wall" or "cpu" (this process's CPU time)
+    wall_rounds: list[float] | None = None  # images/s of every round by the wall clock (always kept)
 
 
 def interleaved(
-    paths: dict[str, Callable[[], Any]], batch: int, device: torch.device, steps: int, warmup: int, rounds: int
+    paths: dict[str, Callable[[], Any]], batch: int, device: torch.device, steps: int, warmup: int, rounds: int,
+    clock: str = "wall",
 ) -> dict[str, Rounds]:
     """Time several paths against each other on a shared (noisy) machine: each path gets ``warmup`` untimed calls
     (at least one), then ``rounds`` rounds in which every path runs ``steps`` timed calls, the order reversed
     every other round (ABBA), so a slow spell of the machine falls on every path alike. Per path: the median
-    img/s and ms/step over the rounds, every round's img/s (for the spread), the peak memory and the warm-up time."""
+    img/s and ms/step over the rounds, every round's img/s (for the spread), the peak memory and the warm-up time.
+
+    ``clock="cpu"`` times by this process's CPU time instead of the wall clock: on a CPU shared with other jobs,
+    with one torch thread, it counts the work a step does and not the time it waited for a core (GPU timings
+    need the wall clock; the wall-clock rounds are kept either way)."""
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', not {clock!r}")
+    if clock == "cpu" and device.type == "cuda":
+        raise ValueError("clock='cpu' cannot time a GPU (its work is not this process's CPU time)")
     names = list(paths)
     first: dict[str, float] = {}
     warm: dict[str, float] = {}
@@ -335,30 +356,39 @@ def interleaved(
         synchronize(device)
         warm[name] = time.perf_counter() - t0
     per_round: dict[str, list[float]] = {n: [] for n in names}
+    wall_rounds: dict[str, list[float]] = {n: [] for n in names}
     peaks: dict[str, float | None] = {n: None for n in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             synchronize(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 paths[name]()
             synchronize(device)
-            per_round[name].append(steps * batch / (time.perf_counter() - t0))
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            wall_rounds[name].append(steps * batch / wall)
+            per_round[name].append(steps * batch / (cpu if clock == "cpu" else wall))
             if device.type == "cuda":
                 peaks[name] = max(peaks[name] or 0.0, torch.cuda.max_memory_allocated(device) / 2**30)
     out = {}
     for name in names:
         median = statistics.median(per_round[name])
-        out[name] = Rounds(median, 1000 * batch / median, peaks[name], steps, per_round[name], first[name], warm[name])
+        out[name] = Rounds(median, 1000 * batch / median, peaks[name], steps, per_round[name], first[name], warm[name],
+                           clock, wall_rounds[name])
     return out
 
 
 def ratio(num: Rounds, den: Rounds) -> dict[str, Any]:
-    """num / den per round (both timed in the same round, so machine load cancels): median, min and max."""
+    """num / den per round (both timed in the same round, so machine load cancels): median, min and max (by the
+    paths' clock), and the median by the wall clock."""
     per_round = [a / b for a, b in zip(num.rounds, den.rounds, strict=True)]
-    return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round), "rounds": per_round}
+    out = {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round), "rounds": per_round,
+           "clock": num.clock}
+    if num.wall_rounds and den.wall_rounds:
+        out["median_wall"] = statistics.median(a / b for a, b in zip(num.wall_rounds, den.wall_rounds, strict=True))
+    return out
 
 
 def clone_learnable(method: Method) -> dict[str, torch.Tensor]:

@@ -41,6 +41,7 @@ def batch(n=4, px=96, c=3, seed=0):
 
 
 # -- text side ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_truncated_prompt_features_and_their_gradients_equal_the_full_77_position_pass(tiny):
     clip = tiny.model
     torch.manual_seed(0)
@@ -64,6 +65,7 @@ def test_truncated_prompt_features_and_their_gradients_equal_the_full_77_positio
         torch.testing.assert_close(pos_cut, clip.encode_text(prompts.tokens), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["intclip", "dualcoop"])
 def test_eval_text_features_are_computed_once_per_pass_and_equal_recomputed_ones(name, tmp_path):
     reference, project = speed.build_pair(name, "tiny-clip", task(), CPU, {"n_ctx": 4, "batch_size": 4})
@@ -177,6 +179,7 @@ Q2L = {"hidden_dim": 32, "dim_feedforward": 64, "augment": False, "dropout": 0.0
         ("query2label", {**Q2L, **FAST}, None),
     ],
 )
+@pytest.mark.slow
 def test_training_steps_of_the_project_path_agree_with_the_official_path(tiny, name, config, param_atol):
     reference, project = speed.build_pair(name, "tiny-clip", task(), CPU, config)
     if name.startswith("intclip"):
@@ -211,6 +214,7 @@ def test_training_steps_of_the_project_path_agree_with_the_official_path(tiny, n
     torch.testing.assert_close(speed.project_scores(project, project.prepare(images)), ref_scores, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_compiled_forward_takes_the_same_training_step(tiny):
     cls = METHODS.get("dualcoop")
     runs = []
@@ -290,3 +294,52 @@ def test_deferred_loss_check_still_stops_at_the_first_nonfinite_step(tiny, tmp_p
     with pytest.raises(TrainingDivergedError, match=r"dualcoop: loss is nan at epoch 2 \(step 3\)"):
         train_epoch(method, split, optimizer, scaler, None, ctx, epoch=2)
     assert calls["n"] == 5  # found at the check after step 5, reported as the step it happened at
+
+
+# -- the benchmark's own checks: one identical input for both paths, interleaved timing ---------------------------
+def test_both_paths_get_one_identical_input_even_when_training_batches_are_augmented(tiny):
+    reference, project = speed.build_pair("dualcoop", "tiny-clip", task(), CPU, {"n_ctx": 4, "memory_format": "channels_last"})
+    assert speed.training_augmentation(project) is not None  # Cutout + RandAugment by default
+    images = batch(n=6)[0]
+    for m in (reference, project):
+        m.train(True)
+    torch.manual_seed(0)
+    drawn = [reference.prepare(images), project.prepare(images)]  # what the old check compared: two draws
+    assert (drawn[0] - drawn[1]).abs().max() > 1.0
+    x = speed.plain_input(project, images)  # normalised only, the project's layout
+    x_ref = speed.as_layout(x, False)
+    assert x.is_contiguous(memory_format=torch.channels_last) and x_ref.is_contiguous()
+    assert torch.equal(x, x_ref) and torch.equal(x_ref, speed.plain_input(reference, images))
+    assert speed.training_augmentation(project) is not None  # put back after use
+    for m in (reference, project):
+        m.model.eval()
+    project.start_eval()
+    with torch.no_grad():
+        diff = speed.max_abs_diff(speed.reference_logits(reference, x_ref), speed.project_logits(project, x))
+    assert diff < 1e-4
+
+
+def test_interleaved_timing_alternates_the_order_and_takes_ratios_per_round():
+    calls: list[str] = []
+    paths = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    out = speed.interleaved(paths, batch=4, device=CPU, steps=2, warmup=2, rounds=3)
+    assert calls == ["a", "a", "b", "b"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"] + ["a", "a", "b", "b"]
+    assert len(out["a"].rounds) == len(out["a"].wall_rounds) == 3 and out["a"].clock == "wall"
+    a = speed.Rounds(0, 0, None, 1, [10.0, 20.0, 30.0], 0, 0)
+    b = speed.Rounds(0, 0, None, 1, [20.0, 30.0, 90.0], 0, 0)
+    r = speed.ratio(b, a)
+    assert r["rounds"] == [2.0, 1.5, 3.0] and (r["median"], r["min"], r["max"]) == (2.0, 1.5, 3.0)
+    with pytest.raises(ValueError, match="clock must be"):
+        speed.interleaved(paths, 1, CPU, 1, 1, 1, clock="gpu")
+
+
+def test_memory_format_switch_moves_weights_and_prepared_input(tiny):
+    cls = METHODS.get("intclip")
+    method = cls(cls.Config(n_ctx=4), load_backbone(BACKBONES.get("tiny-clip"), "none"), task(), CPU)
+    conv = method.net.semantic[-1][0].conv2.weight
+    assert conv.is_contiguous() and not method.channels_last
+    speed.set_memory_format(method, True)
+    assert method.channels_last and conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert method.prepare(batch()[0]).is_contiguous(memory_format=torch.channels_last)
+    speed.set_memory_format(method, False)
+    assert conv.is_contiguous() and method.prepare(batch()[0]).is_contiguous()
