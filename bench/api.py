@@ -53,14 +53,17 @@ def run(
     results: Path | str | None = None,
     executor: Literal["ray", "serial"] | None = None,
     overrides: dict[str, Any] | None = None,
+    limit: int | None = None,
     quiet: bool = True,
 ) -> pd.DataFrame:
     """Run what is missing of a suite (as `bench run`) and return its runs as :func:`load_results` rows.
 
     ``config`` is a bench.toml (default: ./bench.toml, else the built-in defaults: the synthetic dataset and the tiny
     CLIP); ``overrides`` sets any dotted key (``{"methods.dualcoop.epochs": 2}``). Complete runs are reused, never
-    redone. Metrics are fractions. Failed runs are not in the frame; ``frame.attrs["failed"]`` is a dict mapping their run
-    ids to the error message (empty when none failed)."""
+    redone. ``limit`` is smoke mode (``--limit``, ``suite.limit``): at most that many images per split, in runs of
+    their own, marked ``[limit N]`` in the frame's ``method`` and ``limit`` columns. Metrics are fractions. Failed
+    runs are not in the frame; ``frame.attrs["failed"]`` is a dict mapping their run ids to the error message (empty
+    when none failed)."""
     from rich.console import Console
 
     from bench.store import collection
@@ -71,7 +74,7 @@ def run(
     datasets = None if dataset is None else [dataset] if isinstance(dataset, str) else list(dataset)
     values = command_overrides(results, values=overrides, methods=None if methods is None else list(methods),
                                datasets=datasets, seeds=None if seeds is None else list(seeds), backbone=backbone,
-                               executor=executor)
+                               executor=executor, limit=limit)
     cfg = load_config(config, values)
     outcome = run_suite(cfg, Console(stderr=True, quiet=quiet))
     wanted = {p.run_id for p in outcome.planned}

@@ -47,6 +47,7 @@ class SuiteConfig(_Strict):
     train_fraction: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(default=None, min_length=1)
     shots: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=1)
     label_proportion: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(default=None, min_length=1)
+    limit: int | None = Field(default=None, ge=1)  # smoke mode: N images per split (bench.pipeline.limit)
 
     @field_validator("methods", "datasets", "seeds")
     @classmethod

@@ -29,6 +29,7 @@ def run(
     protocol: Annotated[Optional[Literal["val-threshold", "intclip-code"]], typer.Option("--protocol", help="Overrides protocol.name: val-threshold (default) or intclip-code (epoch chosen on test, as the released code).")] = None,
     ray_address: RayOpt = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress (off: one line per event, for logs).")] = True,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Smoke mode: at most N images per split (train, val, test), seeded and stratified; sets suite.limit, and the runs are kept and reported apart from full ones.")] = None,
     pretrained: PretrainedOpt = None,
 ) -> None:
     """Train and evaluate every method x dataset x seed that has no result yet, then print the table."""
@@ -52,6 +53,7 @@ def run(
         backbone=backbone,
         executor=executor,
         pretrained=pretrained,
+        limit=limit,
     )
 
     if not progress:
@@ -89,6 +91,7 @@ def tune(
     backbone: Annotated[Optional[str], typer.Option("--backbone", "-b", help="Backbone name (see `bench ls backbones`); overrides suite.backbone.")] = None,
     pretrained: PretrainedOpt = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds the best config is refitted over (overrides suite.seeds).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Smoke mode for the search and the refit: at most N images per split (train, val, test), seeded and stratified; sets suite.limit, and the runs are kept and reported apart from full ones.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress of the search and the refit (off: one line per event, for logs).")] = True,
 ) -> None:
     """Search hyperparameters on val (Optuna TPE + ASHA on Ray Tune), then refit the best over the seeds."""
@@ -99,7 +102,7 @@ def tune(
     DATASETS.check(dataset)
     overrides = list(sets or []) + ([f"tune.num_samples={num_samples}"] if num_samples else [])
     cfg = _load(config, results, overrides, backbone=backbone, pretrained=pretrained,
-                seeds=parse_int_list(seeds, "--seeds") if seeds else None)
+                seeds=parse_int_list(seeds, "--seeds") if seeds else None, limit=limit)
     if not progress:
         cfg.engine.progress = False
     summary = run_tune(cfg, method, dataset, err, ray_address)

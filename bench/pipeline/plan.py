@@ -15,6 +15,7 @@ from bench.store import store
 from bench.config import BenchConfig
 from bench.errors import ConfigError
 from bench.pipeline.labels import LabelPlan
+from bench.pipeline.limit import LimitPlan
 from bench.registry import BACKBONES, DATASETS, METHODS
 
 
@@ -45,8 +46,9 @@ class PlannedRun:
     @property
     def dataset_label(self) -> str:
         """The dataset, and the label-efficiency level the run trains at (bench.pipeline.labels), if any."""
-        level = self.identity.get("labels")
-        return self.dataset + (f" @ {level['protocol']} {level['value']}" if level else "")
+        level, limit = self.identity.get("labels"), self.identity.get("limit")
+        return (self.dataset + (f" @ {level['protocol']} {level['value']}" if level else "")
+                + (f" (limit {limit['n']})" if limit else ""))
 
     @property
     def label(self) -> str:
@@ -142,6 +144,7 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
     size = backbone_image_size(suite.backbone)
     planned: dict[str, PlannedRun] = {}
     labels = LabelPlan(suite)  # the label-efficiency levels (README "Label efficiency"), if the suite sets one
+    limit = LimitPlan(suite)  # smoke mode (README "Smoke mode"): N images per split, if the suite sets a limit
     for dataset in suite.datasets:
         for method in suite.methods:
             method_config = cfg.method_config(method)
@@ -160,12 +163,14 @@ def plan_suite(cfg: BenchConfig, datasets: dict[str, Any] | None = None) -> tupl
                 },
                 "protocol": cfg.protocol.name,
             }
-            for level in labels.levels_for(method, dataset, datasets[key]):  # [None]: the whole training split
+            data = limit.data(key, datasets[key])  # the label levels apply to the limited training split
+            for level in labels.levels_for(method, dataset, data):  # [None]: the whole training split
                 # a method without randomness of its own, on fixed weights, gives the same scores for every seed: one
                 # run (on a label level the seed draws the subset: one per seed)
                 seeds = [None] if METHODS.get(method).deterministic and weights != "none" and level is None else suite.seeds
                 for seed in seeds:
-                    identity = {**common, "seed": seed, **labels.identity(level, key, datasets[key], seed)}
+                    identity = {**common, "seed": seed, **labels.identity(level, key, data, seed),
+                                **limit.identity(key, datasets[key])}
                     canonical = store.compute_run_id(identity)
                     if canonical in planned:  # another name of the suite resolved to this config: one run, both names
                         planned[canonical].aliases.append(method)

@@ -17,11 +17,12 @@ from bench.store import store
 from bench.config import BenchConfig
 from bench.io import atomic_write_text
 from bench.pipeline.labels import apply_labels, cache_dir
+from bench.pipeline.limit import apply_limit, limit_cache_dir
 from bench.pipeline.plan import PlannedRun, SuiteOutcome
 from bench.protocol import get_protocol
 from bench.pipeline.record import build_record
 from bench.registry import BACKBONES, DATASETS, create_method
-from bench.store.schema import LabelProtocolRecord, RunResult
+from bench.store.schema import LabelProtocolRecord, LimitRecord, RunResult
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -58,10 +59,11 @@ def execute_run(
     previous_threads = torch.get_num_threads()
     threads = set_threads(cfg.ray.trial_resources(plan.method).cpu)
     try:
+        data, limit = apply_limit(plan.identity, data)  # smoke mode: N images per split
         data, labels = apply_labels(plan.identity, plan.method, data, plan.torch_seed)  # a label-efficiency subset
         return _execute(plan, data, cfg, device, threads, executor=executor, trial_id=trial_id, progress=progress,
                         report=report, log=log, started=started, t0=t0, owner_alive=owner_alive, placement=placement,
-                        labels=labels)
+                        labels=labels, limit=limit)
     finally:
         torch.set_num_threads(previous_threads)  # a caller's (a notebook's, a test's) setting is left as it was
 
@@ -84,7 +86,7 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
     autocast_dtype, loss_scaling = precision(device, cfg.engine.amp, method.config)
     ctx = RunContext(
         run_dir=plan.run_dir, seed=plan.torch_seed, device=device, protocol=cfg.protocol.name, amp=cfg.engine.amp,
-        eval_batch_size=cfg.engine.eval_batch_size, cache_dir=cache_dir(cfg.paths.cache, run["labels"]),
+        eval_batch_size=cfg.engine.eval_batch_size, cache_dir=cache_dir(limit_cache_dir(cfg.paths.cache, run["limit"]), run["labels"]),
         deterministic=cfg.engine.deterministic, progress=run["progress"], report=run["report"], log=run["log"], owner_alive=run["owner_alive"],
     )
     t_setup = time.perf_counter()
@@ -137,6 +139,7 @@ def _execute(plan: PlannedRun, data: Any, cfg: BenchConfig, device: Any, threads
         selections=selections,
     )
     result.label_protocol = None if run["labels"] is None else LabelProtocolRecord(**run["labels"])
+    result.limit = None if run["limit"] is None else LimitRecord(**run["limit"])
     scores = {"val_scores": outcome.val_scores, "val_labels": val.labels, "val_logits": outcome.val_logits,
               "test_scores": outcome.test_scores, "test_labels": test.labels, "test_logits": outcome.test_logits}
     ctx.check_owner()

@@ -32,7 +32,7 @@ FAMILIES = (
 METHOD_ORDER = tuple(name for _, members in FAMILIES for name in members)
 # one row = one experiment; label_budget: the label-efficiency level ("train_fraction=0.1", "shots=4",
 # "label_proportion=0.5"; "" for the whole training split, which leaves a row's experiment id as it always was)
-IDENTITY_KEYS = ["method_name", "method_version", "config_id", "weights_id", "tuned", "label_budget"]
+IDENTITY_KEYS = ["method_name", "method_version", "config_id", "weights_id", "tuned", "label_budget", "limit"]  # limit: smoke mode
 
 
 def load_results(results: Path) -> tuple[list[RunResult], list[CorruptResultError]]:
@@ -58,9 +58,10 @@ def results_frame(records: list[RunResult]) -> pd.DataFrame:
     for r, name in ((r, name) for r in records for name in dict.fromkeys([r.method.name, *r.method.aliases])):
         level = r.label_protocol
         budget = "" if level is None else f"{level.protocol}={level.value:g}"
+        limit = "" if getattr(r, "limit", None) is None else f"limit {r.limit.n}"  # smoke mode: "" for the whole dataset
         row = {
             "run_id": r.run_id,
-            "method": name + (" (tuned)" if "tuning" in r.extra else "") + (f" [{budget}]" if budget else ""),
+            "method": name + (" (tuned)" if "tuning" in r.extra else "") + (f" [{budget}]" if budget else "") + (f" [{limit}]" if limit else ""),
             "method_name": name,
             "method_version": r.method.version,
             "config_id": store.compute_run_id(r.method.config)[:8],
@@ -79,6 +80,7 @@ def results_frame(records: list[RunResult]) -> pd.DataFrame:
             "params_total": r.params.total,
             "fragile": _fragile(r),
             "label_budget": budget,
+            "limit": limit,
             "label_protocol": None if level is None else level.protocol,
             "label_value": math.nan if level is None else float(level.value),
         }
@@ -110,13 +112,14 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     out = []
     frame = _label_experiments(frame if "label_budget" in frame else frame.assign(label_budget="", label_protocol=None,
                                                                                   label_value=math.nan))
+    frame = frame if "limit" in frame else frame.assign(limit="")
     order = {name: i for i, name in enumerate(METHOD_ORDER)}
     frame = frame.assign(_order=[order.get(m, len(order)) for m in frame["method_name"]])
     frame = frame.sort_values(["_order", "method", "seed"], kind="stable", na_position="first").drop(columns="_order")
     for keys, group in frame.groupby(GROUP_KEYS + IDENTITY_KEYS, sort=False, dropna=False):
         row = dict(zip(GROUP_KEYS + IDENTITY_KEYS, keys))
         row["method"] = group["method"].iloc[0]
-        row["experiment_id"] = store.compute_run_id({k: str(row[k]) for k in IDENTITY_KEYS if k != "label_budget" or row[k]})[:12]
+        row["experiment_id"] = store.compute_run_id({k: str(row[k]) for k in IDENTITY_KEYS if k not in ("label_budget", "limit") or row[k]})[:12]
         row["label_protocol"], row["label_value"] = group["label_protocol"].iloc[0], group["label_value"].iloc[0]
         row["family"] = group["family"].iloc[0]
         row["display_name"] = group["display_name"].iloc[0] if "display_name" in group else None

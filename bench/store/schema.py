@@ -118,6 +118,14 @@ class LabelProtocolRecord(_Record):
     observed_sha256: str | None = Field(default=None, description="label_proportion: sha256 of the observed-label mask (its shape, then its bits).")
 
 
+class LimitRecord(_Record):
+    n: int = Field(ge=1, description="Smoke mode (README 'Smoke mode'): at most this many images of every split; never a result to report.")
+    seed: int = Field(description="The seed the limited subsets were drawn with (the same for every run of a suite).")
+    split_sizes: dict[str, int] = Field(description="Images per split the run read.")
+    split_sizes_full: dict[str, int] = Field(description="Images per split of the whole dataset.")
+    sha256: dict[str, str] = Field(description="Per split: sha256 of the sorted indices (little-endian int64) of the images kept.")
+
+
 class RunResult(_Record):
     """One finished run."""
 
@@ -154,6 +162,9 @@ class RunResult(_Record):
     label_protocol: LabelProtocolRecord | None = Field(
         default=None, description="The training subset or partial labels the run trained on (val and test stay whole); None: the "
         "whole training split with every label (so is every record written before these protocols).")
+    limit: LimitRecord | None = Field(
+        default=None, description="Smoke mode: the per-split limit the run ran under (train, val and test reduced); None: the "
+        "whole dataset (so is every record written before smoke mode).")
     selections: dict[str, SelectionRecord] = Field(
         default_factory=dict,
         description="Each val selection of the run (threshold, C, epoch; config for a tuned refit) with its tie set and "

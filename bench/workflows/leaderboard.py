@@ -60,7 +60,7 @@ def run_leaderboard(cfg: BenchConfig, console: Console, ray_address: str | None 
         console.print(f"[yellow]skipped corrupt result: {escape(str(e))}[/]")
     records = [
         r for r in records if r.method.name in s.methods and r.dataset.name in s.datasets and r.backbone["name"] == s.backbone
-        and (r.seed is None or r.seed in s.seeds) and r.label_protocol is None
+        and (r.seed is None or r.seed in s.seeds) and r.label_protocol is None and r.limit is None
     ]
     summary = collection.summarise(collection.results_frame(records))
     lb = cfg.leaderboard

@@ -16,6 +16,7 @@ from bench.store import store
 from bench.config import BenchConfig
 from bench.errors import ConfigError
 from bench.io import atomic_write_text
+from bench.pipeline.limit import LimitPlan
 from bench.pipeline.plan import backbone_image_size, check_support, input_decode, load_dataset
 from bench.protocol import get_protocol
 from bench.registry import METHODS
@@ -43,8 +44,12 @@ def run_tune(cfg: BenchConfig, method: str, dataset: str, console: Console, ray_
     check_support(cfg.suite.backbone, [method])  # before any data is decoded or trial started
     base = cfg.method_config(method)
     data = load_dataset(cfg, dataset, backbone_image_size(cfg.suite.backbone), input_decode(cfg, method, dataset))
+    limit = LimitPlan(cfg.suite)  # smoke mode: the search reads the limited splits, in a study of its own
+    limited = limit.identity(dataset, data)  # {} without a limit: the study keeps its name
+    data = limit.data(dataset, data)
     identity = {"method": method, "base": base.model_dump(mode="json"), "space": {k: list(v) for k, v in spec.items()},
-                "dataset": data.manifest_sha256, "backbone": cfg.suite.backbone, "seed": cfg.tune.seed, "n": cfg.tune.num_samples}
+                "dataset": data.manifest_sha256, "backbone": cfg.suite.backbone, "seed": cfg.tune.seed, "n": cfg.tune.num_samples,
+                **limited}
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{method}-{dataset}-{cfg.suite.backbone}")  # hf-hub:org/x: one folder
     study = f"{name}-{store.compute_run_id(identity)[:8]}"
     folder = cfg.paths.results / "tune" / study
