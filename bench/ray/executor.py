@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,8 @@ from typing import Any
 from rich.console import Console
 
 from bench.config import BenchConfig
-from bench.errors import ConfigError
+from bench.errors import BenchError, ConfigError
+from bench.io import atomic_write_text
 from bench.pipeline.plan import PlannedRun, SuiteOutcome
 from bench.pipeline.progress import Output, SuiteBoard, live_wanted, suite_board
 from bench.pipeline.runner import execute_run, record_failure
@@ -40,6 +42,7 @@ from ray import tune  # noqa: E402
 from ray.tune import Callback  # noqa: E402
 
 POINTER = "bench_checkpoint.json"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Ray colours its traceback headers (colorama) whatever the output
 
 
 def resolve_address(cfg: BenchConfig, ray_address: str | None) -> str | None:
@@ -127,12 +130,23 @@ class _StartupChatter(logging.Filter):
         return not record.getMessage().startswith(self.NOTICES)
 
 
+class _TrialTracebacks(_StartupChatter):
+    """Drops Tune's "Trial task failed" record (Ray's whole traceback, on every try) and its closing "Trials did not
+    complete" list: the suite shows each failure as one line (the harness's message) and keeps the traceback in
+    the run's ``error.json`` (:func:`keep_traceback`); Ray's worker logs hold it too."""
+
+    NOTICES = ("Trial task failed for trial", "Trials did not complete")
+
+
 def quiet_startup() -> None:
-    """Attach :class:`_StartupChatter` to the two loggers that print those notices (once)."""
-    for name in ("ray._private.authentication.authentication_token_setup", "optuna.storages._rdb.storage"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _StartupChatter) for f in logger.filters):
-            logger.addFilter(_StartupChatter())
+    """Attach :class:`_StartupChatter` to the two loggers that print those notices, :class:`_TrialTracebacks` to
+    Tune's (once each)."""
+    for names, kind in ((("ray._private.authentication.authentication_token_setup", "optuna.storages._rdb.storage"), _StartupChatter),
+                        (("ray.tune.execution.tune_controller", "ray.tune.tune"), _TrialTracebacks)):
+        for name in names:
+            logger = logging.getLogger(name)
+            if not any(type(f) is kind for f in logger.filters):
+                logger.addFilter(kind())
 
 
 def init_ray(cfg: BenchConfig, address: str | None) -> None:
@@ -259,11 +273,39 @@ def run_trials(
         plan = plans[result.config["plan"]["run_id"]]
         seen.add(plan.run_id)
         if result.error is not None:
-            record_failure(plan, f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}", outcome)
+            message, trace = trial_failure(result.error)
+            record_failure(plan, message, outcome)
+            keep_traceback(plan, trace)
         else:
             outcome.completed.append(plan.run_id)
     for run_id in set(plans) - seen:
         record_failure(plans[run_id], "trial never reported", outcome)
+
+
+def trial_failure(error: BaseException) -> tuple[str, str]:
+    """A failed trial's error as (one line: the harness's own message, whole; the full text with Ray's traceback).
+    Ray wraps the trial's exception (``RayTaskError``, its ``cause``; Tune may wrap that again): the innermost cause
+    is what the harness raised."""
+    inner, seen = error, 0
+    while isinstance(getattr(inner, "cause", None), BaseException) and seen < 8:
+        inner, seen = inner.cause, seen + 1
+    text = str(inner).strip()
+    if inner is error or not isinstance(inner, BenchError):  # Ray's own text: its last line is the message
+        text = text.splitlines()[-1] if text else ""
+    name = type(inner).__name__.split("(")[-1].rstrip(")")
+    return f"{name}: {' '.join(ANSI.sub('', text).split())}", ANSI.sub("", str(error))
+
+
+def keep_traceback(plan: PlannedRun, trace: str) -> None:
+    """Add the trial's full traceback (Ray's text) to the run's ``error.json`` and to the ``bench`` log."""
+    logging.getLogger("bench.ray").debug("trial %s failed:\n%s", plan.label, trace)
+    path = plan.run_dir / "error.json"
+    try:
+        payload = json.loads(path.read_text())
+        payload["traceback"] = trace.splitlines(keepends=True)
+        atomic_write_text(path, json.dumps(payload, indent=2))
+    except (OSError, ValueError):
+        pass
 
 
 def _fit(tuner: tune.Tuner, storage: Any) -> Any:

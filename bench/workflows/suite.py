@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench.reports.escape import rich_text as escape  # control and bidi characters removed too
 from bench.store import locks
 from bench.store import store
+from bench.workflows import preflight
 from bench.config import BenchConfig
 from bench.errors import ConfigError
 from bench.pipeline.plan import PlannedRun, SuiteOutcome, plan_suite
@@ -40,6 +41,7 @@ def run_suite(
         note = f" (read-only: {read_only}; nothing written)" if read_only else ""
         console.print(f"all {len(plans)} runs already have results in {cfg.paths.results}; nothing to train{note}")
         return outcome
+    preflight.ensure(cfg, todo, ray_address)  # weights, device, data: before anything is scheduled
     console.print(f"{len(plans)} runs planned: {len(outcome.skipped)} done already, {len(todo)} to run ({cfg.suite.executor})")
     if cfg.suite.executor == "ray":
         deferred = _ray_claimed(cfg, todo, datasets, outcome, console, ray_address)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from types import SimpleNamespace
 from typing import Any
 
 from rich.console import Console
@@ -20,6 +21,7 @@ from bench.pipeline.limit import LimitPlan
 from bench.pipeline.plan import backbone_image_size, check_support, input_decode, load_dataset
 from bench.protocol import get_protocol
 from bench.registry import METHODS
+from bench.workflows import preflight
 from bench.workflows.suite import run_suite
 
 
@@ -42,6 +44,7 @@ def run_tune(cfg: BenchConfig, method: str, dataset: str, console: Console, ray_
     if unknown:
         raise ConfigError(f"tune.search_space.{method}: {sorted(unknown)} are not keys of {method}'s config")
     check_support(cfg.suite.backbone, [method])  # before any data is decoded or trial started
+    preflight.ensure(cfg, [SimpleNamespace(backbone=cfg.suite.backbone, dataset=dataset)], ray_address)
     base = cfg.method_config(method)
     data = load_dataset(cfg, dataset, backbone_image_size(cfg.suite.backbone), input_decode(cfg, method, dataset))
     limit = LimitPlan(cfg.suite)  # smoke mode: the search reads the limited splits, in a study of its own

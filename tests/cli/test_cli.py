@@ -190,21 +190,26 @@ def test_intclip_code_protocol_reports_the_codes_own_ap_beside_the_standard_map(
     assert "test mAP (code's AP)" in md.output and "epoch selected on TEST" in md.output
 
 
-def test_cuda_asked_on_a_machine_without_it_fails_every_run_clearly_and_run_still_summarises(write_config, tmp_path):
+def test_cuda_asked_on_a_machine_without_it_fails_before_any_run_in_one_line(write_config, tmp_path):
     """Was: `engine.device = "cuda"` without CUDA failed with WeightsNotFoundError ("Put the checkpoint at ..."), and
-    when every run failed `bench run` ended in a pandas KeyError traceback from the report code."""
+    when every run failed `bench run` ended in a pandas KeyError traceback from the report code. Then (issue 25's
+    "old behaviour", this test's former name ..._fails_every_run_clearly_and_run_still_summarises): every run was
+    started and failed with DeviceUnavailableError, exit 1. Now pre-flight (bench.workflows.preflight) refuses
+    before any run starts: exit 2, one line naming the fix, no run folder."""
     import torch
+
+    from tests.conftest import bench_cli
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     cfg = write_config(methods=("label-prior", "dualcoop"), seeds=(0,))
-    res = CliRunner().invoke(app, ["run", "--config", str(cfg), "--executor", "serial", "--no-progress", "--set", 'engine.device="cuda"'])
-    assert res.exit_code == 1, res.output
-    assert "Traceback" not in res.output and "KeyError" not in res.output
-    assert "0 runs trained, 0 reused, 2 failed" in res.output
-    assert res.output.count("DeviceUnavailableError: engine.device = 'cuda' on host ") >= 2
-    assert "set engine.device = \"cpu\" (and [ray.resources.<method>] gpu = 0)" in res.output.replace("\n", " ")
-    assert "torch sees no CUDA device there" in res.output and "WeightsNotFound" not in res.output
+    proc = bench_cli("run", "--config", str(cfg), "--executor", "serial", "--no-progress", "--set", 'engine.device="cuda"', cwd=tmp_path)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out and "KeyError" not in out and "WeightsNotFound" not in out
+    assert "pre-flight: 1 problem(s) before any run started: device: engine.device = 'cuda' but torch sees no CUDA device" in out
+    assert "fix: run on a GPU machine, or set engine.device = \"auto\"" in out
+    assert "runs trained" not in out and list((tmp_path / "results" / "runs").glob("*")) == []
 
 
 def test_out_of_gpu_memory_is_its_own_error_saying_what_to_change(write_config, tmp_path, monkeypatch):
