@@ -58,7 +58,8 @@ def add_significance(
     tables print: ``"0.012"``, ``"<= 0.006"``, ``"ref"``, or why there is no test, in words); per table
     ``significance_note`` (the sentence under it, with the minimum detectable difference); and
     ``significance_test``, ``significance_reference``, ``bootstrap_n``, ``bootstrap_seed``, ``alpha``.
-    Bootstrap results are cached per store state under ``<results>/.cache/``."""
+    Bootstrap results are cached per comparison group under ``<results>/.cache/significance/``, keyed by that
+    group's runs (a new or rewritten run recomputes its own group only)."""
     if test not in TESTS:
         raise ValueError(f"significance test {test!r}: expected one of {', '.join(TESTS)}")
     if summary.empty or n_boot <= 0:
@@ -67,8 +68,6 @@ def add_significance(
     summary["reference"] = False
     summary["significance_note"] = pd.Series([""] * len(summary), index=summary.index, dtype=object)
     by_id = {r.run_id: r for r in records}
-    cache_path, cached = _significance_cache(summary, results, n_boot, seed) if test == "bootstrap" else (None, {})
-    fresh: dict[str, dict] = {}
     for _, group in summary.groupby(GROUP_KEYS, sort=False, dropna=False):
         primary = main_metric(group)
         extra = "mAP" if group["task"].iloc[0] == "multilabel" else "accuracy"
@@ -82,7 +81,7 @@ def add_significance(
         summary.loc[ref_index, "reference"] = True
         others = [i for i in group.index if i != ref_index]
         if test == "bootstrap":
-            values = _bootstrap_values(group, ref_index, metric_names, results, by_id, n_boot, seed, cached, fresh)
+            values = _bootstrap_values(group, ref_index, metric_names, results, by_id, n_boot, seed)
         else:
             values = _seed_values(group, ref_index, others, metric_names, by_id)
         for metric in metric_names:
@@ -105,8 +104,6 @@ def add_significance(
     summary["bootstrap_n"] = n_boot
     summary["bootstrap_seed"] = seed
     summary["alpha"] = alpha
-    if fresh and cache_path is not None:
-        _write_cache(cache_path, {**cached, **fresh})
     return summary
 
 
@@ -147,13 +144,14 @@ def _seed_values(group, ref_index, others, metric_names, by_id) -> dict:
     return out
 
 
-def _bootstrap_values(group, ref_index, metric_names, results, by_id, n_boot, seed, cached, fresh) -> dict:
-    """The hierarchical bootstrap of every other row against the reference (cached per store state)."""
+def _bootstrap_values(group, ref_index, metric_names, results, by_id, n_boot, seed) -> dict:
+    """The hierarchical bootstrap of every other row against the reference (cached per group, see
+    :func:`_group_cache`)."""
     from bench.reports.significance import compare_to_reference
 
     ref_ids = group.loc[ref_index, "run_ids"]
     key = "|".join(sorted(group["run_ids"])) + f"|ref={ref_ids}|{','.join(metric_names)}"
-    values = cached.get(key)
+    path, values = _group_cache(key, results, n_boot, seed)
     if values is None:
         from bench.errors import CorruptResultError
 
@@ -165,7 +163,8 @@ def _bootstrap_values(group, ref_index, metric_names, results, by_id, n_boot, se
         compared = compare_to_reference(methods, ref_ids, metric_names, n_boot=n_boot, seed=seed)
         values = {ids: {m: {"p": out[m]["p_value"], "bound": out[m]["p_bound"], "diff": out[m]["diff"], "why": ""}
                         for m in metric_names} for ids, out in compared.items()}
-        fresh[key] = values
+        if path is not None:
+            _write_cache(path, {"key": key, "values": values})
     return {i: values[group.loc[i, "run_ids"]] for i in group.index if i != ref_index}
 
 
@@ -205,26 +204,31 @@ def power_note(group: pd.DataFrame, primary: str, alpha: float) -> str:
             f"test detects with power 0.8 at alpha {alpha:g} is about {100 * mdd:.1f} points.")
 
 
-def _significance_cache(summary: pd.DataFrame, results: Path, n_boot: int, seed: int) -> tuple[Path | None, dict]:
-    """The cache file for this store state (every listed run's scores.npz size and mtime, resamples, seed) and what
-    it holds. The store is the key: a new, removed or rewritten score file gives a new file."""
+def _group_cache(key: str, results: Path, n_boot: int, seed: int) -> tuple[Path | None, dict | None]:
+    """The cache file of one comparison group and its values (``None``: not cached yet). The file's name hashes the
+    group's key (its rows' run ids, the reference, the metrics), each of its runs' scores.npz size and mtime, the
+    resamples, the seed and the bootstrap's version: a new, removed or rewritten score file of this group gives a
+    new file, while other groups keep theirs. ``(None, None)`` when a score file cannot be stat'ed (no caching)."""
     import hashlib
     import json
 
     from bench.reports import significance
 
-    digest = hashlib.sha256(f"{n_boot}|{seed}|{significance.VERSION}".encode())
-    for run_id in sorted(r for ids in summary["run_ids"] for r in ids.split(",")):
+    digest = hashlib.sha256(f"{n_boot}|{seed}|{significance.VERSION}|{key}".encode())
+    for run_id in sorted(r for part in key.split("|ref=")[0].split("|") for r in part.split(",")):
         try:
             st = (store.runs_dir(results) / run_id / store.SCORES).stat()
         except OSError:
-            return None, {}
+            return None, None
         digest.update(f"{run_id}:{st.st_size}:{st.st_mtime_ns};".encode())
-    path = Path(results) / ".cache" / f"significance-{digest.hexdigest()[:20]}.json"
+    path = Path(results) / ".cache" / "significance" / f"{digest.hexdigest()[:24]}.json"
     try:
-        return path, json.loads(path.read_text())
+        payload = json.loads(path.read_text())
     except (OSError, ValueError):
-        return path, {}
+        return path, None
+    if not isinstance(payload, dict) or payload.get("key") != key or not isinstance(payload.get("values"), dict):
+        return path, None  # a foreign or damaged file: recompute and overwrite
+    return path, payload["values"]
 
 
 def _write_cache(path: Path, payload: dict) -> None:

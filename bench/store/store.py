@@ -169,16 +169,17 @@ def check_scores(result: RunResult, scores: dict[str, np.ndarray], path: Path) -
                 )
 
 
-def check_artifacts(run_dir: Path, result: RunResult, *, full: bool = False) -> None:
+def check_artifacts(run_dir: Path, result: RunResult, *, full: bool = False, hash_scores: bool = True) -> None:
     """Raise :class:`CorruptResultError` naming the file when an artifact the record lists is missing, or when its
-    bytes no longer have the sha256 the record kept (scores.npz always; every artifact with ``full``, which hashes
-    the weights too). Records written before hashes were kept are checked for presence only."""
+    bytes no longer have the sha256 the record kept (scores.npz unless ``hash_scores`` is False; every artifact
+    with ``full``, which hashes the weights too). Records written before hashes were kept are checked for presence
+    only."""
     for name, file in result.artifacts.items():
         path = run_dir / file
         if not path.is_file():
             raise CorruptResultError(f"{path}: the record's {name} artifact is missing")
         expected = result.artifact_sha256.get(file)
-        if expected is not None and (full or file == SCORES) and sha256_file(path) != expected:
+        if expected is not None and (full or (hash_scores and file == SCORES)) and sha256_file(path) != expected:
             raise CorruptResultError(f"{path}: damaged: its sha256 differs from the one {RESULT} recorded")
 
 
@@ -292,24 +293,45 @@ def iter_checked(results: Path) -> Iterator[tuple[Path, RunResult | CorruptResul
 
 
 def _checked_record(run_dir: Path, known: dict[str, str], checked: dict[str, str]) -> RunResult:
-    """One record of :func:`iter_checked`; adds its cache key to ``checked`` once it passed."""
+    """One record of :func:`iter_checked`; adds its cache key to ``checked`` once it passed.
+
+    The key holds the sha256 of result.json's bytes, the scores.npz sha256 the record kept and scores.npz's size and
+    mtime (ns): when all match the key of an earlier pass, scores.npz (hashed then) is only checked for presence,
+    not rehashed nor rescored. Any rewrite of scores.npz changes its mtime (or size), so it is hashed again;
+    ``bench validate`` always hashes and rescores."""
     path = run_dir / RESULT
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise CorruptResultError(f"{path}: unreadable: {err}") from None
     result = _parse_result(run_dir, raw)
+    recorded = result.artifact_sha256.get(SCORES)
+    stamp = _stamp(run_dir / SCORES)
+    prefix = f"{CHECK_VERSION}:{hashlib.sha256(raw).hexdigest()}:"
+    if RECOMPUTE_METRICS and recorded and stamp and known.get(run_dir.name) == f"{prefix}{recorded}:{stamp}":
+        check_artifacts(run_dir, result, hash_scores=False)  # unchanged since it was hashed and rescored
+        checked[run_dir.name] = known[run_dir.name]
+        return result
     check_artifacts(run_dir, result)  # scores.npz hashed against the record (when it kept the hash)
     if not RECOMPUTE_METRICS:
         if SCORES not in result.artifact_sha256:
             read_scores(run_dir)
         return result
     try:
-        scores_sha = result.artifact_sha256.get(SCORES) or sha256_file(run_dir / SCORES)
+        scores_sha = recorded or sha256_file(run_dir / SCORES)
     except OSError as err:
         raise CorruptResultError(f"{run_dir / SCORES}: unreadable: {err}") from None
-    key = f"{CHECK_VERSION}:{hashlib.sha256(raw).hexdigest()}:{scores_sha}"
-    if known.get(run_dir.name) != key:
+    base, prior = f"{prefix}{scores_sha}", known.get(run_dir.name, "")
+    if prior != base and not prior.startswith(f"{base}:"):  # rescored before (a key without a stamp: older cache)
         check_scores(result, read_scores(run_dir), run_dir / SCORES)
-    checked[run_dir.name] = key
+    checked[run_dir.name] = f"{base}:{stamp}"
     return result
+
+
+def _stamp(path: Path) -> str:
+    """``size:mtime_ns`` of a file ('' when it cannot be stat'ed)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
