@@ -42,7 +42,7 @@ def ls(
         raise BenchError(f"bench ls {what!r}: expected one of methods, datasets, backbones, runs")
     from bench.store import store
 
-    cfg = _load(config, results)
+    cfg = _load(config, results, sections=False)  # the store only: no method module (no torch)
     _ls_runs(store.iter_results(cfg.paths.results), pattern)
 
 
