@@ -128,6 +128,7 @@ METHODS = MethodRegistry(
         "query2label": "bench.methods.query2label:Query2Label",
         "hleg": "bench.methods.hleg:HLEG",
         "labcr": "bench.methods.labcr:LabCR",
+        "pipnet": "bench.methods.pipnet:PIPNet",
     },
     group="bench.methods",
 )

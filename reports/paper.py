@@ -19,6 +19,7 @@ TABLE1_REFERENCE = {
     "dualcoop": ("DualCoOp",),
     "hleg": ("HLEG",),
     "labcr": ("LabCR",),
+    "pipnet": ("PIP-Net",),
     "intclip": ("IntCLIP (RN101)", "IntCLIP (ViT-B/32)"),
     "intclip-official": ("IntCLIP (RN101)", "IntCLIP (ViT-B/32)"),
 }
@@ -28,7 +29,7 @@ TABLE6A_REFERENCE = {"intclip": ("IntCLIP (R101)",), "intclip-official": ("IntCL
 # row of it). Tables 2-5 and 6a are RN101 (their full IntCLIP is Table 1's RN101 row); Table 6b's IntCLIP (HCI) row
 # is Table 1's IntCLIP (ViT-B/32) val row (reference/README.md).
 PAPER_BACKBONE: dict[str, dict[str, str]] = {
-    "table1": {"DualCoOp": "RN101", "Query2Label": "RN101", "HLEG": "RN101", "LabCR": "RN101",
+    "table1": {"DualCoOp": "RN101", "Query2Label": "RN101", "HLEG": "RN101", "LabCR": "RN101", "PIP-Net": "RN101",
                "IntCLIP (RN101)": "RN101",
                "IntCLIP (ViT-B/32)": "ViT-B-32"},
     **{table: {"*": "RN101"} for table in ("table2", "table3", "table4", "table5", "table6a")},

@@ -27,6 +27,7 @@ GROUP_KEYS = ["dataset", "manifest_sha256", "protocol", "backbone", "task"]
 FAMILIES = (
     ("Reference points", ("label-prior", "zeroshot", "linear-probe")),
     ("Multi-label methods", ("dualcoop", "query2label")),
+    ("Intention methods", ("hleg", "labcr", "pipnet")),
     ("IntCLIP", ("intclip", "intclip-official")),
 )
 METHOD_ORDER = tuple(name for _, members in FAMILIES for name in members)

@@ -60,7 +60,7 @@ def _hci_methods() -> tuple[str, ...]:
     return tuple(dict.fromkeys(names[0] for _, names, _ in HCI_GENERALISATION.rows if names))
 
 
-TABLE1 = ("label-prior", "zeroshot", "linear-probe", "dualcoop", "query2label", "hleg", "labcr", "intclip",
+TABLE1 = ("label-prior", "zeroshot", "linear-probe", "dualcoop", "query2label", "hleg", "labcr", "pipnet", "intclip",
           "intclip-official")
 INTCLIP_ECCV2024 = Preset(
     "intclip-eccv2024",

@@ -179,7 +179,7 @@ def test_ls_backbones_lists_towers_tags_and_methods(tiny_models):
     rows = {r["name"]: r for r in backbone_rows(BACKBONES, METHODS, "bench-test-*")}
     assert set(rows) == {VIT, VIT_QG, RN}
     assert rows[VIT] == {"name": VIT, "registered": False, "image_tower": "vit", "text_tower": "clip", "default": None,
-                         "tags": [], "methods": ["hleg", "intclip", "intclip-official", "labcr", "label-prior", "linear-probe", "query2label", "zeroshot"]}
+                         "tags": [], "methods": ["hleg", "intclip", "intclip-official", "labcr", "label-prior", "linear-probe", "pipnet", "query2label", "zeroshot"]}
     assert "dualcoop" in rows[RN]["methods"] and rows[RN]["image_tower"] == "resnet"
     registered = backbone_rows(BACKBONES, METHODS)
     assert [r["name"] for r in registered[:4]] == ["RN101", "RN50", "ViT-B-32", "tiny-clip"]

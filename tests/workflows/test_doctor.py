@@ -121,10 +121,11 @@ def test_the_paper_plan_counts_every_run_once(tmp_path, no_caches):
     from bench.workflows.reproduce import INTCLIP_ECCV2024, make_plan
 
     plan = make_plan(None, INTCLIP_ECCV2024, None, "paper", {"paths.results": str(tmp_path / "results")})
-    # Table 1: 3 deterministic + 5 x 3 seeds on RN101, zero-shot + 3 IntCLIP on ViT-B/32; Tables 2-5: 3 + 1 + 4 + 1
+    # Table 1: 3 deterministic + 7 x 3 seeds on RN101 (HLEG, LabCR, PIP-Net among them), zero-shot + 3 IntCLIP on
+    # ViT-B/32; Tables 2-5: 3 + 1 + 4 + 1
     # configs x 3 seeds (IntCLIP and the consolidated names shared; single-none is no-sie-sa's config and fusion-add
     # no-sa's: one experiment, one run); Table 6a: (2 + 3) x 2 datasets; Table 6b: HLEG and HLEG + HCI x 3 on ViT-B/32
-    assert plan.runs == 18 + 4 + 3 * (3 + 1 + 4 + 1) + 10 + 6 == 65
+    assert plan.runs == 24 + 4 + 3 * (3 + 1 + 4 + 1) + 10 + 6 == 71
     shared = {(r.table, r.method): r.shared for r in plan.rows if r.shared}
     assert shared == {("2", "intclip"): "1", ("3", "intclip"): "1", ("3", "intclip:consolidated"): "2", ("4", "intclip"): "1",
                       ("4", "intclip:single-none"): "2", ("5", "intclip"): "1", ("5", "intclip:fusion-add"): "2", ("6b", "intclip"): "1"}
