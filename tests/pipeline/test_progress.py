@@ -34,7 +34,7 @@ class Cfg:
 
 
 def _plan(run_id: str, method: str, seed: int | None) -> SimpleNamespace:
-    return SimpleNamespace(run_id=run_id, method=method, dataset="synthetic", seed=seed)
+    return SimpleNamespace(run_id=run_id, method=method, dataset="synthetic", dataset_label="synthetic", seed=seed)
 
 
 PLANS = [_plan("a", "dualcoop", 0), _plan("b", "dualcoop", 1), _plan("z", "zeroshot", None)]
