@@ -204,15 +204,17 @@ class PromptScoring:
 
 
 def asymmetric_loss_terms(
-    p_pos: torch.Tensor, labels: torch.Tensor, gamma_neg: float, gamma_pos: float, clip: float, eps: float
+    p_pos: torch.Tensor, labels: torch.Tensor, gamma_neg: float, gamma_pos: float, clip: float, eps: float,
+    fp32: bool = True,
 ) -> torch.Tensor:
-    """Element-wise ASL log-likelihood (to be negated and reduced) from positive-class probabilities, in fp32.
+    """Element-wise ASL log-likelihood (to be negated and reduced) from positive-class probabilities, in fp32
+    (``fp32=False``: in the inputs' own precision, as LabCR's released loss computes it).
 
     p_m = min(1 - p + clip, 1) (clip > 0) or 1 - p;
     l = y log(max(p, eps)) (1 - p)^gamma_pos + (1 - y) log(max(p_m, eps)) (1 - p_m)^gamma_neg, the focusing
     weights detached.
     """
-    p_pos, y = p_pos.float(), labels.float()
+    p_pos, y = (p_pos.float(), labels.float()) if fp32 else (p_pos, labels)
     p_neg = 1.0 - p_pos
     if clip > 0:
         p_neg = (p_neg + clip).clamp(max=1.0)

@@ -56,16 +56,16 @@ from bench.methods.augment import BatchedRandAugment
 from bench.methods.base import Method
 from bench.methods.components import asymmetric_loss_terms
 from bench.methods.query2label import (
+    build_trunk,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    TINY_BACKBONE,
     GroupWiseLinear,
     LabelTransformer,
     Query2Label,
     Query2LabelConfig,
     sine_position_encoding,
 )
-from bench.methods.trunks import ResNetTrunk, clip_trunk, freeze_batchnorm, timm_trunk
+from bench.methods.trunks import ResNetTrunk
 
 # The released code's hard-coded Intentonomy hierarchy (data_utils/get_dataset_new.py): the 28 fine classes of each
 # of the 15 middle groups, and the middle groups of each of the 9 coarse groups, in its order.
@@ -284,21 +284,6 @@ def hci_label_embedding(clip: nn.Module, tokenizer, sentences: list[str], width:
 
 
 # -- the method ------------------------------------------------------------------------------------------------------
-def build_trunk(config: HLEGConfig, backbone) -> tuple[ResNetTrunk, str, str]:
-    """(trunk, trunk kind, weights) as Query2Label builds it: stem and layer1 frozen, BatchNorm frozen."""
-    backbone_name = getattr(getattr(backbone, "spec", None), "name", None)
-    kind = config.trunk if config.trunk != "auto" else ("clip" if backbone_name == TINY_BACKBONE else "timm")
-    if kind == "clip":
-        trunk, weights = clip_trunk(backbone.model.visual), f"clip:{backbone_name}"
-    else:
-        trunk, weights = timm_trunk(config.timm_model, config.timm_pretrained, config.timm_checkpoint)
-    if config.frozen_bn == "buffers":
-        freeze_batchnorm(trunk)
-    for part in (trunk.stem, trunk.layer1):
-        part.requires_grad_(False)
-    return trunk, kind, weights
-
-
 @torch.no_grad()
 def feature_tokens(trunk: ResNetTrunk, data, backbone) -> tuple[int, int]:
     """The trunk's feature-map size on this dataset's images (the backbone's size when the dataset has none)."""

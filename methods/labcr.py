@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from bench.methods.components import asymmetric_loss_terms
 from bench.methods.query2label import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -178,15 +179,7 @@ def asymmetric_loss(
     """The released AsymmetricLossOptimized, element-wise (to be negated and reduced), in the logits' precision:
     p = sigmoid(z), p_m = min(1 - p + clip, 1) (clip > 0) or 1 - p;
     y log(max(p, eps)) (1 - p)^gamma_pos + (1 - y) log(max(p_m, eps)) (1 - p_m)^gamma_neg, weights detached."""
-    p = torch.sigmoid(z)
-    p_neg = (1.0 - p + clip).clamp(max=1.0) if clip > 0 else 1.0 - p
-    loss = targets * torch.log(p.clamp(min=eps)) + (1.0 - targets) * torch.log(p_neg.clamp(min=eps))
-    if gamma_neg == 0 and gamma_pos == 0:
-        return loss
-    with torch.no_grad():
-        p_t = p * targets + p_neg * (1.0 - targets)
-        weight = torch.pow(1.0 - p_t, gamma_pos * targets + gamma_neg * (1.0 - targets))
-    return loss * weight
+    return asymmetric_loss_terms(torch.sigmoid(z), targets, gamma_neg, gamma_pos, clip, eps, fp32=False)
 
 
 def cross_entropy_rows(p: torch.Tensor, q: torch.Tensor, eps: float) -> torch.Tensor:

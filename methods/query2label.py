@@ -252,6 +252,23 @@ def asymmetric_loss(
 
 
 # -- the method -----------------------------------------------------------------------------------------------------
+def build_trunk(config: Any, backbone: Any) -> tuple[ResNetTrunk, str, str]:
+    """(trunk, trunk kind, weights) as the official Query2Label code builds it (HLEG and LabCR too): the CLIP trunk on
+    the tiny CLIP, else timm's ImageNet ResNet; stem and layer1 frozen (requires_grad False); with ``frozen_bn =
+    "buffers"`` BatchNorm never updates its statistics."""
+    backbone_name = getattr(getattr(backbone, "spec", None), "name", None)
+    kind = config.trunk if config.trunk != "auto" else ("clip" if backbone_name == TINY_BACKBONE else "timm")
+    if kind == "clip":
+        trunk, weights = clip_trunk(backbone.model.visual), f"clip:{backbone_name}"
+    else:
+        trunk, weights = timm_trunk(config.timm_model, config.timm_pretrained, config.timm_checkpoint)
+    if config.frozen_bn == "buffers":
+        freeze_batchnorm(trunk)
+    for part in (trunk.stem, trunk.layer1):
+        part.requires_grad_(False)
+    return trunk, kind, weights
+
+
 class Query2Label(Method):
     name = "query2label"
     family, display_name = "Multi-label methods", "Query2Label"
@@ -266,17 +283,7 @@ class Query2Label(Method):
 
     def __init__(self, config: Query2LabelConfig, backbone, data, device) -> None:
         super().__init__(config, backbone, data, device)
-        backbone_name = getattr(getattr(backbone, "spec", None), "name", None)
-        trunk_kind = config.trunk if config.trunk != "auto" else ("clip" if backbone_name == TINY_BACKBONE else "timm")
-        if trunk_kind == "clip":
-            trunk, weights = clip_trunk(backbone.model.visual), f"clip:{backbone_name}"
-        else:
-            trunk, weights = timm_trunk(config.timm_model, config.timm_pretrained, config.timm_checkpoint)
-        # frozen parts: stem and layer1 (requires_grad False); BN never updates its statistics
-        if config.frozen_bn == "buffers":
-            freeze_batchnorm(trunk)
-        for part in (trunk.stem, trunk.layer1):
-            part.requires_grad_(False)
+        trunk, trunk_kind, weights = build_trunk(config, backbone)
         self.model = Query2LabelNet(trunk, data.num_classes, config).to(device)
         self.model.eval()  # prepare() augments only while training
         preprocessing = config.preprocessing

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from bench.cli.common import ConfigOpt, SetOpt, err, out
 from bench.config import BenchConfig, load_config
 from bench.overrides import command_overrides
 from bench.errors import BenchError
@@ -31,17 +31,11 @@ data_app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Verify dataset files (manifest) and build the decoded-image cache.",
 )
-out = Console()
-if not out.is_terminal:
-    out = Console(width=170)
-err = Console(stderr=True, soft_wrap=True)
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset name, e.g. intentonomy, emotionroi, fi.")]
 RootOpt = Annotated[
     Optional[Path], typer.Option("--root", "--data-root", help="Dataset root (overrides [paths.data] <dataset>).")
 ]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="bench.toml to use (default: ./bench.toml).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any bench.toml key, e.g. --set datasets.fi.split_seed=1")]
 WorkersOpt = Annotated[
     Optional[int], typer.Option("--workers", "-j", min=1, help="Decoding threads (default: BENCH_DATA_WORKERS or all cores).")
 ]

@@ -79,13 +79,9 @@ class FinalScores:
 
 
 @dataclass
-class Outcome:
-    """What a run produced: final val/test scores and how it got there."""
+class Outcome(FinalScores):
+    """What a run produced: its final val/test scores and how it got there."""
 
-    val_scores: np.ndarray  # float32 probabilities
-    test_scores: np.ndarray
-    val_logits: np.ndarray  # float64 logits / log-odds / margins: what ranks (mAP) without saturating
-    test_logits: np.ndarray
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
     best_variant: str | None = None
@@ -97,7 +93,7 @@ class Outcome:
     @classmethod
     def of(cls, final: FinalScores, **how: Any) -> Outcome:
         """The outcome with ``final``'s scores and ``how`` (history, best epoch, ...)."""
-        return cls(final.val_scores, final.test_scores, final.val_logits, final.test_logits, **how)
+        return cls(**vars(final), **how)
 
 
 def seed_everything(seed: int) -> None:
